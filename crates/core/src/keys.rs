@@ -1,0 +1,134 @@
+//! Every Redis key sift uses, built from one configurable prefix.
+//!
+//! With Redis Cluster, every key one script touches must share a hash tag: a shard's prefix is
+//! then `{ai:s}` and all of that shard's keys hash to one slot. Keeping the names here makes
+//! that a configuration change rather than a code change.
+
+/// The key names under one prefix (default `ai`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySpace {
+    prefix: String,
+}
+
+impl Default for KeySpace {
+    fn default() -> Self {
+        Self::new("ai")
+    }
+}
+
+impl KeySpace {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The queue of accepted records: LPUSH at the head, consumers take from the tail (FIFO).
+    pub fn queue(&self) -> String {
+        format!("{}:queue", self.prefix)
+    }
+
+    /// The claim on one intent within the semantic window.
+    pub fn dedup(&self, tenant: &str, semantic_hash: &str) -> String {
+        format!("{}:dedup:{tenant}:{semantic_hash}", self.prefix)
+    }
+
+    /// The claim on one client `event_id` (hashed, so any id length gives one key length).
+    pub fn event_id(&self, tenant: &str, event_id_hash: &str) -> String {
+        format!("{}:eid:{tenant}:{event_id_hash}", self.prefix)
+    }
+
+    /// The latest chunk of a stream whose final chunk has not come yet.
+    pub fn stream_pending(&self, tenant: &str, semantic_hash: &str) -> String {
+        format!("{}:stream:{tenant}:{semantic_hash}", self.prefix)
+    }
+
+    /// Open streams by deadline, for the sweeper that enqueues streams that never finished.
+    pub fn open_streams(&self) -> String {
+        format!("{}:streams", self.prefix)
+    }
+
+    /// A tenant's dedup counters for one hour (`YYYYMMDDHH`, UTC): events received, accepted.
+    pub fn dedup_stats(&self, tenant: &str, hour: &str) -> String {
+        format!("{}:stats:{tenant}:{hour}", self.prefix)
+    }
+
+    /// A tenant's count of events received in one second (epoch seconds), for its rate limit.
+    pub fn rate(&self, tenant: &str, second: i64) -> String {
+        format!("{}:rate:{tenant}:{second}", self.prefix)
+    }
+
+    /// Events the API refused as invalid, raw with their error (bounded).
+    pub fn invalid(&self) -> String {
+        format!("{}:invalid", self.prefix)
+    }
+
+    /// Records the batcher could not write, with their error.
+    pub fn dlq(&self) -> String {
+        format!("{}:dlq", self.prefix)
+    }
+
+    /// A batcher worker's in-flight records, acknowledged by deletion after the insert.
+    pub fn processing(&self, worker: &str) -> String {
+        format!("{}:processing:{worker}", self.prefix)
+    }
+
+    /// A batcher worker's liveness key (expires when the worker stops renewing it).
+    pub fn heartbeat(&self, worker: &str) -> String {
+        format!("{}:heartbeat:{worker}", self.prefix)
+    }
+
+    /// The set of worker ids that have processing lists, for recovery.
+    pub fn workers(&self) -> String {
+        format!("{}:workers", self.prefix)
+    }
+}
+
+/// The hour bucket of `ms` (milliseconds since the epoch) as `YYYYMMDDHH`, UTC.
+pub fn hour_bucket(ms: i64) -> String {
+    let at = time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:04}{:02}{:02}{:02}",
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hour_buckets_are_utc_hours() {
+        assert_eq!(super::hour_bucket(1_790_000_000_000), "2026092114");
+        assert_eq!(super::hour_bucket(0), "1970010100");
+    }
+
+    use super::*;
+
+    #[test]
+    fn default_prefix_names_match_the_spec() {
+        let keys = KeySpace::default();
+        assert_eq!(keys.queue(), "ai:queue");
+        assert_eq!(keys.dlq(), "ai:dlq");
+        assert_eq!(keys.dedup("acme", "ab12"), "ai:dedup:acme:ab12");
+    }
+
+    #[test]
+    fn a_shard_prefix_puts_every_key_under_one_hash_tag() {
+        let keys = KeySpace::new("{ai:3}");
+        for key in [
+            keys.queue(),
+            keys.dedup("t", "h"),
+            keys.event_id("t", "e"),
+            keys.invalid(),
+        ] {
+            assert!(key.starts_with("{ai:3}:"), "{key}");
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! sift-core: everything the ingest API and the batcher must agree on, with no I/O.
+//!
+//! - [`event`]: the API v1 event as validated, typed data ([`event::Event`]).
+//! - [`validate`]: turns a raw JSON object into an [`event::Event`] or a field-level error.
+//! - [`normalize`]: the prompt normalizer (versioned) behind the semantic hash.
+//! - [`hash`]: the semantic hash that identifies an intent.
+//! - [`record`]: the versioned queue record the batcher reads, and the invalid-event record.
+//! - [`keys`]: every Redis key name, built in one place so sharding stays a configuration change.
+
+pub mod event;
+pub mod hash;
+pub mod keys;
+pub mod normalize;
+pub mod record;
+pub mod validate;
+
+pub use event::Event;
+pub use hash::SemanticHash;
+pub use keys::KeySpace;
+pub use normalize::{normalize, NORMALIZER_VERSION};
+pub use record::{InvalidRecord, QueueRecord, RecordError};
+pub use validate::{Limits, ValidationError};

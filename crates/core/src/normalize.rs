@@ -1,0 +1,89 @@
+//! The prompt normalizer: maps cosmetic variants of one prompt to one string.
+//!
+//! normalize(prompt) = Unicode NFKC, lowercase, remove model special tokens (`<|...|>`,
+//! `[INST]`, `[/INST]`, `<s>`, `</s>`), remove punctuation, collapse whitespace runs to one
+//! space, trim. The rules are versioned by [`NORMALIZER_VERSION`], stored with every event, so
+//! a change of rules shows in the data instead of silently splitting intents.
+
+use unicode_normalization::UnicodeNormalization;
+use unicode_properties::{GeneralCategoryGroup, UnicodeGeneralCategory};
+
+/// Bump whenever [`normalize`] can map some input to a different output.
+pub const NORMALIZER_VERSION: u16 = 1;
+
+/// Special tokens of common chat templates, matched after lowercasing.
+const SPECIAL_TOKENS: [&str; 4] = ["[inst]", "[/inst]", "<s>", "</s>"];
+
+/// Removing a character can let NFKC compose its neighbours anew (`e` `.` `U+0301`), so the
+/// pipeline runs until it reaches a fixed point; real text settles in two passes.
+const MAX_PASSES: usize = 8;
+
+/// Normalizes a prompt; idempotent: `normalize(&normalize(x)) == normalize(x)`.
+pub fn normalize(prompt: &str) -> String {
+    let mut current = pass(prompt);
+    for _ in 1..MAX_PASSES {
+        let next = pass(&current);
+        if next == current {
+            break;
+        }
+        current = next;
+    }
+    current
+}
+
+fn pass(input: &str) -> String {
+    let lowered: String = input.nfkc().flat_map(char::to_lowercase).collect();
+    let without_tokens = remove_special_tokens(&lowered);
+    let mut out = String::with_capacity(without_tokens.len());
+    let mut pending_space = false;
+    for c in without_tokens.chars() {
+        if c.is_whitespace() {
+            pending_space = !out.is_empty();
+        } else if is_punctuation(c) {
+            // Removed outright, so "code!" and "code" agree.
+        } else {
+            if pending_space {
+                out.push(' ');
+                pending_space = false;
+            }
+            out.push(c);
+        }
+    }
+    // Lowercasing after composition can yield sequences NFKC would compose again.
+    out.nfkc().collect()
+}
+
+/// Replaces each special token with a space (tokens separate words; they never join them).
+fn remove_special_tokens(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    'scan: while let Some(pos) = rest.find(['<', '[']) {
+        out.push_str(&rest[..pos]);
+        let tail = &rest[pos..];
+        if let Some(inner) = tail.strip_prefix("<|") {
+            if let Some(end) = inner.find("|>") {
+                out.push(' ');
+                rest = &inner[end + 2..];
+                continue 'scan;
+            }
+        }
+        for token in SPECIAL_TOKENS {
+            if let Some(after) = tail.strip_prefix(token) {
+                out.push(' ');
+                rest = after;
+                continue 'scan;
+            }
+        }
+        let first = tail.chars().next().map_or(1, char::len_utf8);
+        out.push_str(&tail[..first]);
+        rest = &tail[first..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Unicode punctuation (general category P*) and all ASCII punctuation, which includes the
+/// ASCII symbols (`|`, `$`, `+`, ...): none of them changes what a prompt asks.
+fn is_punctuation(c: char) -> bool {
+    c.is_ascii_punctuation() || c.general_category_group() == GeneralCategoryGroup::Punctuation
+}
