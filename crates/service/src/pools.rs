@@ -1,0 +1,63 @@
+//! Connection pools. Every wait is bounded, so a dependency that is down turns into an error
+//! the caller can answer (503) or retry, never into a request that hangs.
+
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("Redis configuration: {0}")]
+    Redis(String),
+    #[error("PostgreSQL configuration: {0}")]
+    Postgres(String),
+}
+
+/// A Redis pool of up to `size` connections; waits, connects and checks within `timeout`.
+pub fn redis(url: &str, size: usize, timeout: Duration) -> Result<deadpool_redis::Pool, PoolError> {
+    deadpool_redis::Config::from_url(url)
+        .builder()
+        .map_err(|e| PoolError::Redis(e.to_string()))?
+        .max_size(size)
+        .wait_timeout(Some(timeout))
+        .create_timeout(Some(timeout))
+        .recycle_timeout(Some(timeout))
+        .runtime(deadpool_redis::Runtime::Tokio1)
+        .build()
+        .map_err(|e| PoolError::Redis(e.to_string()))
+}
+
+/// A PostgreSQL pool of up to `size` connections; waits, connects and checks within `timeout`.
+/// Connections are verified on reuse, so one cut while PostgreSQL restarted is not handed out.
+pub fn postgres(
+    url: &str,
+    size: usize,
+    timeout: Duration,
+) -> Result<deadpool_postgres::Pool, PoolError> {
+    let config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e: tokio_postgres::Error| PoolError::Postgres(e.to_string()))?;
+    let manager = deadpool_postgres::Manager::from_config(
+        config,
+        tokio_postgres::NoTls,
+        deadpool_postgres::ManagerConfig {
+            recycling_method: deadpool_postgres::RecyclingMethod::Verified,
+        },
+    );
+    deadpool_postgres::Pool::builder(manager)
+        .max_size(size)
+        .wait_timeout(Some(timeout))
+        .create_timeout(Some(timeout))
+        .recycle_timeout(Some(timeout))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .map_err(|e| PoolError::Postgres(e.to_string()))
+}
+
+/// A ClickHouse client for `url` as `user` (with `password` when not empty).
+pub fn clickhouse(url: &str, user: &str, password: &str) -> clickhouse::Client {
+    let client = clickhouse::Client::default().with_url(url).with_user(user);
+    if password.is_empty() {
+        client
+    } else {
+        client.with_password(password)
+    }
+}
