@@ -1,0 +1,246 @@
+//! The read side: hourly statistics from the rollups, session metrics from `ai_sessions`, and
+//! the dedup counters from Redis. Every query is parameterized (ClickHouse query parameters),
+//! and every one is scoped to the tenant of the API key.
+
+use std::collections::HashMap;
+
+use clickhouse::{Client, Row};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+
+/// One hour of one model, as answered by `GET /v1/ai/stats/hourly`.
+#[derive(Debug, Clone, Serialize)]
+pub struct HourlyStats {
+    /// Start of the hour, RFC 3339, UTC.
+    pub hour: String,
+    pub model_version: String,
+    pub events: u64,
+    pub successes: u64,
+    pub success_rate: f64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub total_tokens: u64,
+    pub avg_latency_ms: f64,
+    pub p50_latency_ms: f64,
+    pub p95_latency_ms: f64,
+    pub p99_latency_ms: f64,
+    pub unique_sessions: u64,
+    pub fallbacks: u64,
+    pub fallback_rate: f64,
+}
+
+/// Phase 1, one query: the sums of the live rollup (cheap columns), beside the finalized
+/// figures of the same hour and model when there are some.
+#[derive(Debug, Row, Deserialize)]
+struct HourlyRow {
+    hour: u32,
+    model_version: String,
+    /// Named apart from the column it sums: named `events`, the alias would be what
+    /// `sumIf(events, src = 1)` refers to (an aggregate inside an aggregate).
+    live_events: u64,
+    successes: u64,
+    input_tokens: u64,
+    output_tokens: u64,
+    total_tokens: u64,
+    latency_sum_ms: f64,
+    latency_count: u64,
+    fallbacks: u64,
+    final_events: u64,
+    final_quantiles: Vec<f64>,
+    final_sessions: u64,
+}
+
+const HOURLY: &str = "
+SELECT hour, model_version,
+       sumIf(events, src = 0) AS live_events, sum(successes) AS successes,
+       sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
+       sum(total_tokens) AS total_tokens, sum(latency_sum_ms) AS latency_sum_ms,
+       sum(latency_count) AS latency_count, sum(fallbacks) AS fallbacks,
+       sumIf(events, src = 1) AS final_events, anyIf(quantiles, src = 1) AS final_quantiles,
+       sumIf(sessions, src = 1) AS final_sessions
+FROM
+(
+    SELECT 0 AS src, toUInt32(hour) AS hour, toString(model_version) AS model_version, events,
+           successes, input_tokens, output_tokens, total_tokens, latency_sum_ms, latency_count,
+           fallbacks, CAST([], 'Array(Float64)') AS quantiles, toUInt64(0) AS sessions
+    FROM ai_events_hourly
+    WHERE tenant_id = {tenant:String}
+      AND hour >= toDateTime({from:UInt32}, 'UTC') AND hour < toDateTime({to:UInt32}, 'UTC')
+      AND ({model:String} = '' OR model_version = {model:String})
+    UNION ALL
+    SELECT 1, toUInt32(hour), toString(model_version), events, 0, 0, 0, 0, 0, 0, 0,
+           [p50_latency_ms, p95_latency_ms, p99_latency_ms], sessions
+    FROM ai_events_hourly_final FINAL
+    WHERE tenant_id = {tenant:String}
+      AND hour >= toDateTime({from:UInt32}, 'UTC') AND hour < toDateTime({to:UInt32}, 'UTC')
+      AND ({model:String} = '' OR model_version = {model:String})
+)
+GROUP BY hour, model_version
+HAVING live_events > 0
+ORDER BY hour, model_version";
+
+/// Phase 2: percentiles and sessions merged from the states, for the groups without an
+/// up-to-date finalized row.
+#[derive(Debug, Row, Deserialize)]
+struct StateRow {
+    hour: u32,
+    model_version: String,
+    quantiles: Vec<f64>,
+    sessions: u64,
+}
+
+const FROM_STATES: &str = "
+SELECT toUInt32(hour) AS hour, model_version,
+       arrayMap(q -> toFloat64(q), quantilesTDigestMerge(0.5, 0.95, 0.99)(latency_tdigest)) AS quantiles,
+       uniqMerge(sessions) AS sessions
+FROM ai_events_hourly
+WHERE tenant_id = {tenant:String}
+  AND hour >= toDateTime({from:UInt32}, 'UTC') AND hour < toDateTime({to:UInt32}, 'UTC')
+  AND ({model:String} = '' OR model_version = {model:String})
+  AND ({all:Bool} OR has({keys:Array(Tuple(UInt32, String))}, (toUInt32(hour), toString(model_version))))
+GROUP BY hour, model_version";
+
+/// The hourly figures of `tenant` for hours starting in `[from, to)` (epoch seconds).
+///
+/// Finalized rows (see `ai_events_hourly_final`) are used only where their event count equals
+/// the live rollup's; every other group is merged from its states here, so a late event is in
+/// the answer at once, and the answer is the same whether the flusher has run or not.
+pub async fn hourly(
+    client: &Client,
+    tenant: &str,
+    from: u32,
+    to: u32,
+    model: Option<&str>,
+) -> Result<Vec<HourlyStats>, ApiError> {
+    let unavailable = |e: clickhouse::error::Error| ApiError::ClickHouseUnavailable(e.to_string());
+    let model = model.unwrap_or("");
+    let query = |sql: &str| {
+        client
+            .query(sql)
+            .param("tenant", tenant)
+            .param("from", from)
+            .param("to", to)
+            .param("model", model)
+    };
+    let rows: Vec<HourlyRow> = query(HOURLY).fetch_all().await.map_err(unavailable)?;
+    // A finalized row counts only while no event has come for its hour since.
+    let stale: Vec<(u32, String)> = rows
+        .iter()
+        .filter(|r| r.final_events != r.live_events)
+        .map(|r| (r.hour, r.model_version.clone()))
+        .collect();
+    let mut merged: HashMap<(u32, String), (Vec<f64>, u64)> = HashMap::new();
+    if !stale.is_empty() {
+        let all = stale.len() == rows.len();
+        let keys: &[(u32, String)] = if all { &[] } else { &stale };
+        let states: Vec<StateRow> = query(FROM_STATES)
+            .param("all", all)
+            .param("keys", keys)
+            .fetch_all()
+            .await
+            .map_err(unavailable)?;
+        merged.extend(
+            states
+                .into_iter()
+                .map(|s| ((s.hour, s.model_version), (s.quantiles, s.sessions))),
+        );
+    }
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let (quantiles, sessions) = if row.final_events == row.live_events {
+                (row.final_quantiles.clone(), row.final_sessions)
+            } else {
+                merged
+                    .remove(&(row.hour, row.model_version.clone()))
+                    .unwrap_or_default()
+            };
+            HourlyStats::new(row, &quantiles, sessions)
+        })
+        .collect())
+}
+
+impl HourlyStats {
+    fn new(r: HourlyRow, quantiles: &[f64], sessions: u64) -> Self {
+        let ratio = |part: u64, whole: u64| {
+            if whole == 0 {
+                0.0
+            } else {
+                part as f64 / whole as f64
+            }
+        };
+        let q = |i: usize| quantiles.get(i).copied().unwrap_or(0.0);
+        Self {
+            hour: rfc3339(i64::from(r.hour)),
+            success_rate: ratio(r.successes, r.live_events),
+            fallback_rate: ratio(r.fallbacks, r.live_events),
+            avg_latency_ms: if r.latency_count == 0 {
+                0.0
+            } else {
+                r.latency_sum_ms / r.latency_count as f64
+            },
+            p50_latency_ms: q(0),
+            p95_latency_ms: q(1),
+            p99_latency_ms: q(2),
+            model_version: r.model_version,
+            events: r.live_events,
+            successes: r.successes,
+            input_tokens: r.input_tokens,
+            output_tokens: r.output_tokens,
+            total_tokens: r.total_tokens,
+            unique_sessions: sessions,
+            fallbacks: r.fallbacks,
+        }
+    }
+}
+
+/// One session's metrics, as answered by `GET /v1/ai/sessions/{session_id}`.
+#[derive(Debug, Clone, Row, Serialize, Deserialize)]
+pub struct SessionStats {
+    pub session_id: String,
+    pub turns: u32,
+    pub successes: u32,
+    pub failures: u32,
+    pub fallbacks: u32,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub total_tokens: u64,
+    pub models: Vec<String>,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    pub duration_ms: i64,
+    pub computed_at_ms: i64,
+}
+
+const SESSION: &str = "
+SELECT session_id, turns, successes, failures, fallbacks, input_tokens, output_tokens, total_tokens,
+       models, toUnixTimestamp64Milli(first_seen) AS first_seen_ms, toUnixTimestamp64Milli(last_seen) AS last_seen_ms,
+       duration_ms, toUnixTimestamp64Milli(computed_at) AS computed_at_ms
+FROM ai_sessions FINAL
+WHERE tenant_id = {tenant:String} AND session_id = {session:String}";
+
+pub async fn session(
+    client: &Client,
+    tenant: &str,
+    session_id: &str,
+) -> Result<Option<SessionStats>, ApiError> {
+    client
+        .query(SESSION)
+        .param("tenant", tenant)
+        .param("session", session_id)
+        .fetch_optional()
+        .await
+        .map_err(|e| ApiError::ClickHouseUnavailable(e.to_string()))
+}
+
+/// Epoch seconds as RFC 3339 (UTC).
+pub fn rfc3339(secs: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}

@@ -1,0 +1,176 @@
+//! `POST /v1/ai/events` and `POST /v1/ai/events/batch`: authenticate, read, validate, hash,
+//! then one dedup-and-enqueue script call for the whole request.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Serialize;
+use sift_core::hash::sha256_hex;
+use sift_core::validate::validate;
+use sift_core::{InvalidRecord, QueueRecord, SemanticHash};
+
+use crate::auth::Caller;
+use crate::body::{self, Item};
+use crate::dedup::{Claim, Outcome};
+use crate::error::ApiError;
+use crate::metrics::count_event;
+use crate::state::AppState;
+
+/// The answer for one event, in request order.
+#[derive(Debug, Serialize)]
+#[serde(tag = "status", rename_all = "lowercase")]
+pub enum EventResult {
+    Accepted {
+        semantic_key: String,
+    },
+    Collapsed {
+        semantic_key: String,
+        reason: &'static str,
+    },
+    Rejected {
+        error: &'static str,
+        field: String,
+        reason: String,
+    },
+}
+
+pub async fn ingest_one(
+    request: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = state.keys.caller(&request).await?;
+    body::expect_json(&request)?;
+    let bytes = body::read(&request, payload, &state.body_limits).await?;
+    let event = body::parse_event(&bytes)?;
+    let mut results = process(&state, &caller, vec![Item::Event(event)]).await?;
+    match results.pop() {
+        Some(EventResult::Rejected { field, reason, .. }) => {
+            Err(ApiError::InvalidEvent { field, reason })
+        }
+        Some(result) => Ok(HttpResponse::Accepted().json(result)),
+        None => Err(ApiError::Internal("no result for the event".into())),
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct BatchAnswer {
+    accepted: usize,
+    collapsed: usize,
+    rejected: usize,
+    results: Vec<EventResult>,
+}
+
+pub async fn ingest_batch(
+    request: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = state.keys.caller(&request).await?;
+    let bytes = body::read(&request, payload, &state.body_limits).await?;
+    let items = body::parse_batch(&request, &bytes, &state.body_limits)?;
+    let results = process(&state, &caller, items).await?;
+    let count = |f: fn(&EventResult) -> bool| results.iter().filter(|r| f(r)).count();
+    Ok(HttpResponse::Accepted().json(BatchAnswer {
+        accepted: count(|r| matches!(r, EventResult::Accepted { .. })),
+        collapsed: count(|r| matches!(r, EventResult::Collapsed { .. })),
+        rejected: count(|r| matches!(r, EventResult::Rejected { .. })),
+        results,
+    }))
+}
+
+/// Validates and hashes every item, submits them in one script call, answers in order.
+async fn process(
+    state: &AppState,
+    caller: &Caller,
+    items: Vec<Item>,
+) -> Result<Vec<EventResult>, ApiError> {
+    let tenant = caller.tenant.as_str();
+    let now = now_ms();
+    let mut records: Vec<(QueueRecord, Option<String>)> = Vec::new();
+    let mut invalid: Vec<InvalidRecord> = Vec::new();
+    // For each item: Ok(index into records) or Err(index into invalid).
+    let mut order: Vec<Result<usize, usize>> = Vec::with_capacity(items.len());
+    for item in items {
+        let checked = match item {
+            Item::Event(value) => validate(&value, &state.limits, now)
+                .map_err(|e| (value.to_string(), e.field, e.reason)),
+            Item::Unparseable { raw, reason } => Err((raw, "$".to_owned(), reason)),
+        };
+        match checked {
+            Ok(event) => {
+                let hash = SemanticHash::of(tenant, &event);
+                let event_id_hash = event.event_id.as_deref().map(sha256_hex);
+                order.push(Ok(records.len()));
+                records.push((QueueRecord::new(tenant, &event, &hash, now), event_id_hash));
+            }
+            Err((raw, field, reason)) => {
+                order.push(Err(invalid.len()));
+                invalid.push(InvalidRecord {
+                    tenant_id: tenant.to_owned(),
+                    received_at_ms: now,
+                    field,
+                    reason,
+                    raw,
+                });
+            }
+        }
+    }
+    if let Some(limit) = caller
+        .rate_limit
+        .filter(|limit| records.len() > *limit as usize)
+    {
+        // Never within the rate, whenever it is retried: say so instead of 429.
+        return Err(ApiError::PayloadTooLarge(format!(
+            "the batch holds {} events; tenant {tenant} may send at most {limit} per second: split it",
+            records.len()
+        )));
+    }
+    let claims: Vec<Claim<'_>> = records
+        .iter()
+        .map(|(record, eid)| Claim {
+            record,
+            event_id_hash: eid.clone(),
+        })
+        .collect();
+    let outcomes = state
+        .dedup
+        .submit(tenant, caller.rate_limit, &claims, &invalid, now)
+        .await?;
+
+    let results = order
+        .into_iter()
+        .map(|slot| match slot {
+            Ok(i) => {
+                let semantic_key = records[i].0.semantic_hash.clone();
+                match outcomes[i] {
+                    Outcome::Accepted => {
+                        count_event(tenant, "accepted");
+                        EventResult::Accepted { semantic_key }
+                    }
+                    collapsed => {
+                        count_event(tenant, "collapsed");
+                        EventResult::Collapsed {
+                            semantic_key,
+                            reason: collapsed.reason().unwrap_or("duplicate"),
+                        }
+                    }
+                }
+            }
+            Err(j) => {
+                count_event(tenant, "rejected");
+                let InvalidRecord { field, reason, .. } = invalid[j].clone();
+                EventResult::Rejected {
+                    error: "invalid_event",
+                    field,
+                    reason,
+                }
+            }
+        })
+        .collect();
+    Ok(results)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

@@ -1,0 +1,28 @@
+//! The HTTP routes of `sift-ingest`.
+
+mod dashboard;
+mod events;
+mod health;
+mod stats;
+
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/ai/events", web::post().to(events::ingest_one))
+        .route("/v1/ai/events/batch", web::post().to(events::ingest_batch))
+        .route("/v1/ai/stats/hourly", web::get().to(stats::hourly))
+        .route("/v1/ai/stats/dedup", web::get().to(stats::dedup))
+        .route(
+            "/v1/ai/sessions/{session_id}",
+            web::get().to(stats::session),
+        )
+        .route("/dashboard", web::get().to(dashboard::page))
+        .route("/dashboard/{asset}", web::get().to(dashboard::asset))
+        .route("/healthz", web::get().to(health::healthz))
+        .route("/readyz", web::get().to(health::readyz))
+        .route("/metrics", web::get().to(health::metrics))
+        .default_service(web::to(|| async {
+            HttpResponse::NotFound().json(json!({"error": "not_found", "message": "no such route"}))
+        }));
+}

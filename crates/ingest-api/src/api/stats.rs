@@ -1,0 +1,167 @@
+//! The read API: `GET /v1/ai/stats/hourly`, `GET /v1/ai/stats/dedup` and
+//! `GET /v1/ai/sessions/{session_id}`. The tenant is the API key's; bad parameters are
+//! answered 400 with a message that names the parameter.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::analytics;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The longest range one request may ask for.
+const MAX_RANGE_SECS: i64 = 366 * 24 * 3600;
+const HOUR: i64 = 3600;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RangeQuery {
+    from: Option<String>,
+    to: Option<String>,
+    model_version: Option<String>,
+}
+
+/// `[from, to)` in epoch seconds: `to` defaults to the end of the current hour, `from` to
+/// 24 hours before `to`.
+fn range(query: &RangeQuery) -> Result<(i64, i64), ApiError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let to = match &query.to {
+        Some(text) => parse_time("to", text)?,
+        None => (now / HOUR + 1) * HOUR,
+    };
+    let from = match &query.from {
+        Some(text) => parse_time("from", text)?,
+        None => to - 24 * HOUR,
+    };
+    if from >= to {
+        return Err(ApiError::BadParameter("from must be before to".into()));
+    }
+    if to - from > MAX_RANGE_SECS {
+        return Err(ApiError::BadParameter(
+            "the range from..to may span at most 366 days".into(),
+        ));
+    }
+    Ok((from.max(0), to))
+}
+
+/// RFC 3339 or epoch seconds.
+fn parse_time(name: &str, text: &str) -> Result<i64, ApiError> {
+    if let Ok(secs) = text.parse::<i64>() {
+        if (0..=4_102_444_800).contains(&secs) {
+            return Ok(secs);
+        }
+    }
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map(time::OffsetDateTime::unix_timestamp)
+        .map_err(|_| {
+            ApiError::BadParameter(format!(
+                "{name} must be an RFC 3339 date-time or epoch seconds, got {text:?}"
+            ))
+        })
+}
+
+fn parse<'a, T: Deserialize<'a>>(request: &'a HttpRequest) -> Result<T, ApiError> {
+    serde_urlencoded::from_str(request.query_string())
+        .map_err(|e| ApiError::BadParameter(e.to_string()))
+}
+
+pub async fn hourly(
+    request: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = state.keys.authenticate(&request).await?;
+    let query: RangeQuery = parse(&request)?;
+    let (from, to) = range(&query)?;
+    if let Some(model) = &query.model_version {
+        if !sift_core::validate::is_model_version(model) {
+            return Err(ApiError::BadParameter(format!(
+                "model_version must look like v1.2.3, got {model:?}"
+            )));
+        }
+    }
+    let to_u32 = |s: i64| {
+        u32::try_from(s).map_err(|_| ApiError::BadParameter("the range is out of bounds".into()))
+    };
+    let rows = analytics::hourly(
+        &state.clickhouse,
+        &tenant,
+        to_u32(from)?,
+        to_u32(to)?,
+        query.model_version.as_deref(),
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "tenant": tenant,
+        "from": analytics::rfc3339(from),
+        "to": analytics::rfc3339(to),
+        "rows": rows,
+    })))
+}
+
+pub async fn dedup(
+    request: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = state.keys.authenticate(&request).await?;
+    let query: RangeQuery = parse(&request)?;
+    if query.model_version.is_some() {
+        return Err(ApiError::BadParameter(
+            "model_version does not apply to dedup counters".into(),
+        ));
+    }
+    let (from, to) = range(&query)?;
+    let hours: Vec<i64> = (from / HOUR..(to + HOUR - 1) / HOUR)
+        .map(|h| h * HOUR)
+        .collect();
+    if hours.len() > 31 * 24 {
+        return Err(ApiError::BadParameter(
+            "dedup counters are kept 8 days; ask for at most 31 days".into(),
+        ));
+    }
+    let counters = state.dedup.dedup_counters(&tenant, &hours).await?;
+    let (received, accepted) = counters.iter().fold((0, 0), |(r, a), c| (r + c.1, a + c.2));
+    let rows: Vec<_> = counters
+        .into_iter()
+        .filter(|(_, r, _)| *r > 0)
+        .map(|(hour, received, accepted)| {
+            json!({"hour": analytics::rfc3339(hour), "received": received, "accepted": accepted,
+                   "dedup_ratio": ratio(received, accepted)})
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({
+        "tenant": tenant, "from": analytics::rfc3339(from), "to": analytics::rfc3339(to),
+        "received": received, "accepted": accepted, "dedup_ratio": ratio(received, accepted), "rows": rows,
+    })))
+}
+
+/// Events received per event kept (3.8 means 3.8 events arrived for each one stored).
+fn ratio(received: u64, accepted: u64) -> f64 {
+    if accepted == 0 {
+        0.0
+    } else {
+        received as f64 / accepted as f64
+    }
+}
+
+pub async fn session(
+    request: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = state.keys.authenticate(&request).await?;
+    let session_id = path.into_inner();
+    if session_id.is_empty() || session_id.chars().count() > 128 {
+        return Err(ApiError::BadParameter(
+            "session_id must be 1 to 128 characters".into(),
+        ));
+    }
+    match analytics::session(&state.clickhouse, &tenant, &session_id).await? {
+        Some(stats) => Ok(HttpResponse::Ok().json(stats)),
+        None => Err(ApiError::NotFound(format!(
+            "no metrics for session {session_id:?} (yet: the flusher runs every minute)"
+        ))),
+    }
+}

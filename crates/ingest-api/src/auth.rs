@@ -1,0 +1,132 @@
+//! Authentication: `Authorization: Bearer <key>` to a tenant, through a short-lived cache.
+//!
+//! PostgreSQL keeps SHA-256 hashes of keys. Each hash seen is looked up at most once per
+//! refresh interval, answers (including "no such key") are cached for that long, so a revoked
+//! key stops working within one interval and a flood of bad keys does not reach PostgreSQL.
+//! When PostgreSQL is down, a stale answer is still used rather than refusing known clients.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+use actix_web::http::header::AUTHORIZATION;
+use actix_web::HttpRequest;
+use deadpool_postgres::Pool;
+
+use crate::error::ApiError;
+
+/// At most this many cached answers; past it, the cache is cleared (bad keys cannot grow it).
+const MAX_ENTRIES: usize = 100_000;
+
+pub struct KeyCache {
+    pool: Pool,
+    ttl: Duration,
+    entries: RwLock<HashMap<String, Entry>>,
+}
+
+#[derive(Clone)]
+struct Entry {
+    caller: Option<Caller>,
+    fetched: Instant,
+}
+
+/// Who a valid key belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub tenant: String,
+    /// Events per second the tenant may send (None: no limit).
+    pub rate_limit: Option<u32>,
+}
+
+impl KeyCache {
+    pub fn new(pool: Pool, ttl: Duration) -> Self {
+        Self {
+            pool,
+            ttl,
+            entries: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The tenant of the request's key, or 401.
+    pub async fn authenticate(&self, request: &HttpRequest) -> Result<String, ApiError> {
+        Ok(self.caller(request).await?.tenant)
+    }
+
+    /// The tenant of the request's key and its limits, or 401.
+    pub async fn caller(&self, request: &HttpRequest) -> Result<Caller, ApiError> {
+        let key = bearer_key(request).ok_or(ApiError::Unauthorized(
+            "missing API key: send Authorization: Bearer <key>",
+        ))?;
+        let hash = sift_core::hash::sha256_hex(key);
+        self.tenant_of(&hash).await?.ok_or(ApiError::Unauthorized(
+            "the API key is not valid or was revoked",
+        ))
+    }
+
+    async fn tenant_of(&self, key_hash: &str) -> Result<Option<Caller>, ApiError> {
+        let cached = self.read().get(key_hash).cloned();
+        if let Some(entry) = &cached {
+            if entry.fetched.elapsed() < self.ttl {
+                return Ok(entry.caller.clone());
+            }
+        }
+        match self.fetch(key_hash).await {
+            Ok(tenant) => {
+                let mut entries = self
+                    .entries
+                    .write()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                if entries.len() >= MAX_ENTRIES {
+                    entries.clear();
+                }
+                entries.insert(
+                    key_hash.to_owned(),
+                    Entry {
+                        caller: tenant.clone(),
+                        fetched: Instant::now(),
+                    },
+                );
+                Ok(tenant)
+            }
+            Err(error) => match cached {
+                Some(entry) => {
+                    tracing::warn!(%error, "PostgreSQL unavailable; using the cached answer for an API key");
+                    Ok(entry.caller)
+                }
+                None => Err(error),
+            },
+        }
+    }
+
+    async fn fetch(&self, key_hash: &str) -> Result<Option<Caller>, ApiError> {
+        let unavailable = |e: &dyn std::fmt::Display| ApiError::PostgresUnavailable(e.to_string());
+        let client = self.pool.get().await.map_err(|e| unavailable(&e))?;
+        let row = client
+            .query_opt(
+                "SELECT k.tenant_id, t.rate_limit_per_sec FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
+                 WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
+                &[&key_hash],
+            )
+            .await
+            .map_err(|e| unavailable(&e))?;
+        Ok(row.map(|r| Caller {
+            tenant: r.get(0),
+            rate_limit: r
+                .get::<_, Option<i32>>(1)
+                .and_then(|n| u32::try_from(n).ok()),
+        }))
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Entry>> {
+        self.entries
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn bearer_key(request: &HttpRequest) -> Option<&str> {
+    let value = request.headers().get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, key) = value.split_once(' ')?;
+    let key = key.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !key.is_empty()).then_some(key)
+}

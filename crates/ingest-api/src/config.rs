@@ -1,0 +1,167 @@
+//! The command line of `sift-ingest`: one clap struct, every flag also read from `SIFT_*`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use sift_core::Limits;
+
+use crate::body::BodyLimits;
+use crate::dedup::{DedupSettings, WindowMode};
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "sift-ingest", version, about = "sift's HTTP ingest API")]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "SIFT_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// HTTP worker threads (0: one per core).
+    #[arg(long, env = "SIFT_WORKERS", default_value_t = 0)]
+    pub workers: usize,
+
+    /// Redis URL (dedup claims and the queue).
+    #[arg(long, env = "SIFT_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+
+    /// Largest number of pooled Redis connections.
+    #[arg(long, env = "SIFT_REDIS_POOL_SIZE", default_value_t = 32)]
+    pub redis_pool_size: usize,
+
+    /// Give up on a Redis call after this many milliseconds (answered 503).
+    #[arg(long, env = "SIFT_REDIS_TIMEOUT_MS", default_value_t = 1000)]
+    pub redis_timeout_ms: u64,
+
+    /// PostgreSQL URL (tenants and API keys).
+    #[arg(
+        long,
+        env = "SIFT_POSTGRES_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/sift"
+    )]
+    pub postgres_url: String,
+
+    /// ClickHouse HTTP URL (the read API answers from its rollups).
+    #[arg(
+        long,
+        env = "SIFT_CLICKHOUSE_URL",
+        default_value = "http://127.0.0.1:8123"
+    )]
+    pub clickhouse_url: String,
+
+    /// ClickHouse database of sift's tables.
+    #[arg(long, env = "SIFT_CLICKHOUSE_DATABASE", default_value = "ai_analytics")]
+    pub clickhouse_database: String,
+
+    /// ClickHouse user (read access to sift's tables is enough).
+    #[arg(long, env = "SIFT_CLICKHOUSE_USER", default_value = "default")]
+    pub clickhouse_user: String,
+
+    /// ClickHouse password (prefer the environment variable to the flag).
+    #[arg(
+        long,
+        env = "SIFT_CLICKHOUSE_PASSWORD",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub clickhouse_password: String,
+
+    /// Prefix of every Redis key (`ai` gives `ai:queue`, `ai:dedup:...`).
+    #[arg(long, env = "SIFT_KEY_PREFIX", default_value = "ai")]
+    pub key_prefix: String,
+
+    /// Semantic dedup window in milliseconds (30000 suits long conversations).
+    #[arg(long, env = "SIFT_DEDUP_WINDOW_MS", default_value_t = 5000)]
+    pub dedup_window_ms: u64,
+
+    /// `fixed`: the window starts at the first event; `sliding`: each duplicate extends it.
+    #[arg(long, env = "SIFT_DEDUP_MODE", value_enum, default_value = "fixed")]
+    pub dedup_mode: WindowMode,
+
+    /// How long a client `event_id` is remembered, in milliseconds (default 30 min).
+    #[arg(long, env = "SIFT_EVENT_ID_WINDOW_MS", default_value_t = 1_800_000)]
+    pub event_id_window_ms: u64,
+
+    /// A stream without its final chunk for this long is written with its latest chunk.
+    #[arg(long, env = "SIFT_STREAM_TIMEOUT_MS", default_value_t = 60_000)]
+    pub stream_timeout_ms: u64,
+
+    /// Queue length from which new events are answered 429 (0: no limit).
+    #[arg(long, env = "SIFT_QUEUE_HIGH_WATER", default_value_t = 1_000_000)]
+    pub queue_high_water: u64,
+
+    /// Length of the invalid-events list (oldest dropped first).
+    #[arg(long, env = "SIFT_INVALID_MAX", default_value_t = 10_000)]
+    pub invalid_max: u64,
+
+    /// Largest request body on the wire, in bytes.
+    #[arg(long, env = "SIFT_MAX_BODY_BYTES", default_value_t = 5 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Largest body after gzip decoding, in bytes.
+    #[arg(long, env = "SIFT_MAX_DECOMPRESSED_BYTES", default_value_t = 20 * 1024 * 1024)]
+    pub max_decompressed_bytes: usize,
+
+    /// Most events in one batch request.
+    #[arg(long, env = "SIFT_MAX_BATCH_EVENTS", default_value_t = 1000)]
+    pub max_batch_events: usize,
+
+    /// Longest `prompt_text`, in bytes.
+    #[arg(long, env = "SIFT_MAX_PROMPT_BYTES", default_value_t = 32 * 1024)]
+    pub max_prompt_bytes: usize,
+
+    /// How far in the future a `timestamp` may be, in seconds (clock skew).
+    #[arg(long, env = "SIFT_MAX_FUTURE_SKEW_SECS", default_value_t = 300)]
+    pub max_future_skew_secs: i64,
+
+    /// How old a `timestamp` may be, in days.
+    #[arg(long, env = "SIFT_MAX_EVENT_AGE_DAYS", default_value_t = 30)]
+    pub max_event_age_days: i64,
+
+    /// Largest `properties` object, in bytes of JSON.
+    #[arg(long, env = "SIFT_MAX_PROPERTIES_BYTES", default_value_t = 8 * 1024)]
+    pub max_properties_bytes: usize,
+
+    /// How long an API key lookup is cached, in milliseconds (revocations take this long).
+    #[arg(long, env = "SIFT_KEY_CACHE_TTL_MS", default_value_t = 5000)]
+    pub key_cache_ttl_ms: u64,
+
+    /// Seconds to finish requests in flight after SIGTERM.
+    #[arg(long, env = "SIFT_SHUTDOWN_TIMEOUT_SECS", default_value_t = 10)]
+    pub shutdown_timeout_secs: u64,
+
+    /// Log format: `text` for people, `json` for log collectors.
+    #[arg(long, env = "SIFT_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}
+
+impl Config {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_prompt_bytes: self.max_prompt_bytes,
+            max_future_skew_ms: self.max_future_skew_secs.saturating_mul(1000),
+            max_age_ms: self.max_event_age_days.saturating_mul(86_400_000),
+            max_properties_bytes: self.max_properties_bytes,
+            ..Limits::default()
+        }
+    }
+
+    pub fn body_limits(&self) -> BodyLimits {
+        BodyLimits {
+            max_body_bytes: self.max_body_bytes,
+            max_decompressed_bytes: self.max_decompressed_bytes,
+            max_batch_events: self.max_batch_events,
+        }
+    }
+
+    pub fn dedup(&self) -> DedupSettings {
+        DedupSettings {
+            window: Duration::from_millis(self.dedup_window_ms),
+            event_id_window: Duration::from_millis(self.event_id_window_ms),
+            mode: self.dedup_mode,
+            stream_timeout: Duration::from_millis(self.stream_timeout_ms),
+            high_water: self.queue_high_water,
+            invalid_max: self.invalid_max.max(1),
+            timeout: Duration::from_millis(self.redis_timeout_ms),
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! One error type for the HTTP API, mapped to status codes and JSON bodies in one place.
+//!
+//! Bodies are `{"error": <code>, "message": <sentence>}`; a 422 also names the `field`.
+//! 429 and 503 carry `Retry-After`, so well-behaved clients back off instead of hammering.
+
+use actix_web::http::header::{HeaderValue, RETRY_AFTER};
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("the body is not valid: {0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    BadParameter(String),
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{field}: {reason}")]
+    InvalidEvent { field: String, reason: String },
+    #[error("the queue is above its high-water mark; retry later")]
+    QueueFull,
+    #[error("the tenant is over its rate of {limit} events per second (this request has {events}); retry later")]
+    RateLimited { limit: u32, events: usize },
+    #[error("Redis is unavailable: {0}")]
+    RedisUnavailable(String),
+    #[error("PostgreSQL is unavailable: {0}")]
+    PostgresUnavailable(String),
+    #[error("ClickHouse is unavailable: {0}")]
+    ClickHouseUnavailable(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Seconds a client should wait after a 429 or 503.
+pub const RETRY_AFTER_SECS: u32 = 1;
+
+impl ApiError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) => "bad_request",
+            Self::BadParameter(_) => "bad_parameter",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::UnsupportedMediaType(_) => "unsupported_media_type",
+            Self::InvalidEvent { .. } => "invalid_event",
+            Self::QueueFull => "queue_full",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::RedisUnavailable(_)
+            | Self::PostgresUnavailable(_)
+            | Self::ClickHouseUnavailable(_) => "unavailable",
+            Self::NotFound(_) => "not_found",
+            Self::Internal(_) => "internal",
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) | Self::BadParameter(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::InvalidEvent { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::QueueFull | Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RedisUnavailable(_)
+            | Self::PostgresUnavailable(_)
+            | Self::ClickHouseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if self.status_code().is_server_error() {
+            tracing::warn!(error = %self, "request failed");
+        }
+        let mut response = HttpResponse::build(self.status_code());
+        if matches!(
+            self.status_code(),
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        ) {
+            response.insert_header((RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS)));
+        }
+        let body = match self {
+            Self::InvalidEvent { field, reason } => json!({
+                "status": "rejected", "error": self.code(), "field": field, "reason": reason,
+                "message": self.to_string(),
+            }),
+            // Details of dependencies and internals go to the log, not to clients.
+            Self::RedisUnavailable(_)
+            | Self::PostgresUnavailable(_)
+            | Self::ClickHouseUnavailable(_) => json!({
+                "error": self.code(), "message": "a dependency of sift is unavailable; retry later",
+            }),
+            Self::Internal(_) => json!({"error": self.code(), "message": "internal error"}),
+            _ => json!({"error": self.code(), "message": self.to_string()}),
+        };
+        response.json(body)
+    }
+}

@@ -1,0 +1,18 @@
+//! sift-ingest: the HTTP ingest API.
+//!
+//! A request is authenticated ([`auth`]), read within limits ([`body`]), validated and hashed
+//! (`sift-core`), then deduplicated and enqueued in one atomic Redis script ([`dedup`]).
+//! [`analytics`] answers the read API from ClickHouse. [`api`] holds the routes, [`error`] the one error type and its HTTP mapping, [`metrics`] the
+//! Prometheus names, [`tasks`] the once-a-second background work, [`server`] the start-up.
+
+pub mod analytics;
+pub mod api;
+pub mod auth;
+pub mod body;
+pub mod config;
+pub mod dedup;
+pub mod error;
+pub mod metrics;
+pub mod server;
+pub mod state;
+pub mod tasks;

@@ -1,0 +1,105 @@
+#!lua
+-- Dedup and enqueue for one request, atomically (SPEC "Deduplication layers" 1).
+-- Declared with a shebang so Redis refuses the whole script up front when it is out of memory:
+-- either every write of the request happens or none does.
+--
+-- KEYS[1] queue, KEYS[2] invalid-events list, KEYS[3] open-streams sorted set, KEYS[4] the
+-- tenant's dedup counters of this hour (received, accepted: the dashboard's dedup ratio),
+-- KEYS[5] the tenant's event counter of this second (its rate limit), then per event
+-- three keys: the semantic claim, the event_id claim, the stream's pending hash (unused ones
+-- repeat the semantic claim so that every key stays in the event's hash slot).
+-- ARGV: now_ms, window_ms, event_id_window_ms, sliding (1/0), high_water (0: none),
+-- invalid_max, stream_timeout_ms, number of events, number of invalid records, the tenant's
+-- events per second (0: no limit); then per event
+-- kind (p plain, s stream chunk, f final stream chunk), has_event_id (1/0), chunk_index (-1:
+-- none), record; then the invalid records, then the counters' lifetime in ms.
+-- Returns -1 when the queue is at its high-water mark, -2 when the tenant is over its rate
+-- (nothing written in either case), else one status per
+-- event: 1 accepted, 2 collapsed (intent), 3 collapsed (event_id), 4 collapsed (stream chunk).
+
+local now = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local eid_window = tonumber(ARGV[3])
+local sliding = ARGV[4] == '1'
+local high_water = tonumber(ARGV[5])
+local invalid_max = tonumber(ARGV[6])
+local stream_timeout = tonumber(ARGV[7])
+local n_events = tonumber(ARGV[8])
+local n_invalid = tonumber(ARGV[9])
+
+if high_water > 0 and n_events > 0 and redis.call('LLEN', KEYS[1]) >= high_water then
+  return -1
+end
+local rate_limit = tonumber(ARGV[10])
+if rate_limit > 0 and n_events > 0 then
+  if tonumber(redis.call('GET', KEYS[5]) or '0') + n_events > rate_limit then
+    return -2
+  end
+  redis.call('INCRBY', KEYS[5], n_events)
+  redis.call('PEXPIRE', KEYS[5], 2000)
+end
+
+local statuses = {}
+for i = 1, n_events do
+  local claim, eid, pending = KEYS[3 * i + 3], KEYS[3 * i + 4], KEYS[3 * i + 5]
+  local a = 11 + 4 * (i - 1)
+  local kind, has_eid, chunk, record = ARGV[a], ARGV[a + 1] == '1', tonumber(ARGV[a + 2]), ARGV[a + 3]
+  local status
+  if has_eid and redis.call('EXISTS', eid) == 1 then
+    status = 3
+  elseif kind == 'p' then
+    if redis.call('SET', claim, '1', 'NX', 'PX', window) then
+      redis.call('LPUSH', KEYS[1], record)
+      status = 1
+    else
+      if sliding then redis.call('PEXPIRE', claim, window) end
+      status = 2
+    end
+  elseif redis.call('EXISTS', claim) == 1 then
+    -- The stream was already written (its final chunk came, or it timed out).
+    status = 4
+  elseif kind == 'f' then
+    status = (redis.call('EXISTS', pending) == 1) and 4 or 1
+    redis.call('SET', claim, '1', 'PX', eid_window)
+    redis.call('LPUSH', KEYS[1], record)
+    redis.call('DEL', pending)
+    redis.call('ZREM', KEYS[3], pending)
+  else
+    -- A chunk before the final one: kept (the highest chunk_index wins) until the final
+    -- chunk arrives or the stream times out and the sweeper enqueues it.
+    local seen = redis.call('HGET', pending, 'i')
+    if not seen then
+      status = 1
+    else
+      status = 4
+    end
+    if (not seen) or chunk >= tonumber(seen) then
+      redis.call('HSET', pending, 'i', chunk, 'r', record, 'c', claim)
+    end
+    redis.call('ZADD', KEYS[3], now + stream_timeout, pending)
+  end
+  if has_eid and status ~= 3 then
+    redis.call('SET', eid, '1', 'PX', eid_window)
+  end
+  statuses[i] = status
+end
+
+local accepted = 0
+for i = 1, n_events do
+  if statuses[i] == 1 then accepted = accepted + 1 end
+end
+if n_events > 0 then
+  redis.call('HINCRBY', KEYS[4], 'received', n_events)
+  redis.call('HINCRBY', KEYS[4], 'accepted', accepted)
+  redis.call('PEXPIRE', KEYS[4], tonumber(ARGV[#ARGV]))
+end
+
+local first_invalid = 11 + 4 * n_events
+for j = 0, n_invalid - 1 do
+  redis.call('LPUSH', KEYS[2], ARGV[first_invalid + j])
+end
+if n_invalid > 0 then
+  redis.call('LTRIM', KEYS[2], 0, invalid_max - 1)
+end
+
+return statuses

@@ -1,0 +1,90 @@
+//! Builds the pools and the shared state, starts the HTTP server and the background tasks,
+//! and stops gracefully on SIGTERM (requests in flight finish within the shutdown timeout).
+
+use std::time::Duration;
+
+use actix_web::middleware::from_fn;
+use actix_web::{web, App, HttpServer};
+use metrics_exporter_prometheus::PrometheusHandle;
+use sift_core::KeySpace;
+
+use crate::auth::KeyCache;
+use crate::config::Config;
+use crate::dedup::Deduplicator;
+use crate::state::AppState;
+use crate::{api, metrics, tasks};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Pool(#[from] sift_service::pools::PoolError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("HTTP server: {0}")]
+    Server(#[from] std::io::Error),
+}
+
+/// Runs until SIGTERM or SIGINT. Prints `listening on http://ADDR` once bound.
+pub async fn serve(config: Config, metrics_handle: PrometheusHandle) -> Result<(), StartError> {
+    let timeout = Duration::from_millis(config.redis_timeout_ms);
+    let redis = sift_service::pools::redis(&config.redis_url, config.redis_pool_size, timeout)?;
+    let postgres = sift_service::pools::postgres(&config.postgres_url, 8, Duration::from_secs(2))?;
+
+    let state = web::Data::new(AppState {
+        keys: KeyCache::new(
+            postgres.clone(),
+            Duration::from_millis(config.key_cache_ttl_ms),
+        ),
+        dedup: Deduplicator::new(
+            redis,
+            KeySpace::new(config.key_prefix.clone()),
+            config.dedup(),
+        ),
+        postgres,
+        clickhouse: clickhouse_client(&config),
+        limits: config.limits(),
+        body_limits: config.body_limits(),
+        metrics: metrics_handle,
+    });
+
+    let app_state = state.clone();
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .app_data(app_state.clone())
+            .wrap(from_fn(metrics::track_latency))
+            .configure(api::configure)
+    })
+    .shutdown_timeout(config.shutdown_timeout_secs);
+    if config.workers > 0 {
+        server = server.workers(config.workers);
+    }
+    let server = server
+        .bind(config.listen)
+        .map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    for addr in server.addrs() {
+        println!("listening on http://{addr}");
+        tracing::info!(%addr, "sift-ingest listening");
+    }
+    let background = tasks::spawn(state.into_inner());
+    let result = server.run().await;
+    background.abort();
+    tracing::info!("sift-ingest stopped");
+    Ok(result?)
+}
+
+fn clickhouse_client(config: &Config) -> clickhouse::Client {
+    sift_service::pools::clickhouse(
+        &config.clickhouse_url,
+        &config.clickhouse_user,
+        &config.clickhouse_password,
+    )
+    .with_database(&config.clickhouse_database)
+    // Reads of recent rollups must not wait behind a long query.
+    .with_setting("max_execution_time", "10")
+}

@@ -1,0 +1,18 @@
+//! What every request handler shares: the key cache, the deduplicator, the limits.
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use sift_core::Limits;
+
+use crate::auth::KeyCache;
+use crate::body::BodyLimits;
+use crate::dedup::Deduplicator;
+
+pub struct AppState {
+    pub keys: KeyCache,
+    pub dedup: Deduplicator,
+    pub postgres: deadpool_postgres::Pool,
+    pub clickhouse: clickhouse::Client,
+    pub limits: Limits,
+    pub body_limits: BodyLimits,
+    pub metrics: PrometheusHandle,
+}

@@ -1,0 +1,50 @@
+//! Background work of an ingest node, once a second: the queue-depth and Redis memory gauges, the sweeper of
+//! streams that never sent their final chunk, and the metrics recorder's upkeep.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+use crate::metrics::{DEPENDENCY_ERRORS, QUEUE_DEPTH, REDIS_MEMORY_RATIO, STREAMS_SWEPT};
+use crate::state::AppState;
+
+const PERIOD: Duration = Duration::from_secs(1);
+/// Streams enqueued per sweep at most, so one sweep never holds Redis for long.
+const SWEEP_BATCH: usize = 500;
+
+pub fn spawn(state: Arc<AppState>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(PERIOD);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match state.dedup.queue_depth().await {
+                Ok(depth) => metrics::gauge!(QUEUE_DEPTH).set(depth as f64),
+                Err(error) => {
+                    metrics::counter!(DEPENDENCY_ERRORS, "dependency" => "redis").increment(1);
+                    tracing::warn!(%error, "cannot read the queue depth");
+                    continue;
+                }
+            }
+            if let Ok(ratio) = state.dedup.memory_ratio().await {
+                metrics::gauge!(REDIS_MEMORY_RATIO).set(ratio);
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+            match state.dedup.sweep_streams(now, SWEEP_BATCH).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    metrics::counter!(STREAMS_SWEPT).increment(n);
+                    tracing::info!(
+                        streams = n,
+                        "enqueued streams that timed out without a final chunk"
+                    );
+                }
+                Err(error) => tracing::warn!(%error, "stream sweep failed; retrying next second"),
+            }
+            state.metrics.run_upkeep();
+        }
+    })
+}
