@@ -1,0 +1,173 @@
+//! The ClickHouse side of the batcher: the client, the row written for each event, and the
+//! insert of one chunk with its deduplication token (dedup layer 3).
+//!
+//! Errors are sorted the way the worker must react to them: ClickHouse unreachable (wait and
+//! retry without limit), ClickHouse refusing the data (the records go to the dead letters), or
+//! anything else ClickHouse answers (retry, then dead-letter the chunk past a limit).
+
+use std::time::Duration;
+
+use clickhouse::{Client, Row};
+use serde::Serialize;
+use sift_core::QueueRecord;
+
+use crate::config::ClickHouseArgs;
+
+pub const EVENTS_TABLE: &str = "ai_events";
+
+/// One row of `ai_events`. DateTime64(3) columns travel as milliseconds since the epoch.
+#[derive(Debug, Clone, Row, Serialize)]
+pub struct EventRow {
+    pub tenant_id: String,
+    pub event_time: i64,
+    pub semantic_hash: String,
+    pub session_id: String,
+    pub prompt_hash: String,
+    pub normalizer_version: u16,
+    pub model_version: String,
+    pub provider: String,
+    pub operation: String,
+    pub latency_ms: f64,
+    pub token_count: u32,
+    pub input_tokens: u32,
+    pub output_tokens: u32,
+    pub success: bool,
+    pub event_id: String,
+    pub turn_index: Option<u32>,
+    pub stream_id: String,
+    pub chunk_index: Option<u32>,
+    pub is_final: bool,
+    pub fallback_chain: Vec<String>,
+    pub properties: String,
+    pub chunk_id: String,
+    pub ingested_at: i64,
+}
+
+impl EventRow {
+    pub fn new(record: QueueRecord, chunk_id: &str) -> Self {
+        Self {
+            tenant_id: record.tenant_id,
+            event_time: record.timestamp_ms,
+            semantic_hash: record.semantic_hash,
+            session_id: record.session_id,
+            prompt_hash: record.prompt_hash,
+            normalizer_version: record.normalizer_version,
+            model_version: record.model_version,
+            provider: record.provider.unwrap_or_default(),
+            operation: record.operation.unwrap_or_default(),
+            latency_ms: record.latency_ms,
+            token_count: record.token_count,
+            input_tokens: record.input_tokens.unwrap_or(0),
+            output_tokens: record.output_tokens.unwrap_or(0),
+            success: record.success,
+            event_id: record.event_id.unwrap_or_default(),
+            turn_index: record.turn_index,
+            stream_id: record.stream_id.unwrap_or_default(),
+            chunk_index: record.chunk_index,
+            is_final: record.is_final,
+            fallback_chain: record.fallback_chain,
+            properties: record.properties.unwrap_or_default(),
+            chunk_id: chunk_id.to_owned(),
+            ingested_at: record.ingested_at_ms,
+        }
+    }
+}
+
+/// How an insert failed, from the worker's point of view.
+#[derive(Debug, thiserror::Error)]
+pub enum InsertError {
+    /// ClickHouse could not be reached or did not answer in time: wait and retry.
+    #[error("ClickHouse unreachable: {0}")]
+    Unreachable(String),
+    /// ClickHouse refused the data itself: retrying cannot help.
+    #[error("ClickHouse refused the data: {0}")]
+    Refused(String),
+    /// Any other answer: retry, up to the attempt limit.
+    #[error("ClickHouse insert failed: {0}")]
+    Failed(String),
+}
+
+/// Error codes with which ClickHouse refuses data (parse, type and range errors).
+/// 469: VIOLATED_CONSTRAINT (a CHECK constraint of the table refuses the row).
+const DATA_ERROR_CODES: &[u32] = &[6, 26, 27, 32, 38, 41, 53, 69, 70, 72, 117, 321, 407, 469];
+
+impl From<clickhouse::error::Error> for InsertError {
+    fn from(error: clickhouse::error::Error) -> Self {
+        use clickhouse::error::Error as E;
+        let text = error.to_string();
+        match &error {
+            E::Network(_) | E::TimedOut => Self::Unreachable(text),
+            E::BadResponse(reason) => match exception_code(reason) {
+                Some(code) if DATA_ERROR_CODES.contains(&code) => Self::Refused(text),
+                _ => Self::Failed(text),
+            },
+            // A value our row type cannot carry is the data's fault; a schema that does not
+            // match is the deployment's, and retrying (then dead-lettering) is right for it.
+            E::DataFormat(_) | E::Custom(_) | E::SequenceMustHaveLength => Self::Refused(text),
+            _ => Self::Failed(text),
+        }
+    }
+}
+
+/// The number after `Code: ` in a ClickHouse exception text.
+fn exception_code(reason: &str) -> Option<u32> {
+    let start = reason.find("Code: ")? + "Code: ".len();
+    let digits: String = reason[start..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// A client for `args`.
+pub fn client(args: &ClickHouseArgs) -> Client {
+    sift_service::pools::clickhouse(
+        &args.clickhouse_url,
+        &args.clickhouse_user,
+        &args.clickhouse_password,
+    )
+}
+
+/// Inserts `rows` as one block with `insert_deduplication_token = token`: a retry of the same
+/// chunk (same rows, same order, same token) is dropped by ClickHouse instead of doubled.
+pub async fn insert_chunk(
+    client: &Client,
+    database: &str,
+    token: &str,
+    rows: &[EventRow],
+) -> Result<(), InsertError> {
+    let client = client.clone().with_database(database);
+    let mut insert = client
+        .insert::<EventRow>(EVENTS_TABLE)
+        .await?
+        .with_setting("insert_deduplication_token", token)
+        .with_setting("insert_deduplicate", "1")
+        .with_setting("async_insert", "0")
+        .with_setting("deduplicate_blocks_in_dependent_materialized_views", "1")
+        // One chunk must stay one block, or the token would cover only part of it.
+        .with_setting("max_insert_block_size", "1048576")
+        .with_timeouts(Some(Duration::from_secs(30)), Some(Duration::from_secs(60)));
+    for row in rows {
+        insert.write(row).await?;
+    }
+    insert.end().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exception_code;
+
+    #[test]
+    fn exception_codes_are_read_from_the_answer() {
+        assert_eq!(
+            exception_code("Code: 53. DB::Exception: Type mismatch"),
+            Some(53)
+        );
+        assert_eq!(
+            exception_code("bad response: Code: 210. DB::NetException"),
+            Some(210)
+        );
+        assert_eq!(exception_code("no code here"), None);
+    }
+}

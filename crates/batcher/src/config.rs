@@ -1,0 +1,312 @@
+//! The command line of `sift-batcher`: one clap struct, every flag also read from `SIFT_*`.
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sift-batcher",
+    version,
+    about = "sift's batcher worker and operator commands"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub postgres: PostgresArgs,
+
+    #[command(flatten)]
+    pub redis: RedisArgs,
+
+    #[command(flatten)]
+    pub clickhouse: ClickHouseArgs,
+
+    /// Log format: `text` for people, `json` for log collectors.
+    #[arg(long, env = "SIFT_LOG_FORMAT", default_value = "text", global = true)]
+    pub log_format: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PostgresArgs {
+    /// PostgreSQL connection URL (the database is created by `migrate` when missing).
+    #[arg(
+        long,
+        env = "SIFT_POSTGRES_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/sift",
+        global = true
+    )]
+    pub postgres_url: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RedisArgs {
+    /// Redis URL (the queue, processing lists, dead letters).
+    #[arg(
+        long,
+        env = "SIFT_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        global = true
+    )]
+    pub redis_url: String,
+
+    /// Prefix of every Redis key; must match the ingest API's.
+    #[arg(long, env = "SIFT_KEY_PREFIX", default_value = "ai", global = true)]
+    pub key_prefix: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ClickHouseArgs {
+    /// ClickHouse HTTP URL.
+    #[arg(
+        long,
+        env = "SIFT_CLICKHOUSE_URL",
+        default_value = "http://127.0.0.1:8123",
+        global = true
+    )]
+    pub clickhouse_url: String,
+
+    /// ClickHouse database of sift's tables.
+    #[arg(
+        long,
+        env = "SIFT_CLICKHOUSE_DATABASE",
+        default_value = "ai_analytics",
+        global = true
+    )]
+    pub clickhouse_database: String,
+
+    /// ClickHouse user.
+    #[arg(
+        long,
+        env = "SIFT_CLICKHOUSE_USER",
+        default_value = "default",
+        global = true
+    )]
+    pub clickhouse_user: String,
+
+    /// ClickHouse password (prefer the environment variable to the flag).
+    #[arg(
+        long,
+        env = "SIFT_CLICKHOUSE_PASSWORD",
+        default_value = "",
+        hide_env_values = true,
+        global = true
+    )]
+    pub clickhouse_password: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MigrateTarget {
+    All,
+    Postgres,
+    Clickhouse,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// This worker's id (default: host name, process id and a random suffix). A worker that
+    /// restarts with the same id takes its unfinished chunk back at once.
+    #[arg(long, env = "SIFT_WORKER_ID")]
+    pub worker_id: Option<String>,
+
+    /// Records per chunk at most.
+    #[arg(long, env = "SIFT_CHUNK_SIZE", default_value_t = 500)]
+    pub chunk_size: usize,
+
+    /// Flush a chunk once its oldest record has waited this long, in milliseconds.
+    #[arg(long, env = "SIFT_FLUSH_INTERVAL_MS", default_value_t = 1000)]
+    pub flush_interval_ms: u64,
+
+    /// A worker whose heartbeat is older than this is dead; its chunk is taken over.
+    #[arg(long, env = "SIFT_HEARTBEAT_TTL_MS", default_value_t = 10_000)]
+    pub heartbeat_ttl_ms: u64,
+
+    /// Attempts at a chunk that ClickHouse keeps refusing before it goes whole to `ai:dlq`
+    /// (unreachable services are waited for without limit).
+    #[arg(long, env = "SIFT_MAX_ATTEMPTS", default_value_t = 8)]
+    pub max_attempts: u32,
+
+    /// First retry delay in milliseconds (doubled per attempt, with jitter).
+    #[arg(long, env = "SIFT_RETRY_BASE_MS", default_value_t = 200)]
+    pub retry_base_ms: u64,
+
+    /// Longest retry delay in milliseconds.
+    #[arg(long, env = "SIFT_RETRY_MAX_MS", default_value_t = 10_000)]
+    pub retry_max_ms: u64,
+
+    /// After SIGTERM, time to finish the chunk in hand before leaving it for recovery (s).
+    #[arg(long, env = "SIFT_SHUTDOWN_DEADLINE_SECS", default_value_t = 20)]
+    pub shutdown_deadline_secs: u64,
+
+    /// Seconds between session flusher runs (one batcher at a time runs it; 0: never here).
+    #[arg(long, env = "SIFT_SESSION_FLUSH_SECS", default_value_t = 60)]
+    pub session_flush_secs: u64,
+
+    /// The flusher recomputes sessions that received events in this many last minutes.
+    #[arg(long, env = "SIFT_SESSION_ACTIVE_MINUTES", default_value_t = 40)]
+    pub session_active_minutes: u64,
+
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "SIFT_BATCHER_LISTEN", default_value = "127.0.0.1:9090")]
+    pub listen: std::net::SocketAddr,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply the schema migrations that are not applied yet (idempotent).
+    Migrate {
+        /// Which stores to migrate.
+        #[arg(long, value_enum, default_value = "all")]
+        target: MigrateTarget,
+        /// Days raw events are kept in ClickHouse (TTL of ai_events).
+        #[arg(long, env = "SIFT_RAW_TTL_DAYS", default_value_t = 30)]
+        raw_ttl_days: u32,
+        /// Days hourly rollups and session metrics are kept.
+        #[arg(long, env = "SIFT_ROLLUP_TTL_DAYS", default_value_t = 365)]
+        rollup_ttl_days: u32,
+    },
+    /// Consume the queue: write chunks to ClickHouse exactly once, until SIGTERM.
+    Run(RunArgs),
+    /// Recompute derived tables for an older time range.
+    Backfill {
+        #[command(subcommand)]
+        command: BackfillCommand,
+    },
+    /// Inspect and replay the dead-letter list.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Manage tenants.
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+    /// Manage API keys.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant (safe to repeat: an existing tenant is left as it is).
+    Create {
+        /// Tenant id: lowercase letters, digits, `-` and `_`, up to 63 characters.
+        id: String,
+        /// A name for people; defaults to the id.
+        #[arg(long)]
+        name: Option<String>,
+        /// Events per second the tenant may send (default: no limit).
+        #[arg(long)]
+        rate_limit: Option<u32>,
+    },
+    /// Set or remove a tenant's rate limit (applies within the ingest API's key cache TTL).
+    SetRateLimit {
+        id: String,
+        /// Events per second, or `none`.
+        limit: String,
+    },
+    /// List tenants with their rate limit and count of active keys.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Create an API key for a tenant and print it (it is shown only once).
+    Create {
+        /// The tenant the key belongs to.
+        tenant: String,
+    },
+    /// Revoke an API key, given its numeric id or the key itself.
+    Revoke {
+        /// Key id (as printed by `key create` and `key list`) or the key.
+        key: String,
+    },
+    /// List the keys of a tenant (ids and prefixes; never the keys).
+    List {
+        /// The tenant whose keys to list.
+        tenant: String,
+    },
+}
+
+/// Which entries a dead-letter command applies to.
+#[derive(Debug, Clone, Default, Args)]
+pub struct DlqFilter {
+    /// Only entries whose error contains this text.
+    #[arg(long)]
+    pub error: Option<String>,
+    /// Only entries dead-lettered at least this many seconds ago.
+    #[arg(long)]
+    pub older_than_secs: Option<u64>,
+    /// Work on the invalid-events list (events the API refused) instead of `ai:dlq`.
+    #[arg(long)]
+    pub invalid: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List entries, newest first: position, age, error.
+    List {
+        #[command(flatten)]
+        filter: DlqFilter,
+        /// Show at most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Show one entry whole, by its position in `list`.
+    Show {
+        position: usize,
+        #[arg(long)]
+        invalid: bool,
+    },
+    /// Put matching records back on the queue (safe to repeat: a replayed entry is gone).
+    Replay {
+        #[command(flatten)]
+        filter: DlqFilter,
+    },
+    /// Delete matching entries (asks for confirmation unless --yes).
+    Purge {
+        #[command(flatten)]
+        filter: DlqFilter,
+        /// Do not ask.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackfillCommand {
+    /// Recompute `ai_sessions` for the sessions with events in [from, to).
+    Sessions {
+        /// Start (RFC 3339 or epoch seconds).
+        #[arg(long)]
+        from: String,
+        /// End, exclusive (RFC 3339 or epoch seconds).
+        #[arg(long)]
+        to: String,
+        /// Size of one step in minutes (bounds the work of one query).
+        #[arg(long, default_value_t = 60)]
+        step_minutes: u64,
+    },
+    /// Finalize the hourly rollups of [from, to) into `ai_events_hourly_final` (after a bulk
+    /// import, say), one day per step.
+    Rollups {
+        /// Start (RFC 3339 or epoch seconds).
+        #[arg(long)]
+        from: String,
+        /// End, exclusive (RFC 3339 or epoch seconds).
+        #[arg(long)]
+        to: String,
+    },
+}
+
+/// Parses RFC 3339 or epoch seconds into epoch milliseconds.
+pub fn parse_time(text: &str) -> Result<i64, String> {
+    if let Ok(secs) = text.parse::<i64>() {
+        return Ok(secs.saturating_mul(1000));
+    }
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+        .map_err(|e| format!("{text:?} is neither RFC 3339 nor epoch seconds: {e}"))
+}

@@ -1,0 +1,104 @@
+//! The chunk ledger in PostgreSQL (dedup layer 2): a chunk is recorded as pending before its
+//! insert and as inserted after it, so a chunk already inserted is acknowledged without
+//! touching ClickHouse again, whatever retried it.
+
+use deadpool_postgres::Pool;
+
+#[derive(Debug, thiserror::Error)]
+#[error("PostgreSQL (chunk ledger): {0}")]
+pub struct LedgerError(String);
+
+/// What the ledger knew of a chunk when the worker announced it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkState {
+    /// Not inserted yet (new, or an earlier attempt did not finish): insert it.
+    Pending,
+    /// Inserted before: acknowledge without inserting.
+    Inserted,
+}
+
+#[derive(Clone)]
+pub struct Ledger {
+    pool: Pool,
+}
+
+impl Ledger {
+    pub fn new(pool: Pool) -> Self {
+        Self { pool }
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, LedgerError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| LedgerError(e.to_string()))
+    }
+
+    /// Records the chunk as pending (counting the attempt) and returns its state.
+    pub async fn begin(
+        &self,
+        chunk_id: &str,
+        worker: &str,
+        rows: usize,
+    ) -> Result<ChunkState, LedgerError> {
+        let rows = i32::try_from(rows).unwrap_or(i32::MAX);
+        let row = self
+            .client()
+            .await?
+            .query_one(
+                "INSERT INTO chunk_ledger (chunk_id, status, worker, row_count, attempts)
+                 VALUES ($1, 'pending', $2, $3, 1)
+                 ON CONFLICT (chunk_id) DO UPDATE
+                   SET attempts = chunk_ledger.attempts + 1, worker = EXCLUDED.worker, updated_at = now()
+                 RETURNING status",
+                &[&chunk_id, &worker, &rows],
+            )
+            .await
+            .map_err(|e| LedgerError(e.to_string()))?;
+        let status: String = row.get(0);
+        Ok(if status == "inserted" {
+            ChunkState::Inserted
+        } else {
+            ChunkState::Pending
+        })
+    }
+
+    pub async fn mark_inserted(&self, chunk_id: &str) -> Result<(), LedgerError> {
+        self.client()
+            .await?
+            .execute(
+                "UPDATE chunk_ledger SET status = 'inserted', inserted_at = now(), updated_at = now(), last_error = NULL
+                 WHERE chunk_id = $1",
+                &[&chunk_id],
+            )
+            .await
+            .map_err(|e| LedgerError(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Notes the last error of a chunk, for operators (best effort: the error is also logged).
+    pub async fn record_error(&self, chunk_id: &str, error: &str) -> Result<(), LedgerError> {
+        self.client()
+            .await?
+            .execute(
+                "UPDATE chunk_ledger SET last_error = $2, updated_at = now() WHERE chunk_id = $1",
+                &[&chunk_id, &error],
+            )
+            .await
+            .map_err(|e| LedgerError(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Deletes rows untouched for `hours`; returns how many.
+    pub async fn prune(&self, hours: u32) -> Result<u64, LedgerError> {
+        let hours = i32::try_from(hours).unwrap_or(i32::MAX);
+        self.client()
+            .await?
+            .execute(
+                "DELETE FROM chunk_ledger WHERE updated_at < now() - ($1::int * interval '1 hour')",
+                &[&hours],
+            )
+            .await
+            .map_err(|e| LedgerError(e.to_string()))
+    }
+}

@@ -1,0 +1,30 @@
+//! sift-batcher: the worker that moves accepted events from Redis into ClickHouse exactly once,
+//! and the operator commands around it.
+//!
+//! - [`config`]: the command line (every flag also read from the environment).
+//! - [`run`] and [`worker`]: the queue consumer; [`queue`] (Redis: reliable claim, heartbeats,
+//!   takeover), [`chunk`] (deterministic chunk ids), [`ledger`] (PostgreSQL chunk ledger),
+//!   [`clickhouse`] (rows and the token-carrying insert), [`retry`], [`shutdown`].
+//! - [`sessions`]: the flusher (session metrics) and its backfill; [`rollups`]: finalized
+//!   hourly figures for the read API.
+//! - [`dlq`]: dead letters and the operator commands on them.
+//! - [`health`] and [`metrics`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`postgres`], [`migrate`], [`tenants`]: schema and tenants/keys administration.
+
+pub mod chunk;
+pub mod clickhouse;
+pub mod config;
+pub mod dlq;
+pub mod health;
+pub mod ledger;
+pub mod metrics;
+pub mod migrate;
+pub mod postgres;
+pub mod queue;
+pub mod retry;
+pub mod rollups;
+pub mod run;
+pub mod sessions;
+pub mod shutdown;
+pub mod tenants;
+pub mod worker;

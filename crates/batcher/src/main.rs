@@ -1,0 +1,250 @@
+//! `sift-batcher`: the worker binary and the operator commands. Errors end here, as anyhow.
+
+use std::io::{BufRead, Write};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use sift_batcher::config::{
+    parse_time, BackfillCommand, Cli, Command, DlqCommand, KeyCommand, MigrateTarget, TenantCommand,
+};
+use sift_batcher::{clickhouse, dlq, migrate, postgres, rollups, run, sessions, tenants};
+use sift_core::KeySpace;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    sift_service::logging::init(&cli.log_format);
+    match dispatch(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {}", describe(&error));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let url = &cli.postgres.postgres_url;
+    match cli.command {
+        Command::Migrate {
+            target,
+            raw_ttl_days,
+            rollup_ttl_days,
+        } => {
+            if target != MigrateTarget::Clickhouse {
+                postgres::ensure_database(url).await?;
+                let mut client = postgres::connect(url).await?;
+                let applied = migrate::postgres(&mut client).await?;
+                report("postgres", &applied, migrate::POSTGRES.len());
+            }
+            if target != MigrateTarget::Postgres {
+                let client = clickhouse::client(&cli.clickhouse);
+                let schema = migrate::ClickHouseSchema {
+                    database: cli.clickhouse.clickhouse_database.clone(),
+                    raw_ttl_days,
+                    rollup_ttl_days,
+                };
+                let applied = migrate::clickhouse(&client, &schema)
+                    .await
+                    .context("migrating ClickHouse")?;
+                report("clickhouse", &applied, migrate::CLICKHOUSE.len());
+            }
+        }
+        Command::Backfill { command } => backfill(command, &cli.clickhouse).await?,
+        Command::Run(args) => run::run(args, &cli.redis, url, &cli.clickhouse).await?,
+        Command::Dlq { command } => {
+            let keys = KeySpace::new(cli.redis.key_prefix.clone());
+            let mut conn = redis::Client::open(cli.redis.redis_url.as_str())?
+                .get_multiplexed_async_connection()
+                .await
+                .context("connecting to Redis")?;
+            dlq_command(command, &keys, &mut conn).await?;
+        }
+        Command::Tenant { command } => {
+            let client = postgres::connect(url).await?;
+            match command {
+                TenantCommand::Create {
+                    id,
+                    name,
+                    rate_limit,
+                } => {
+                    let created =
+                        tenants::create_tenant(&client, &id, name.as_deref(), rate_limit).await?;
+                    println!(
+                        "tenant {id} {}",
+                        if created { "created" } else { "already exists" }
+                    );
+                }
+                TenantCommand::SetRateLimit { id, limit } => {
+                    let rate = match limit.as_str() {
+                        "none" => None,
+                        n => Some(
+                            n.parse::<u32>()
+                                .with_context(|| format!("{n:?} is neither a number nor `none`"))?,
+                        ),
+                    };
+                    tenants::set_rate_limit(&client, &id, rate).await?;
+                    println!(
+                        "tenant {id} rate limit: {}",
+                        rate.map_or("none".to_owned(), |n| format!("{n} events/s"))
+                    );
+                }
+                TenantCommand::List => {
+                    println!("{:<24} {:<32} {:<12} active_keys", "id", "name", "events/s");
+                    for t in tenants::list_tenants(&client).await? {
+                        let rate = t.rate_limit.map_or("-".to_owned(), |n| n.to_string());
+                        println!("{:<24} {:<32} {:<12} {}", t.id, t.name, rate, t.active_keys);
+                    }
+                }
+            }
+        }
+        Command::Key { command } => {
+            let client = postgres::connect(url).await?;
+            match command {
+                KeyCommand::Create { tenant } => {
+                    let key = tenants::create_key(&client, &tenant)
+                        .await
+                        .context("creating key")?;
+                    println!("key_id={} tenant={} key={}", key.id, key.tenant_id, key.key);
+                }
+                KeyCommand::Revoke { key } => {
+                    let id = tenants::revoke_key(&client, &key).await?;
+                    println!("key {id} revoked");
+                }
+                KeyCommand::List { tenant } => {
+                    println!("{:<8} {:<12} state", "id", "prefix");
+                    for k in tenants::list_keys(&client, &tenant).await? {
+                        println!(
+                            "{:<8} {:<12} {}",
+                            k.id,
+                            k.prefix,
+                            if k.revoked { "revoked" } else { "active" }
+                        );
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn backfill(
+    command: BackfillCommand,
+    ch: &sift_batcher::config::ClickHouseArgs,
+) -> anyhow::Result<()> {
+    let db = &ch.clickhouse_database;
+    let client = clickhouse::client(ch).with_database(db);
+    let range = |from: &str, to: &str| -> anyhow::Result<(i64, i64)> {
+        let from = parse_time(from).map_err(anyhow::Error::msg)?;
+        let to = parse_time(to).map_err(anyhow::Error::msg)?;
+        anyhow::ensure!(from < to, "--from must be before --to");
+        Ok((from, to))
+    };
+    match command {
+        BackfillCommand::Sessions {
+            from,
+            to,
+            step_minutes,
+        } => {
+            let (from, to) = range(&from, &to)?;
+            let step = std::time::Duration::from_secs(step_minutes.max(1) * 60);
+            let steps = sessions::backfill(&client, db, from, to, step).await?;
+            println!("sessions recomputed in {steps} steps");
+        }
+        BackfillCommand::Rollups { from, to } => {
+            let (from, to) = range(&from, &to)?;
+            let steps = rollups::backfill(&client, db, from, to).await?;
+            println!("rollups finalized in {steps} steps");
+        }
+    }
+    Ok(())
+}
+
+fn report(store: &str, applied: &[i32], total: usize) {
+    if applied.is_empty() {
+        println!("{store}: up to date ({total} migrations)");
+    } else {
+        println!("{store}: applied migrations {applied:?}");
+    }
+}
+
+async fn dlq_command(
+    command: DlqCommand,
+    keys: &KeySpace,
+    conn: &mut redis::aio::MultiplexedConnection,
+) -> anyhow::Result<()> {
+    match command {
+        DlqCommand::List { filter, limit } => {
+            let entries = dlq::entries(conn, keys, &filter).await?;
+            println!("{} entries", entries.len());
+            let now = dlq::now_ms();
+            for (position, entry) in entries.iter().take(limit) {
+                let age = (now - entry.at_ms).max(0) / 1000;
+                println!("{position:>6}  {age:>8}s ago  {}", entry.error);
+            }
+        }
+        DlqCommand::Show { position, invalid } => {
+            let filter = sift_batcher::config::DlqFilter {
+                invalid,
+                ..Default::default()
+            };
+            let entries = dlq::entries(conn, keys, &filter).await?;
+            let (_, entry) = entries
+                .into_iter()
+                .find(|(p, _)| *p == position)
+                .ok_or(dlq::DlqError::NoSuchEntry(position))?;
+            println!("{}", String::from_utf8_lossy(&entry.raw));
+        }
+        DlqCommand::Replay { filter } => {
+            let report = dlq::replay(conn, keys, &filter).await?;
+            println!("requeued {} entries", report.requeued);
+            if report.collapsed > 0 {
+                println!(
+                    "{} entries were duplicates of an intent already taken and were dropped",
+                    report.collapsed
+                );
+            }
+            for reason in &report.still_invalid {
+                println!("kept: {reason}");
+            }
+        }
+        DlqCommand::Purge { filter, yes } => {
+            let count = dlq::entries(conn, keys, &filter).await?.len();
+            if count == 0 {
+                println!("nothing to purge");
+                return Ok(());
+            }
+            if !yes && !confirm(&format!("delete {count} entries for good? [y/N] "))? {
+                println!("nothing purged");
+                return Ok(());
+            }
+            println!("purged {} entries", dlq::purge(conn, keys, &filter).await?);
+        }
+    }
+    Ok(())
+}
+
+fn confirm(question: &str) -> anyhow::Result<bool> {
+    print!("{question}");
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+/// The chain of causes in one line, without a backtrace (operators read this, not developers),
+/// skipping a cause whose text its parent already shows.
+fn describe(error: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
+}

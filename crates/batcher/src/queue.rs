@@ -1,0 +1,248 @@
+//! The Redis side of the batcher: the reliable claim (LMOVE from the tail of `ai:queue` into
+//! this worker's processing list, so the queue is FIFO and nothing is lost if the worker dies),
+//! the acknowledgement, heartbeats, and the takeover of dead workers' processing lists.
+
+use std::time::Duration;
+
+use deadpool_redis::Pool;
+use redis::Script;
+use sift_core::KeySpace;
+
+#[derive(Debug, thiserror::Error)]
+#[error("Redis: {0}")]
+pub struct QueueError(String);
+
+impl From<redis::RedisError> for QueueError {
+    fn from(e: redis::RedisError) -> Self {
+        Self(e.to_string())
+    }
+}
+
+impl From<deadpool_redis::PoolError> for QueueError {
+    fn from(e: deadpool_redis::PoolError) -> Self {
+        Self(e.to_string())
+    }
+}
+
+/// Moves up to ARGV[1] records from the queue's tail to the processing list's head.
+/// KEYS: queue, processing list, worker set. ARGV: how many, this worker's id. Registers the
+/// worker with every claim, so that a list is never left where no one would look for it.
+/// `allow-oom`: a full Redis must still be drained (LMOVE does not grow it).
+const CLAIM: &str = r"#!lua flags=allow-oom
+redis.call('SADD', KEYS[3], ARGV[2])
+local moved = 0
+for i = 1, tonumber(ARGV[1]) do
+  if not redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT') then break end
+  moved = moved + 1
+end
+return moved";
+
+/// Acknowledges a chunk: removes exactly its records from the tail of the processing list and
+/// dead-letters ARGV[4..] in the same step, so a crash can never dead-letter a record and also
+/// leave it to be processed again. Records claimed after the chunk was read (at the head) stay.
+/// If the list no longer ends with the chunk (another worker took it over), nothing is done.
+/// KEYS: processing list, dead letters. ARGV: chunk length, its oldest record, its newest record.
+/// Returns the records left in the list, or -1 when the chunk was not there.
+const ACK: &str = r"#!lua flags=allow-oom
+local n = tonumber(ARGV[1])
+local len = redis.call('LLEN', KEYS[1])
+if len < n or redis.call('LINDEX', KEYS[1], -1) ~= ARGV[2] or redis.call('LINDEX', KEYS[1], -n) ~= ARGV[3] then
+  return -1
+end
+for i = 4, #ARGV do redis.call('LPUSH', KEYS[2], ARGV[i]) end
+if len == n then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('LTRIM', KEYS[1], 0, -(n + 1))
+end
+return len - n";
+
+/// Takes over a dead worker's processing list when this worker holds none. KEYS: the dead
+/// worker's heartbeat, its processing list, ours, the worker set; ARGV[1]: the dead worker.
+const TAKE_OVER: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+local taken = 0
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('RENAME', KEYS[2], KEYS[3])
+  taken = 1
+end
+redis.call('SREM', KEYS[4], ARGV[1])
+return taken";
+
+pub struct Queue {
+    pool: Pool,
+    keys: KeySpace,
+    worker: String,
+    claim: Script,
+    ack: Script,
+    take_over: Script,
+}
+
+impl Queue {
+    pub fn new(pool: Pool, keys: KeySpace, worker: String) -> Self {
+        Self {
+            pool,
+            keys,
+            worker,
+            claim: Script::new(CLAIM),
+            ack: Script::new(ACK),
+            take_over: Script::new(TAKE_OVER),
+        }
+    }
+
+    pub fn worker(&self) -> &str {
+        &self.worker
+    }
+
+    pub fn keys(&self) -> &KeySpace {
+        &self.keys
+    }
+
+    async fn conn(&self) -> Result<deadpool_redis::Connection, QueueError> {
+        Ok(self.pool.get().await?)
+    }
+
+    fn processing(&self) -> String {
+        self.keys.processing(&self.worker)
+    }
+
+    /// Moves up to `n` records into this worker's processing list; returns how many.
+    pub async fn claim(&self, n: usize) -> Result<usize, QueueError> {
+        let mut conn = self.conn().await?;
+        let moved: usize = self
+            .claim
+            .key(self.keys.queue())
+            .key(self.processing())
+            .key(self.keys.workers())
+            .arg(n)
+            .arg(&self.worker)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(moved)
+    }
+
+    /// Waits up to `timeout` for one record and moves it; returns whether one came.
+    pub async fn claim_blocking(&self, timeout: Duration) -> Result<bool, QueueError> {
+        let mut conn = self.conn().await?;
+        let (moved,): (Option<Vec<u8>>,) = redis::pipe()
+            .cmd("SADD")
+            .arg(self.keys.workers())
+            .arg(&self.worker)
+            .ignore()
+            .cmd("BLMOVE")
+            .arg(self.keys.queue())
+            .arg(self.processing())
+            .arg("RIGHT")
+            .arg("LEFT")
+            .arg(timeout.as_secs_f64().max(0.01))
+            .query_async(&mut conn)
+            .await?;
+        Ok(moved.is_some())
+    }
+
+    /// The records of this worker's processing list, oldest first.
+    pub async fn in_hand(&self) -> Result<Vec<Vec<u8>>, QueueError> {
+        let mut conn = self.conn().await?;
+        let mut records: Vec<Vec<u8>> = redis::cmd("LRANGE")
+            .arg(self.processing())
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await?;
+        records.reverse();
+        Ok(records)
+    }
+
+    /// Acknowledges the chunk in hand (`len` records, `oldest` and `newest` of them), dead-
+    /// lettering `dead` in the same step; false when the chunk was no longer in this worker's
+    /// list (another worker took it over and acknowledges it).
+    pub async fn ack(
+        &self,
+        len: usize,
+        oldest: &[u8],
+        newest: &[u8],
+        dead: &[Vec<u8>],
+    ) -> Result<bool, QueueError> {
+        let mut conn = self.conn().await?;
+        let mut invocation = self.ack.key(self.processing());
+        invocation
+            .key(self.keys.dlq())
+            .arg(len)
+            .arg(oldest)
+            .arg(newest);
+        for entry in dead {
+            invocation.arg(entry.as_slice());
+        }
+        let left: i64 = invocation.invoke_async(&mut conn).await?;
+        Ok(left >= 0)
+    }
+
+    /// Announces this worker alive for `ttl`.
+    pub async fn heartbeat(&self, ttl: Duration) -> Result<(), QueueError> {
+        let mut conn = self.conn().await?;
+        redis::pipe()
+            .cmd("SET")
+            .arg(self.keys.heartbeat(&self.worker))
+            .arg(1)
+            .arg("PX")
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+            .ignore()
+            .cmd("SADD")
+            .arg(self.keys.workers())
+            .arg(&self.worker)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// On a clean exit: drop the heartbeat so that any chunk left behind is taken over at once.
+    pub async fn leave(&self) -> Result<(), QueueError> {
+        let mut conn = self.conn().await?;
+        let _: () = redis::cmd("DEL")
+            .arg(self.keys.heartbeat(&self.worker))
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Takes over the processing list of one dead worker, if any; returns its id.
+    pub async fn take_over_dead(&self) -> Result<Option<String>, QueueError> {
+        let mut conn = self.conn().await?;
+        let workers: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.keys.workers())
+            .query_async(&mut conn)
+            .await?;
+        for dead in workers.into_iter().filter(|w| *w != self.worker) {
+            let taken: i64 = self
+                .take_over
+                .key(self.keys.heartbeat(&dead))
+                .key(self.keys.processing(&dead))
+                .key(self.processing())
+                .key(self.keys.workers())
+                .arg(&dead)
+                .invoke_async(&mut conn)
+                .await?;
+            if taken == 1 {
+                return Ok(Some(dead));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Queue length, dead-letter length, and the number of workers with a processing list.
+    pub async fn depths(&self) -> Result<(u64, u64, u64), QueueError> {
+        let mut conn = self.conn().await?;
+        let (queue, dlq, workers): (u64, u64, u64) = redis::pipe()
+            .cmd("LLEN")
+            .arg(self.keys.queue())
+            .cmd("LLEN")
+            .arg(self.keys.dlq())
+            .cmd("SCARD")
+            .arg(self.keys.workers())
+            .query_async(&mut conn)
+            .await?;
+        Ok((queue, dlq, workers))
+    }
+}

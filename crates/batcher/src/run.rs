@@ -1,0 +1,158 @@
+//! `sift-batcher run`: builds the pools, starts the health server, the heartbeat and the
+//! gauges, and runs the worker until SIGTERM.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::web;
+use sift_core::KeySpace;
+
+use crate::config::{ClickHouseArgs, RedisArgs, RunArgs};
+use crate::health::{self, HealthState};
+use crate::ledger::Ledger;
+use crate::metrics as m;
+use crate::queue::Queue;
+use crate::shutdown::Shutdown;
+use crate::worker::Worker;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Pool(#[from] sift_service::pools::PoolError),
+    #[error("metrics: {0}")]
+    Metrics(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("signals: {0}")]
+    Signals(std::io::Error),
+}
+
+/// The batcher's Redis pool: the worker, its heartbeat, the flusher and /readyz.
+pub fn redis_pool(url: &str, size: usize) -> Result<deadpool_redis::Pool, RunError> {
+    Ok(sift_service::pools::redis(
+        url,
+        size,
+        Duration::from_secs(5),
+    )?)
+}
+
+fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "host".into());
+    format!(
+        "{host}-{}-{:04x}",
+        std::process::id(),
+        rand::random::<u16>()
+    )
+}
+
+pub async fn run(
+    args: RunArgs,
+    redis: &RedisArgs,
+    postgres_url: &str,
+    ch: &ClickHouseArgs,
+) -> Result<(), RunError> {
+    let handle = m::install().map_err(|e| RunError::Metrics(e.to_string()))?;
+    let redis_pool = redis_pool(&redis.redis_url, 4)?;
+    let pg_pool = sift_service::pools::postgres(postgres_url, 4, Duration::from_secs(5))?;
+    let clickhouse = crate::clickhouse::client(ch);
+    let worker_id = args.worker_id.clone().unwrap_or_else(default_worker_id);
+    let queue = Queue::new(
+        redis_pool.clone(),
+        KeySpace::new(redis.key_prefix.clone()),
+        worker_id.clone(),
+    );
+
+    let shutdown = Shutdown::default();
+    shutdown
+        .listen_for_signals(Duration::from_secs(args.shutdown_deadline_secs))
+        .map_err(RunError::Signals)?;
+
+    let state = web::Data::new(HealthState {
+        metrics: handle.clone(),
+        redis: redis_pool.clone(),
+        postgres: pg_pool.clone(),
+        clickhouse: clickhouse.clone().with_database(&ch.clickhouse_database),
+    });
+    let (server, addrs) =
+        health::server(state, args.listen).map_err(|source| RunError::Listen {
+            addr: args.listen,
+            source,
+        })?;
+    let server_handle = server.handle();
+    tokio::spawn(server);
+    for addr in &addrs {
+        println!("worker {worker_id} serving /metrics on http://{addr}");
+    }
+
+    let worker = Arc::new(Worker {
+        queue,
+        ledger: Ledger::new(pg_pool),
+        clickhouse,
+        database: ch.clickhouse_database.clone(),
+        args: args.clone(),
+        shutdown: shutdown.clone(),
+    });
+    let heartbeat = tokio::spawn(heartbeat(
+        worker.clone(),
+        handle,
+        Duration::from_millis(args.heartbeat_ttl_ms),
+    ));
+    let flusher = (args.session_flush_secs > 0).then(|| {
+        let lock =
+            crate::sessions::FlusherLock::new(redis_pool.clone(), worker.queue.keys(), &worker_id);
+        tokio::spawn(crate::sessions::run(
+            lock,
+            worker
+                .clickhouse
+                .clone()
+                .with_database(&ch.clickhouse_database),
+            ch.clickhouse_database.clone(),
+            Duration::from_secs(args.session_flush_secs),
+            Duration::from_secs(args.session_active_minutes * 60),
+        ))
+    });
+    tracing::info!(worker = %worker_id, "sift-batcher running");
+    worker.run().await;
+    heartbeat.abort();
+    if let Some(flusher) = flusher {
+        flusher.abort();
+    }
+    if let Err(error) = worker.queue.leave().await {
+        tracing::warn!(%error, "cannot remove the heartbeat");
+    }
+    server_handle.stop(true).await;
+    tracing::info!(worker = %worker_id, "sift-batcher stopped");
+    Ok(())
+}
+
+/// Renews the heartbeat three times per TTL and refreshes the depth gauges.
+async fn heartbeat(
+    worker: Arc<Worker>,
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+    ttl: Duration,
+) {
+    let mut tick = tokio::time::interval(ttl / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(error) = worker.queue.heartbeat(ttl).await {
+            m::retry("redis", "heartbeat");
+            tracing::warn!(%error, "heartbeat failed");
+            continue;
+        }
+        match worker.queue.depths().await {
+            Ok((queue, dlq, lists)) => {
+                metrics::gauge!(m::QUEUE_DEPTH).set(queue as f64);
+                metrics::gauge!(m::DLQ_DEPTH).set(dlq as f64);
+                metrics::gauge!(m::PROCESSING_LISTS).set(lists as f64);
+            }
+            Err(error) => tracing::warn!(%error, "cannot read queue depths"),
+        }
+        handle.run_upkeep();
+    }
+}

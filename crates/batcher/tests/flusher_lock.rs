@@ -1,0 +1,45 @@
+//! The session flusher's lock against a real Redis: one holder at a time, released only by
+//! its holder, and free again once a crashed holder's lock expires.
+
+use std::time::Duration;
+
+use sift_batcher::run::redis_pool;
+use sift_batcher::sessions::FlusherLock;
+use sift_core::KeySpace;
+
+fn redis_url() -> String {
+    std::env::var("SIFT_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+#[tokio::test]
+async fn one_holder_at_a_time_and_a_crashed_holder_cannot_keep_it(
+) -> Result<(), Box<dyn std::error::Error>> {
+    let pool = redis_pool(&redis_url(), 2)?;
+    let keys = KeySpace::new(format!(
+        "lock-test-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let a = FlusherLock::new(pool.clone(), &keys, "worker-a");
+    let b = FlusherLock::new(pool.clone(), &keys, "worker-b");
+
+    assert!(a.acquire(Duration::from_secs(5)).await?);
+    assert!(!b.acquire(Duration::from_secs(5)).await?, "held by a");
+    b.release().await?; // not b's to release
+    assert!(!b.acquire(Duration::from_secs(5)).await?, "still held by a");
+    a.release().await?;
+    assert!(
+        b.acquire(Duration::from_millis(300)).await?,
+        "free after a released it"
+    );
+
+    // b "crashes" holding the lock: it expires, and a can take it.
+    assert!(!a.acquire(Duration::from_secs(5)).await?);
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert!(
+        a.acquire(Duration::from_secs(5)).await?,
+        "an expired lock is free"
+    );
+    a.release().await?;
+    Ok(())
+}

@@ -1,0 +1,93 @@
+//! The acknowledgement against a real Redis: it removes exactly the chunk it was given, keeps
+//! a record claimed after the chunk was read, and does nothing to a list that no longer ends
+//! with the chunk (taken over by another worker).
+
+use sift_batcher::queue::Queue;
+use sift_batcher::run::redis_pool;
+use sift_core::KeySpace;
+
+fn redis_url() -> String {
+    std::env::var("SIFT_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+#[tokio::test]
+async fn ack_removes_exactly_the_chunk() -> Result<(), Box<dyn std::error::Error>> {
+    let pool = redis_pool(&redis_url(), 2)?;
+    let keys = KeySpace::new(format!(
+        "ack-test-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let queue = Queue::new(pool.clone(), keys.clone(), "w1".into());
+    let mut conn = pool.get().await?;
+    let list = keys.processing("w1");
+    // Records are claimed to the head (LEFT): the chunk read was r1 (oldest), r2, r3.
+    for record in ["r1", "r2", "r3"] {
+        redis::cmd("LPUSH")
+            .arg(&list)
+            .arg(record)
+            .query_async::<()>(&mut conn)
+            .await?;
+    }
+    let chunk = queue.in_hand().await?;
+    assert_eq!(chunk, vec![b"r1".to_vec(), b"r2".to_vec(), b"r3".to_vec()]);
+    // A late claim lands after the chunk was read.
+    redis::cmd("LPUSH")
+        .arg(&list)
+        .arg("r4")
+        .query_async::<()>(&mut conn)
+        .await?;
+
+    // A chunk that is not what the list ends with: nothing happens.
+    assert!(!queue.ack(3, b"r2", b"r4", &[b"dead".to_vec()]).await?);
+    assert_eq!(
+        redis::cmd("LLEN")
+            .arg(&list)
+            .query_async::<u64>(&mut conn)
+            .await?,
+        4
+    );
+    assert_eq!(
+        redis::cmd("LLEN")
+            .arg(keys.dlq())
+            .query_async::<u64>(&mut conn)
+            .await?,
+        0
+    );
+
+    // The chunk itself: removed with its dead letter, the late record kept.
+    assert!(queue.ack(3, b"r1", b"r3", &[b"dead".to_vec()]).await?);
+    assert_eq!(queue.in_hand().await?, vec![b"r4".to_vec()]);
+    assert_eq!(
+        redis::cmd("LLEN")
+            .arg(keys.dlq())
+            .query_async::<u64>(&mut conn)
+            .await?,
+        1
+    );
+
+    // Acknowledged again (a retry whose first answer was lost): nothing more happens.
+    assert!(!queue.ack(3, b"r1", b"r3", &[b"dead".to_vec()]).await?);
+    assert_eq!(
+        redis::cmd("LLEN")
+            .arg(keys.dlq())
+            .query_async::<u64>(&mut conn)
+            .await?,
+        1
+    );
+
+    assert!(queue.ack(1, b"r4", b"r4", &[]).await?);
+    assert_eq!(
+        redis::cmd("EXISTS")
+            .arg(&list)
+            .query_async::<u64>(&mut conn)
+            .await?,
+        0
+    );
+    redis::cmd("DEL")
+        .arg(keys.dlq())
+        .arg(keys.workers())
+        .query_async::<()>(&mut conn)
+        .await?;
+    Ok(())
+}
