@@ -1,0 +1,258 @@
+//! Benchmark of the read path: the hourly stats API (answered from the rollups) against the
+//! same question asked of the raw table, over at least 10 million raw events, in one run.
+//!
+//! `make bench` (or `cargo bench -p sift-e2e --bench hourly` after `cargo build --release
+//! --bins`). Environment: SIFT_BENCH_EVENTS (10000000), SIFT_BENCH_REQUESTS (200 per
+//! question). Prints a Markdown report and writes it to `target/bench-report.md`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use sift_e2e::{clickhouse_query, redis_url, Database, Ingest};
+
+const TENANTS: u64 = 20;
+const DAYS: u64 = 30;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// p50 and p99 of `samples`, in milliseconds.
+fn percentiles(mut samples: Vec<Duration>) -> (f64, f64) {
+    samples.sort();
+    let at =
+        |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1000.0;
+    (at(0.5), at(0.99))
+}
+
+async fn time_n<F, Fut>(n: u64, mut f: F) -> Result<Vec<Duration>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    f().await?; // warm-up
+    let mut samples = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let started = Instant::now();
+        f().await?;
+        samples.push(started.elapsed());
+    }
+    Ok(samples)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let events = env_u64("SIFT_BENCH_EVENTS", 10_000_000);
+    let requests = env_u64("SIFT_BENCH_REQUESTS", 200);
+    let db = Database::create_with_clickhouse().await?;
+    let key = db.tenant_with_key("tenant-0").await?;
+    let ingest = Ingest::start(&db, &redis_url(), &[]).await?;
+    let table = format!("{}.ai_events", db.name);
+
+    eprintln!("loading {events} raw events into {table} ...");
+    let started = Instant::now();
+    clickhouse_query(&format!(
+        "INSERT INTO {table}
+         SELECT
+            if(number % 2 = 0, 'tenant-0', concat('tenant-', toString(1 + intHash32(number + 9) % ({TENANTS} - 1)))) AS tenant_id,
+            toDateTime64(now() - (intHash32(number) % {secs}), 3, 'UTC') AS event_time,
+            lower(hex(SHA256(toString(number)))) AS semantic_hash,
+            concat('s-', toString(intHash32(number + 1) % 200000)) AS session_id,
+            lower(hex(SHA256(toString(number % 100000)))) AS prompt_hash,
+            1 AS normalizer_version,
+            concat('v', toString(intHash32(number + 8) % 5), '.0.0') AS model_version,
+            'openai' AS provider, 'chat' AS operation,
+            10 + (intHash32(number + 2) % 200000) / 100.0 AS latency_ms,
+            toUInt32(intHash32(number + 3) % 3000) AS token_count,
+            toUInt32(intHash32(number + 4) % 1000) AS input_tokens,
+            toUInt32(intHash32(number + 5) % 2000) AS output_tokens,
+            intHash32(number + 6) % 10 != 0 AS success,
+            '' AS event_id, NULL AS turn_index, '' AS stream_id, NULL AS chunk_index, false AS is_final,
+            if(intHash32(number + 7) % 10 = 0, ['v1.0.0', 'v0.9.0'], []) AS fallback_chain,
+            '' AS properties, 'bench' AS chunk_id, now64(3) AS ingested_at, now64(3) AS inserted_at
+         FROM numbers({events})
+         SETTINGS max_insert_threads = 2",
+        secs = DAYS * 86400
+    ))
+    .await?;
+    let load = started.elapsed();
+    // Measure a settled server, as in steady state: the rollup merged (cheap: one row per
+    // tenant, model and hour), and no background merge of the raw table still running.
+    clickhouse_query(&format!(
+        "OPTIMIZE TABLE {}.ai_events_hourly FINAL",
+        db.name
+    ))
+    .await?;
+    let settle = Instant::now();
+    while clickhouse_query(&format!(
+        "SELECT count() FROM system.merges WHERE database = '{}'",
+        db.name
+    ))
+    .await?
+        != "0"
+        && settle.elapsed() < Duration::from_secs(300)
+    {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let raw_parts = clickhouse_query(&format!(
+        "SELECT count() FROM system.parts WHERE database = '{}' AND table = 'ai_events' AND active",
+        db.name
+    ))
+    .await?;
+    let rollup_rows =
+        clickhouse_query(&format!("SELECT count() FROM {}.ai_events_hourly", db.name)).await?;
+    eprintln!(
+        "loaded in {:.1} s; {rollup_rows} rollup rows",
+        load.as_secs_f64()
+    );
+
+    // The question, for a busy tenant (half of all events) and a small one: every model, hour
+    // by hour, over the last 7 days.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let to = (now / 3600 + 1) * 3600;
+    let from = to - 7 * 86400;
+    let small_key = db.tenant_with_key("tenant-1").await?;
+    let mut table_rows = String::new();
+    let tenants = [("tenant-0", &key), ("tenant-1", &small_key)];
+    // First with the rollups as the load left them (states only), then finalized, as the
+    // flusher keeps them for recent hours and `backfill rollups` does after a bulk import.
+    let mut from_states = Vec::new();
+    for (_, key) in tenants {
+        from_states.push(api_latency(&ingest, key, from, to, requests).await?.1);
+    }
+    let started = Instant::now();
+    db.batcher(&[
+        "backfill",
+        "rollups",
+        "--from",
+        &(to - DAYS * 86400 - 86400).to_string(),
+        "--to",
+        &to.to_string(),
+    ])
+    .await?;
+    let finalize = started.elapsed();
+    for ((tenant, key), states) in tenants.into_iter().zip(from_states) {
+        let raw_events: u64 = clickhouse_query(&format!(
+            "SELECT count() FROM {table} WHERE tenant_id = '{tenant}' AND event_time >= toDateTime({from}) AND event_time < toDateTime({to})"
+        ))
+        .await?
+        .parse()?;
+        let m = measure(&ingest, key, tenant, &table, from, to, requests).await?;
+        table_rows.push_str(&format!(
+            "| {tenant} | {raw_events} | {} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} / {:.2} | {:.1}x | {:.1}x |\n",
+            m.rows, m.api.0, m.api.1, states.0, states.1, m.raw.0, m.raw.1, m.fin.0, m.fin.1, m.raw.0 / m.api.0, m.fin.0 / m.api.0
+        ));
+    }
+    let report = format!(
+        "# sift read-path benchmark\n\n\
+         {events} raw events, {TENANTS} tenants (tenant-0 has half of them), 5 models, {DAYS} days; \
+         loaded in {:.1} s; {rollup_rows} hourly rollup rows; raw table in {raw_parts} parts after background merges settled.\n\n\
+         Question: one tenant's hourly events, successes, tokens, average and p50/p95/p99 latency, sessions and fallbacks \
+         per model over 7 days. `API` is `GET /v1/ai/stats/hourly` through sift-ingest, from finalized rollups \
+         (`backfill rollups` over the 30 days took {:.1} s), `API, states` the same before finalizing (every t-digest and \
+         session state merged per request); `raw` is the same question \
+         on `ai_events` over ClickHouse HTTP; `FINAL` the same on `ai_events FINAL`. {requests} requests each \
+         ({} with FINAL), one at a time, after one warm-up; p50 / p99 in ms.\n\n\
+         | tenant | raw events in range | rows | API p50 / p99 | API, states p50 / p99 | raw p50 / p99 | FINAL p50 / p99 | raw / API (p50) | FINAL / API (p50) |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n{table_rows}",
+        load.as_secs_f64(),
+        finalize.as_secs_f64(),
+        requests.min(50),
+    );
+    println!("{report}");
+    let target = sift_e2e::bin("sift-ingest")
+        .parent()
+        .and_then(|p| p.parent())
+        .context("target dir")?
+        .to_path_buf();
+    std::fs::write(target.join("bench-report.md"), &report)?;
+    drop(ingest);
+    Ok(())
+}
+
+/// p50/p99 (ms) of the API and of the raw table, and the number of rows answered.
+struct Measured {
+    rows: usize,
+    api: (f64, f64),
+    raw: (f64, f64),
+    fin: (f64, f64),
+}
+
+async fn measure(
+    ingest: &Ingest,
+    key: &str,
+    tenant: &str,
+    table: &str,
+    from: u64,
+    to: u64,
+    requests: u64,
+) -> Result<Measured> {
+    let (rows, api) = api_latency(ingest, key, from, to, requests).await?;
+    let raw_sql = |final_: &str| {
+        format!(
+            "SELECT toStartOfHour(event_time) AS hour, model_version, count(), countIf(success),
+                    sum(input_tokens), sum(output_tokens), sum(token_count), avg(latency_ms),
+                    quantilesTDigest(0.5, 0.95, 0.99)(latency_ms), uniq(session_id),
+                    countIf(length(fallback_chain) > 1)
+             FROM {table} {final_}
+             WHERE tenant_id = '{tenant}' AND event_time >= toDateTime({from}) AND event_time < toDateTime({to})
+             GROUP BY hour, model_version ORDER BY hour, model_version FORMAT JSON"
+        )
+    };
+    let raw = time_n(requests, || {
+        let sql = raw_sql("");
+        async move { clickhouse_query(&sql).await.map(|_| ()) }
+    })
+    .await?;
+    let fin = time_n(requests.min(50), || {
+        let sql = raw_sql("FINAL");
+        async move { clickhouse_query(&sql).await.map(|_| ()) }
+    })
+    .await?;
+    Ok(Measured {
+        rows,
+        api,
+        raw: percentiles(raw),
+        fin: percentiles(fin),
+    })
+}
+
+/// Rows answered and p50/p99 (ms) of `GET /v1/ai/stats/hourly` for the key's tenant.
+async fn api_latency(
+    ingest: &Ingest,
+    key: &str,
+    from: u64,
+    to: u64,
+    requests: u64,
+) -> Result<(usize, (f64, f64))> {
+    let http = reqwest::Client::new();
+    let api_url = ingest.url(&format!("/v1/ai/stats/hourly?from={from}&to={to}"));
+    let body: serde_json::Value = http
+        .get(&api_url)
+        .bearer_auth(key)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let rows = body["rows"].as_array().context("rows")?.len();
+    let samples = time_n(requests, || {
+        let request = http.get(&api_url).bearer_auth(key);
+        async move {
+            let response = request.send().await?;
+            anyhow::ensure!(
+                response.status().is_success(),
+                "API answered {}",
+                response.status()
+            );
+            response.bytes().await?;
+            Ok(())
+        }
+    })
+    .await?;
+    Ok((rows, percentiles(samples)))
+}

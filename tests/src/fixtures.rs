@@ -1,0 +1,278 @@
+//! Ready-made worlds for the end-to-end tests: an ingest API with its database and key
+//! ([`Fixture`]), or a whole pipeline for several tenants with ClickHouse ([`World`]), and the
+//! data they send.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sift_core::QueueRecord;
+
+use crate::processes::{Batcher, Ingest};
+use crate::services::{clickhouse_query, delete_prefix, redis_connection, redis_url, Database};
+
+/// One test's world: a database with a tenant and key, and an ingest process.
+pub struct Fixture {
+    // Fields drop in order: the server stops before its database is dropped.
+    pub ingest: Ingest,
+    pub db: Database,
+    pub key: String,
+    pub redis: String,
+    pub http: reqwest::Client,
+}
+
+impl Fixture {
+    pub async fn new(args: &[&str]) -> Result<Self> {
+        Self::with_redis(&redis_url(), args).await
+    }
+
+    pub async fn with_redis(redis: &str, args: &[&str]) -> Result<Self> {
+        let db = Database::create().await?;
+        let key = db.tenant_with_key("acme").await?;
+        let ingest = Ingest::start(&db, redis, args).await?;
+        Ok(Self {
+            db,
+            key,
+            ingest,
+            redis: redis.to_owned(),
+            http: reqwest::Client::new(),
+        })
+    }
+
+    pub async fn post(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> Result<(StatusCode, Value)> {
+        self.post_with_key(Some(&self.key), path, content_type, body)
+            .await
+    }
+
+    pub async fn post_with_key(
+        &self,
+        key: Option<&str>,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> Result<(StatusCode, Value)> {
+        let mut request = self
+            .http
+            .post(self.ingest.url(path))
+            .header("content-type", content_type)
+            .body(body);
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        let text = response.text().await?;
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Ok((status, value))
+    }
+
+    /// Sends one event and returns the whole response (for tests that read its headers).
+    pub async fn event_response(&self, event: &Value) -> Result<reqwest::Response> {
+        Ok(self
+            .http
+            .post(self.ingest.url("/v1/ai/events"))
+            .bearer_auth(&self.key)
+            .header("content-type", "application/json")
+            .body(event.to_string())
+            .send()
+            .await?)
+    }
+
+    pub async fn event(&self, event: &Value) -> Result<(StatusCode, Value)> {
+        self.post("/v1/ai/events", "application/json", event.to_string())
+            .await
+    }
+
+    pub async fn list(&self, suffix: &str) -> Result<Vec<Vec<u8>>> {
+        let mut conn = redis_connection(&self.redis).await?;
+        let key = format!("{}:{suffix}", self.ingest.key_prefix);
+        Ok(redis::cmd("LRANGE")
+            .arg(key)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await?)
+    }
+
+    pub async fn queue(&self) -> Result<Vec<QueueRecord>> {
+        let mut records: Vec<QueueRecord> = self
+            .list("queue")
+            .await?
+            .iter()
+            .map(|b| QueueRecord::decode(b))
+            .collect::<Result<_, _>>()?;
+        records.reverse(); // LPUSH puts the newest first; show them in arrival order.
+        Ok(records)
+    }
+
+    pub async fn cleanup(&self) -> Result<()> {
+        delete_prefix(&self.redis, &self.ingest.key_prefix).await
+    }
+}
+
+pub fn event(session: &str, prompt: &str) -> Value {
+    json!({
+        "session_id": session, "prompt_text": prompt, "model_version": "v1.2.3",
+        "latency_ms": 120.5, "token_count": 42,
+    })
+}
+
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(data).expect("gzip in memory");
+    encoder.finish().expect("gzip in memory")
+}
+
+pub const MODELS: [&str; 3] = ["v1.0.0", "v2.1.0", "v3.0.2"];
+
+/// Deterministic pseudo-random numbers (no seed files, same data on every run).
+struct Lcg(u64);
+
+impl Lcg {
+    fn step(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.step() % n
+    }
+}
+
+/// Events over the last `hours` hours for several models and sessions of one tenant.
+pub fn dataset(tag: &str, n: usize, hours: u64, seed: u64) -> Vec<Value> {
+    let mut rng = Lcg(seed);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    (0..n)
+        .map(|i| {
+            let model = MODELS[rng.below(3) as usize];
+            let fallback = if rng.below(10) == 0 {
+                json!([model, "v0.9.0"])
+            } else {
+                json!([model])
+            };
+            json!({
+                "session_id": format!("{tag}-session-{:04}", rng.below(60)),
+                "prompt_text": format!("{tag} prompt {i}"),
+                "model_version": model,
+                "latency_ms": 5.0 + rng.below(200_000) as f64 / 100.0,
+                "input_tokens": rng.below(400), "output_tokens": rng.below(800),
+                "success": rng.below(10) != 0,
+                "fallback_chain": fallback,
+                "timestamp": now - rng.below(hours * 3600),
+            })
+        })
+        .collect()
+}
+
+pub struct World {
+    pub ingest: Ingest,
+    pub db: Database,
+    pub keys: HashMap<&'static str, String>,
+    pub redis: String,
+    pub http: reqwest::Client,
+}
+
+impl World {
+    pub async fn new(tenants: &[&'static str]) -> Result<Self> {
+        let db = Database::create_with_clickhouse().await?;
+        let mut keys = HashMap::new();
+        for tenant in tenants {
+            keys.insert(*tenant, db.tenant_with_key(tenant).await?);
+        }
+        let redis = redis_url();
+        let ingest = Ingest::start(&db, &redis, &[]).await?;
+        Ok(Self {
+            ingest,
+            db,
+            keys,
+            redis,
+            http: reqwest::Client::new(),
+        })
+    }
+
+    pub async fn batcher(&self, worker: &str, args: &[&str]) -> Result<Batcher> {
+        Batcher::start(&self.db, &self.redis, &self.ingest.key_prefix, worker, args).await
+    }
+
+    pub async fn send(&self, tenant: &str, events: &[Value]) -> Result<u64> {
+        let mut accepted = 0;
+        for batch in events.chunks(500) {
+            let response = self
+                .http
+                .post(self.ingest.url("/v1/ai/events/batch"))
+                .bearer_auth(&self.keys[tenant])
+                .json(&batch)
+                .send()
+                .await?;
+            if response.status() != StatusCode::ACCEPTED {
+                bail!("batch answered {}", response.status());
+            }
+            accepted += response.json::<Value>().await?["accepted"]
+                .as_u64()
+                .unwrap_or(0);
+        }
+        Ok(accepted)
+    }
+
+    pub async fn get(&self, tenant: &str, path: &str) -> Result<(StatusCode, Value)> {
+        let response = self
+            .http
+            .get(self.ingest.url(path))
+            .bearer_auth(&self.keys[tenant])
+            .send()
+            .await?;
+        let status = response.status();
+        Ok((status, response.json().await?))
+    }
+
+    pub fn table(&self, name: &str) -> String {
+        format!("{}.{name}", self.db.name)
+    }
+
+    pub async fn wait_for_rows(&self, table: &str, expected: u64) -> Result<()> {
+        let started = Instant::now();
+        loop {
+            let count: u64 =
+                clickhouse_query(&format!("SELECT count() FROM {}", self.table(table)))
+                    .await?
+                    .parse()?;
+            if count >= expected {
+                return Ok(());
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                bail!("{table} has {count} rows, expected {expected}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub async fn query_json(&self, sql: &str) -> Result<Vec<Value>> {
+        let text = clickhouse_query(&format!("{sql} FORMAT JSONEachRow")).await?;
+        text.lines()
+            .map(|l| serde_json::from_str(l).context("JSONEachRow"))
+            .collect()
+    }
+
+    pub async fn cleanup(&self) -> Result<()> {
+        delete_prefix(&self.redis, &self.ingest.key_prefix).await
+    }
+}
+
+pub fn f(v: &Value) -> f64 {
+    v.as_f64()
+        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        .unwrap_or(f64::NAN)
+}

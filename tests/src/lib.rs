@@ -1,0 +1,21 @@
+//! Helpers for the end-to-end tests: each test gets its own PostgreSQL database (and ClickHouse
+//! database), its own Redis key prefix (or its own Redis server) and its own sift processes on
+//! free ports, so tests run in parallel and repeatedly without seeing each other.
+//!
+//! - [`services`]: the stores, a database per test, a private Redis.
+//! - [`processes`]: `sift-ingest` and `sift-batcher run` as child processes.
+//! - [`proxy`]: a TCP proxy to cut a dependency and bring it back.
+//! - [`fixtures`]: ready-made worlds and the data they send.
+
+pub mod fixtures;
+pub mod processes;
+pub mod proxy;
+pub mod services;
+
+pub use fixtures::{dataset, event, f, gzip, Fixture, World, MODELS};
+pub use processes::{Batcher, Ingest};
+pub use proxy::Proxy;
+pub use services::{
+    bin, clickhouse_query, clickhouse_url, delete_prefix, postgres_base, redis_connection,
+    redis_url, unique, Database, PrivateRedis,
+};

@@ -1,0 +1,161 @@
+//! The sift binaries as child processes of a test: `sift-ingest` and `sift-batcher run`,
+//! started on free ports, read until they say where they listen, killed when dropped.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::services::{bin, unique, Database};
+
+/// A running `sift-ingest`, killed when dropped.
+pub struct Ingest {
+    pub child: Child,
+    pub base: String,
+    pub key_prefix: String,
+}
+
+impl Ingest {
+    /// Starts `sift-ingest` with its own key prefix; `args` are extra flags.
+    pub async fn start(db: &Database, redis: &str, args: &[&str]) -> Result<Self> {
+        let key_prefix = unique("e2e");
+        let mut child = Command::new(bin("sift-ingest"))
+            .args(["--listen", "127.0.0.1:0", "--workers", "2"])
+            .args(args)
+            .envs(db.env())
+            .env("SIFT_REDIS_URL", redis)
+            .env("SIFT_KEY_PREFIX", &key_prefix)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting sift-ingest")?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let base = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(addr) = line.strip_prefix("listening on ") {
+                    return Ok(addr.trim().to_owned());
+                }
+            }
+            bail!("sift-ingest exited before listening")
+        })
+        .await
+        .context("sift-ingest did not start within 20 s")??;
+        Ok(Self {
+            child,
+            base,
+            key_prefix,
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub async fn terminate(mut self) -> Result<std::process::ExitStatus> {
+        let pid = self.child.id().context("already exited")?;
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("kill -TERM failed");
+        }
+        Ok(tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await??)
+    }
+}
+
+/// A running `sift-batcher run`, killed (SIGKILL) when dropped.
+pub struct Batcher {
+    pub child: Child,
+    pub metrics_url: String,
+    pub worker_id: String,
+}
+
+impl Batcher {
+    /// Starts a worker on `db` reading the queue under `key_prefix`; `args` are extra flags.
+    pub async fn start(
+        db: &Database,
+        redis: &str,
+        key_prefix: &str,
+        worker_id: &str,
+        args: &[&str],
+    ) -> Result<Self> {
+        Self::start_with_env(db, redis, key_prefix, worker_id, args, &[]).await
+    }
+
+    /// As [`Batcher::start`], with environment overrides (a proxied database URL, say).
+    pub async fn start_with_env(
+        db: &Database,
+        redis: &str,
+        key_prefix: &str,
+        worker_id: &str,
+        args: &[&str],
+        env: &[(&str, String)],
+    ) -> Result<Self> {
+        let mut child = Command::new(bin("sift-batcher"))
+            .args(["run", "--listen", "127.0.0.1:0", "--worker-id", worker_id])
+            .args(args)
+            .envs(db.env())
+            // Test-sized defaults, as environment so that a test's flags override them.
+            .env("SIFT_FLUSH_INTERVAL_MS", "100")
+            .env("SIFT_HEARTBEAT_TTL_MS", "1500")
+            .env("SIFT_RETRY_BASE_MS", "50")
+            .env("SIFT_RETRY_MAX_MS", "500")
+            .env("SIFT_REDIS_URL", redis)
+            .env("SIFT_KEY_PREFIX", key_prefix)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting sift-batcher run")?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let metrics_url = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some((_, addr)) = line.split_once("serving /metrics on ") {
+                    return Ok(format!("{}/metrics", addr.trim()));
+                }
+            }
+            bail!("sift-batcher exited before serving")
+        })
+        .await
+        .context("sift-batcher did not start within 20 s")??;
+        Ok(Self {
+            child,
+            metrics_url,
+            worker_id: worker_id.to_owned(),
+        })
+    }
+
+    /// SIGKILL: the worker dies wherever it is, leaving its processing list.
+    pub async fn kill9(mut self) -> Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    pub async fn terminate(mut self) -> Result<std::process::ExitStatus> {
+        let pid = self.child.id().context("already exited")?;
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()?;
+        Ok(tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await??)
+    }
+
+    /// The value of one metric line (`name{labels}`) in /metrics, 0 when absent.
+    pub async fn metric(&self, series: &str) -> Result<f64> {
+        let text = reqwest::get(&self.metrics_url).await?.text().await?;
+        Ok(text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .and_then(|rest| rest.trim().parse().ok())
+            })
+            .unwrap_or(0.0))
+    }
+}

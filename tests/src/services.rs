@@ -1,0 +1,295 @@
+//! The stores the tests run against: where they are, a PostgreSQL (and ClickHouse) database
+//! per test, a private Redis server for tests that stop it, and small query helpers.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use rand::Rng;
+use tokio::process::Command;
+
+/// PostgreSQL server the tests use (a database per test is created on it).
+pub fn postgres_base() -> String {
+    std::env::var("SIFT_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// Redis server the tests share (each test uses its own key prefix).
+pub fn redis_url() -> String {
+    std::env::var("SIFT_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// The directory of the workspace's binaries (`target/debug`), or `SIFT_BIN_DIR`.
+pub fn bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("SIFT_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            // target/debug/deps/<test-binary> -> target/debug
+            let exe = std::env::current_exe().expect("test binary path");
+            exe.parent()
+                .and_then(|p| p.parent())
+                .expect("target dir")
+                .to_path_buf()
+        });
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (make test does)",
+        path.display()
+    );
+    path
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}_{}_{:08x}",
+        std::process::id(),
+        rand::rng().random::<u32>()
+    )
+}
+
+/// ClickHouse HTTP URL the tests use (a database per test is created on it).
+pub fn clickhouse_url() -> String {
+    std::env::var("SIFT_TEST_CLICKHOUSE").unwrap_or_else(|_| "http://127.0.0.1:8123".into())
+}
+
+/// A PostgreSQL database of one test (and, for tests of the batcher, a ClickHouse database of
+/// the same name), migrated, dropped when the test ends.
+pub struct Database {
+    pub name: String,
+    pub url: String,
+    pub clickhouse: bool,
+}
+
+impl Database {
+    /// PostgreSQL only (tenants, keys): enough for the ingest API.
+    pub async fn create() -> Result<Self> {
+        Self::create_with("postgres").await
+    }
+
+    /// PostgreSQL and ClickHouse: for tests that run the batcher.
+    pub async fn create_with_clickhouse() -> Result<Self> {
+        Self::create_with("all").await
+    }
+
+    async fn create_with(target: &str) -> Result<Self> {
+        let name = unique("sift_e2e");
+        let url = format!("{}/{name}", postgres_base());
+        let db = Self {
+            name,
+            url,
+            clickhouse: target == "all",
+        };
+        let out = db.batcher(&["migrate", "--target", target]).await?;
+        if !out.contains("postgres:") {
+            bail!("migrate printed {out:?}");
+        }
+        Ok(db)
+    }
+
+    /// The environment that points a sift binary at this test's stores.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("SIFT_POSTGRES_URL", self.url.clone()),
+            ("SIFT_CLICKHOUSE_URL", clickhouse_url()),
+            ("SIFT_CLICKHOUSE_DATABASE", self.name.clone()),
+            // Children log errors only (SIFT_TEST_LOG=warn or debug to see more when a test fails).
+            (
+                "RUST_LOG",
+                std::env::var("SIFT_TEST_LOG").unwrap_or_else(|_| "error".into()),
+            ),
+        ]
+    }
+
+    /// Runs `sift-batcher ARGS` against this database; its stdout, or an error with stderr.
+    pub async fn batcher(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(bin("sift-batcher"))
+            .args(args)
+            .envs(self.env())
+            .output()
+            .await
+            .context("running sift-batcher")?;
+        if !out.status.success() {
+            bail!(
+                "sift-batcher {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Creates a tenant and a key for it; returns the key.
+    pub async fn tenant_with_key(&self, tenant: &str) -> Result<String> {
+        self.batcher(&["tenant", "create", tenant]).await?;
+        let out = self.batcher(&["key", "create", tenant]).await?;
+        out.split_whitespace()
+            .find_map(|w| w.strip_prefix("key="))
+            .map(str::to_owned)
+            .context("key create printed no key")
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        if self.clickhouse {
+            let _ = std::process::Command::new("curl")
+                .args(["-fsS", "-o", "/dev/null", "--data-binary"])
+                .arg(format!("DROP DATABASE IF EXISTS {}", self.name))
+                .arg(clickhouse_url())
+                .status();
+        }
+        let admin = format!("{}/postgres", postgres_base());
+        let statement = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
+        // Drop runs outside any async context we can rely on: a thread with its own runtime.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async move {
+                let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+                    .await
+                    .ok()?;
+                tokio::spawn(conn);
+                client.batch_execute(&statement).await.ok()
+            })
+        })
+        .join();
+    }
+}
+
+/// A Redis server of one test, on a free port, for tests that stop and start Redis.
+pub struct PrivateRedis {
+    pub port: u16,
+    args: Vec<String>,
+    child: Option<std::process::Child>,
+    dir: tempfile::TempDir,
+}
+
+impl PrivateRedis {
+    /// Starts a server with `args` added to its command line (`--maxmemory 2mb`, say).
+    pub async fn start(args: &[&str]) -> Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let args = args.iter().map(|a| (*a).to_owned()).collect();
+        let mut redis = Self {
+            port,
+            args,
+            child: None,
+            dir: tempfile::tempdir()?,
+        };
+        redis.restart().await?;
+        Ok(redis)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again) on the same port and waits until it answers PING.
+    pub async fn restart(&mut self) -> Result<()> {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(["--maxmemory-policy", "noeviction"])
+            .args(&self.args)
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting redis-server")?;
+        self.child = Some(child);
+        for _ in 0..100 {
+            if let Ok(mut conn) = self.connection().await {
+                if redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .is_ok()
+                {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("redis-server on port {} did not answer", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub async fn connection(&self) -> Result<redis::aio::MultiplexedConnection> {
+        Ok(redis::Client::open(self.url())?
+            .get_multiplexed_async_connection()
+            .await?)
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A connection to the shared test Redis.
+pub async fn redis_connection(url: &str) -> Result<redis::aio::MultiplexedConnection> {
+    Ok(redis::Client::open(url)?
+        .get_multiplexed_async_connection()
+        .await?)
+}
+
+/// Deletes every key under `prefix` (tests clean up after themselves on the shared Redis).
+pub async fn delete_prefix(url: &str, prefix: &str) -> Result<()> {
+    let mut conn = redis_connection(url).await?;
+    // SCAN and UNLINK in slices: a benchmark leaves hundreds of thousands of keys, and one
+    // KEYS or DEL over all of them would outlast the client's response timeout.
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}:*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await?;
+        if !keys.is_empty() {
+            redis::cmd("UNLINK")
+                .arg(keys)
+                .query_async::<()>(&mut conn)
+                .await?;
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
+
+/// Runs a ClickHouse query over HTTP and returns the answer's text, trimmed.
+pub async fn clickhouse_query(sql: &str) -> Result<String> {
+    let response = reqwest::Client::new()
+        .post(clickhouse_url())
+        .body(sql.to_owned())
+        .send()
+        .await?;
+    let status = response.status();
+    let text = response.text().await?;
+    if !status.is_success() {
+        bail!("ClickHouse answered {status}: {text}");
+    }
+    Ok(text.trim().to_owned())
+}

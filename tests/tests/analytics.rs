@@ -1,0 +1,357 @@
+//! End-to-end tests of the read side: hourly rollups and the read API, against real ClickHouse
+//! with data sent through the real ingest API and batcher. Every figure the API answers is
+//! checked against the same figure computed from `ai_events`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sift_e2e::{clickhouse_query, dataset, f, redis_connection, Database, World};
+
+#[tokio::test]
+async fn hourly_api_equals_a_direct_computation_and_tenants_stay_apart() -> Result<()> {
+    let w = World::new(&["acme", "globex"]).await?;
+    let _batcher = w
+        .batcher("w-hourly", &["--session-flush-secs", "0"])
+        .await?;
+    let acme = w.send("acme", &dataset("acme", 2500, 5, 7)).await?;
+    let globex = w.send("globex", &dataset("globex", 700, 3, 11)).await?;
+    w.wait_for_rows("ai_events", acme + globex).await?;
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let (from, to) = (now - 8 * 3600, now + 3600);
+    let (status, body) = w
+        .get("acme", &format!("/v1/ai/stats/hourly?from={from}&to={to}"))
+        .await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["tenant"], "acme");
+    let rows = body["rows"].as_array().context("rows")?;
+    assert!(
+        rows.len() >= 15,
+        "5 hours (or 6) × 3 models, got {}",
+        rows.len()
+    );
+
+    let direct = w
+        .query_json(&format!(
+            "SELECT formatDateTime(toStartOfHour(event_time), '%Y-%m-%dT%H:00:00Z') AS hour, model_version,
+                    count() AS events, countIf(success) AS successes, sum(input_tokens) AS input_tokens,
+                    sum(output_tokens) AS output_tokens, sum(token_count) AS total_tokens,
+                    avg(latency_ms) AS avg_latency, uniqExact(session_id) AS sessions,
+                    countIf(length(fallback_chain) > 1) AS fallbacks,
+                    quantilesExact(0.47, 0.53, 0.92, 0.98, 0.97, 1.0)(latency_ms) AS bounds
+             FROM {} WHERE tenant_id = 'acme' GROUP BY hour, model_version ORDER BY hour, model_version",
+            w.table("ai_events")
+        ))
+        .await?;
+    assert_eq!(rows.len(), direct.len());
+    for (api, exact) in rows.iter().zip(&direct) {
+        assert_eq!(api["hour"], exact["hour"]);
+        assert_eq!(api["model_version"], exact["model_version"]);
+        for (a, e) in [
+            ("events", "events"),
+            ("successes", "successes"),
+            ("input_tokens", "input_tokens"),
+            ("output_tokens", "output_tokens"),
+            ("total_tokens", "total_tokens"),
+            ("unique_sessions", "sessions"),
+            ("fallbacks", "fallbacks"),
+        ] {
+            assert_eq!(
+                f(&api[a]),
+                f(&exact[e]),
+                "{a} of {} {}",
+                exact["hour"],
+                exact["model_version"]
+            );
+        }
+        assert!((f(&api["avg_latency_ms"]) - f(&exact["avg_latency"])).abs() < 1e-6);
+        assert!(
+            (f(&api["success_rate"]) - f(&exact["successes"]) / f(&exact["events"])).abs() < 1e-9
+        );
+        // T-digest percentiles: within the exact quantiles a few ranks to either side.
+        let b: Vec<f64> = exact["bounds"]
+            .as_array()
+            .context("bounds")?
+            .iter()
+            .map(f)
+            .collect();
+        for (name, lo, hi) in [
+            ("p50_latency_ms", b[0], b[1]),
+            ("p95_latency_ms", b[2], b[3]),
+            ("p99_latency_ms", b[4], b[5]),
+        ] {
+            let v = f(&api[name]);
+            assert!(
+                v >= lo * 0.999 && v <= hi * 1.001,
+                "{name} = {v}, exact range [{lo}, {hi}]"
+            );
+        }
+    }
+    let total: f64 = rows.iter().map(|r| f(&r["events"])).sum();
+    assert_eq!(total as u64, acme);
+
+    // Tenant isolation: globex sees its own events only, never acme's.
+    let (_, other) = w
+        .get(
+            "globex",
+            &format!("/v1/ai/stats/hourly?from={from}&to={to}"),
+        )
+        .await?;
+    let other_total: f64 = other["rows"]
+        .as_array()
+        .context("rows")?
+        .iter()
+        .map(|r| f(&r["events"]))
+        .sum();
+    assert_eq!(other_total as u64, globex);
+
+    // A filter by model.
+    let (_, one) = w
+        .get(
+            "acme",
+            &format!("/v1/ai/stats/hourly?from={from}&to={to}&model_version=v2.1.0"),
+        )
+        .await?;
+    let one_rows = one["rows"].as_array().context("rows")?;
+    assert!(!one_rows.is_empty() && one_rows.iter().all(|r| r["model_version"] == "v2.1.0"));
+
+    // Dedup counters: everything sent this hour was received, and kept.
+    let (_, dedup) = w.get("acme", "/v1/ai/stats/dedup").await?;
+    assert_eq!(
+        (dedup["received"].as_u64(), dedup["accepted"].as_u64()),
+        (Some(2500), Some(acme))
+    );
+    w.cleanup().await
+}
+
+#[tokio::test]
+async fn the_read_api_answers_bad_parameters_with_400() -> Result<()> {
+    let w = World::new(&["acme"]).await?;
+    for (query, message) in [
+        (
+            "from=yesterday",
+            "from must be an RFC 3339 date-time or epoch seconds, got \"yesterday\"",
+        ),
+        ("from=2000&to=1000", "from must be before to"),
+        (
+            "from=0&to=4000000000",
+            "the range from..to may span at most 366 days",
+        ),
+        (
+            "model_version=latest",
+            "model_version must look like v1.2.3, got \"latest\"",
+        ),
+        (
+            "tenant=globex",
+            "unknown field `tenant`, expected one of `from`, `to`, `model_version`",
+        ),
+    ] {
+        let (status, body) = w
+            .get("acme", &format!("/v1/ai/stats/hourly?{query}"))
+            .await?;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}");
+        assert_eq!(
+            body,
+            json!({"error": "bad_parameter", "message": message}),
+            "{query}"
+        );
+    }
+    let response = w
+        .http
+        .get(w.ingest.url("/v1/ai/stats/hourly"))
+        .send()
+        .await?;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let (status, body) = w.get("acme", "/v1/ai/sessions/no-such-session").await?;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"], "not_found");
+    w.cleanup().await
+}
+
+#[tokio::test]
+async fn a_retried_chunk_leaves_the_rollups_unchanged() -> Result<()> {
+    let w = World::new(&["acme"]).await?;
+    assert_eq!(w.send("acme", &dataset("retry", 150, 2, 13)).await?, 150);
+    let mut conn = redis_connection(&w.redis).await?;
+    let prefix = w.ingest.key_prefix.clone();
+    let records: Vec<Vec<u8>> = redis::cmd("LRANGE")
+        .arg(format!("{prefix}:queue"))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await?;
+    redis::cmd("RENAME")
+        .arg(format!("{prefix}:queue"))
+        .arg(format!("{prefix}:processing:w-retry"))
+        .query_async::<()>(&mut conn)
+        .await?;
+    let batcher = w.batcher("w-retry", &["--session-flush-secs", "0"]).await?;
+    w.wait_for_rows("ai_events", 150).await?;
+    let rollup_sql = format!(
+        "SELECT sum(events), sum(total_tokens), sum(successes), round(sum(latency_sum_ms), 3) FROM {}",
+        w.table("ai_events_hourly")
+    );
+    let before = clickhouse_query(&rollup_sql).await?;
+    assert!(before.starts_with("150\t"), "{before}");
+    assert_eq!(batcher.terminate().await?.code(), Some(0));
+
+    // The same chunk again, as after an insert whose answer was lost.
+    let (client, connection) = tokio_postgres::connect(&w.db.url, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    assert_eq!(client.execute("DELETE FROM chunk_ledger", &[]).await?, 1);
+    redis::cmd("RPUSH")
+        .arg(format!("{prefix}:processing:w-retry"))
+        .arg(&records)
+        .query_async::<()>(&mut conn)
+        .await?;
+    let _batcher = w.batcher("w-retry", &["--session-flush-secs", "0"]).await?;
+    let started = Instant::now();
+    while client
+        .query_one(
+            "SELECT count(*) FROM chunk_ledger WHERE status = 'inserted'",
+            &[],
+        )
+        .await?
+        .get::<_, i64>(0)
+        < 1
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the chunk was not processed again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        clickhouse_query(&format!("SELECT count() FROM {}", w.table("ai_events"))).await?,
+        "150"
+    );
+    assert_eq!(
+        clickhouse_query(&rollup_sql).await?,
+        before,
+        "the rollups counted the chunk once"
+    );
+    w.cleanup().await
+}
+
+#[tokio::test]
+async fn ttl_clauses_are_set_at_migrate_time() -> Result<()> {
+    let db = Database::create_with_clickhouse().await?;
+    let show = |table: &str| {
+        let sql = format!("SHOW CREATE TABLE {}.{table} FORMAT TSVRaw", db.name);
+        async move { clickhouse_query(&sql).await }
+    };
+    assert!(show("ai_events")
+        .await?
+        .contains("TTL toDateTime(event_time) + toIntervalDay(30)"));
+    assert!(show("ai_events_hourly")
+        .await?
+        .contains("TTL hour + toIntervalDay(365)"));
+    assert!(show("ai_sessions")
+        .await?
+        .contains("TTL toDateTime(last_seen) + toIntervalDay(365)"));
+    db.batcher(&["migrate", "--raw-ttl-days", "7", "--rollup-ttl-days", "400"])
+        .await?;
+    assert!(show("ai_events")
+        .await?
+        .contains("TTL toDateTime(event_time) + toIntervalDay(7)"));
+    assert!(show("ai_events_hourly")
+        .await?
+        .contains("TTL hour + toIntervalDay(400)"));
+    assert!(show("ai_sessions")
+        .await?
+        .contains("TTL toDateTime(last_seen) + toIntervalDay(400)"));
+    let hourly = show("ai_events_hourly").await?;
+    assert!(
+        hourly.contains("ENGINE = AggregatingMergeTree")
+            && hourly.contains("quantilesTDigest(0.5, 0.95, 0.99)")
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn finalized_rollups_answer_the_same_and_late_events_show_at_once() -> Result<()> {
+    let w = World::new(&["acme"]).await?;
+    let flushing = w.batcher("w-final", &["--session-flush-secs", "1"]).await?;
+    let sent = w.send("acme", &dataset("final", 1500, 4, 23)).await?;
+    w.wait_for_rows("ai_events", sent).await?;
+    // The flusher finalizes every touched hour; wait for a run that saw all events.
+    let finalized_sql = format!(
+        "SELECT sum(events) FROM {} FINAL",
+        w.table("ai_events_hourly_final")
+    );
+    let started = Instant::now();
+    while clickhouse_query(&finalized_sql).await? != sent.to_string() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the flusher did not finalize the rollups"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(flushing.terminate().await?.code(), Some(0));
+
+    // Finalized rows give exactly what merging the states gives.
+    let from_states = |db: &str| {
+        format!(
+            "SELECT formatDateTime(hour, '%Y-%m-%dT%H:00:00Z') AS hour, toString(model_version) AS model_version,
+                    arrayMap(q -> toFloat64(q), quantilesTDigestMerge(0.5, 0.95, 0.99)(latency_tdigest)) AS q,
+                    uniqMerge(sessions) AS sessions, sum(events) AS events
+             FROM {db}.ai_events_hourly WHERE tenant_id = 'acme' GROUP BY hour, model_version ORDER BY hour, model_version"
+        )
+    };
+    let check = |api: &Value, states: &[Value]| -> Result<()> {
+        let rows = api["rows"].as_array().context("rows")?;
+        assert_eq!(rows.len(), states.len());
+        for (a, s) in rows.iter().zip(states) {
+            assert_eq!(
+                (&a["hour"], &a["model_version"]),
+                (&s["hour"], &s["model_version"])
+            );
+            assert_eq!(f(&a["events"]), f(&s["events"]));
+            assert_eq!(f(&a["unique_sessions"]), f(&s["sessions"]));
+            for (i, name) in ["p50_latency_ms", "p95_latency_ms", "p99_latency_ms"]
+                .iter()
+                .enumerate()
+            {
+                assert!(
+                    (f(&a[*name]) - f(&s["q"][i])).abs() < 1e-9,
+                    "{name}: {} vs {}",
+                    a[*name],
+                    s["q"][i]
+                );
+            }
+        }
+        Ok(())
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let path = format!(
+        "/v1/ai/stats/hourly?from={}&to={}",
+        now - 6 * 3600,
+        now + 3600
+    );
+    let (_, before) = w.get("acme", &path).await?;
+    check(&before, &w.query_json(&from_states(&w.db.name)).await?)?;
+
+    // A late event for an hour already finalized, with no flusher running: the answer
+    // includes it at once (the finalized row no longer matches, so the states are merged).
+    let _writer = w.batcher("w-late", &["--session-flush-secs", "0"]).await?;
+    let mut late = dataset("late", 1, 1, 99).remove(0);
+    late["timestamp"] = json!(now - 3 * 3600 - 600);
+    late["latency_ms"] = json!(99_999.0);
+    assert_eq!(w.send("acme", &[late]).await?, 1);
+    w.wait_for_rows("ai_events", sent + 1).await?;
+    let (_, after) = w.get("acme", &path).await?;
+    let total = |v: &Value| -> f64 {
+        v["rows"]
+            .as_array()
+            .map_or(0.0, |r| r.iter().map(|x| f(&x["events"])).sum())
+    };
+    assert_eq!(total(&after), total(&before) + 1.0);
+    check(&after, &w.query_json(&from_states(&w.db.name)).await?)?;
+    w.cleanup().await
+}

@@ -1,0 +1,97 @@
+//! End-to-end test of the session flusher and its backfill: `ai_sessions` equals a direct
+//! computation from the raw events, and the session API answers it for the key's tenant only.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use reqwest::StatusCode;
+use serde_json::json;
+use sift_e2e::{clickhouse_query, dataset, f, World};
+
+#[tokio::test]
+async fn the_flusher_writes_session_metrics_equal_to_a_direct_computation() -> Result<()> {
+    let w = World::new(&["acme", "globex"]).await?;
+    let _batcher = w.batcher("w-flush", &["--session-flush-secs", "1"]).await?;
+    let sent = w.send("acme", &dataset("flush", 1200, 2, 3)).await?;
+    let sent_other = w.send("globex", &dataset("other", 100, 2, 5)).await?;
+    w.wait_for_rows("ai_events", sent + sent_other).await?;
+    let sessions: u64 = clickhouse_query(&format!(
+        "SELECT uniqExact(tenant_id, session_id) FROM {}",
+        w.table("ai_events")
+    ))
+    .await?
+    .parse()?;
+    // Wait for a flusher run that saw every event (a run may have started mid-load).
+    let direct_sql = format!(
+        "SELECT tenant_id, session_id, count() AS turns, countIf(success) AS successes, countIf(NOT success) AS failures,
+                countIf(length(fallback_chain) > 1) AS fallbacks, sum(input_tokens) AS input_tokens,
+                sum(output_tokens) AS output_tokens, sum(token_count) AS total_tokens,
+                arraySort(groupUniqArray(model_version)) AS models,
+                toUnixTimestamp64Milli(min(event_time)) AS first_seen_ms, toUnixTimestamp64Milli(max(event_time)) AS last_seen_ms
+         FROM {} GROUP BY tenant_id, session_id ORDER BY tenant_id, session_id",
+        w.table("ai_events")
+    );
+    let flushed_sql = format!(
+        "SELECT tenant_id, session_id, turns, successes, failures, fallbacks, input_tokens, output_tokens, total_tokens,
+                models, toUnixTimestamp64Milli(first_seen) AS first_seen_ms, toUnixTimestamp64Milli(last_seen) AS last_seen_ms
+         FROM {} FINAL ORDER BY tenant_id, session_id",
+        w.table("ai_sessions")
+    );
+    let direct = w.query_json(&direct_sql).await?;
+    assert_eq!(direct.len() as u64, sessions);
+    let started = Instant::now();
+    let mut flushed = w.query_json(&flushed_sql).await?;
+    while flushed != direct && started.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        flushed = w.query_json(&flushed_sql).await?;
+    }
+    assert_eq!(flushed, direct, "ai_sessions equals the direct computation");
+
+    // The session API answers the same numbers, for the key's tenant only.
+    let one = &direct[0];
+    let id = one["session_id"].as_str().context("session_id")?;
+    let (status, body) = w.get("acme", &format!("/v1/ai/sessions/{id}")).await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (body["turns"].clone(), body["total_tokens"].clone()),
+        (one["turns"].clone(), json!(f(&one["total_tokens"]) as u64))
+    );
+    assert_eq!(
+        f(&body["duration_ms"]),
+        f(&one["last_seen_ms"]) - f(&one["first_seen_ms"])
+    );
+    let globex_session = direct
+        .iter()
+        .find(|s| s["tenant_id"] == "globex")
+        .context("globex session")?;
+    let path = format!(
+        "/v1/ai/sessions/{}",
+        globex_session["session_id"].as_str().unwrap_or_default()
+    );
+    assert_eq!(
+        w.get("acme", &path).await?.0,
+        StatusCode::NOT_FOUND,
+        "a tenant never sees another's sessions"
+    );
+
+    // Backfill recomputes an older range from scratch.
+    clickhouse_query(&format!("TRUNCATE TABLE {}", w.table("ai_sessions"))).await?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let out =
+        w.db.batcher(&[
+            "backfill",
+            "sessions",
+            "--from",
+            &(now - 3 * 3600).to_string(),
+            "--to",
+            &(now + 60).to_string(),
+            "--step-minutes",
+            "30",
+        ])
+        .await?;
+    assert!(out.contains("sessions recomputed in 7 steps"), "{out}");
+    assert_eq!(w.query_json(&flushed_sql).await?, direct);
+    w.cleanup().await
+}
