@@ -259,6 +259,25 @@ impl World {
         }
     }
 
+    /// Waits until `expected` events are in `ai_events` *and* counted in `ai_events_hourly`.
+    /// One INSERT commits the raw part and the materialized view's part one after the other,
+    /// so a reader can briefly see the raw row without its rollup.
+    pub async fn wait_for_events(&self, expected: u64) -> Result<()> {
+        self.wait_for_rows("ai_events", expected).await?;
+        let sql = format!("SELECT sum(events) FROM {}", self.table("ai_events_hourly"));
+        let started = Instant::now();
+        loop {
+            let counted: u64 = clickhouse_query(&sql).await?.parse()?;
+            if counted >= expected {
+                return Ok(());
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                bail!("ai_events_hourly counts {counted} events, expected {expected}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub async fn query_json(&self, sql: &str) -> Result<Vec<Value>> {
         let text = clickhouse_query(&format!("{sql} FORMAT JSONEachRow")).await?;
         text.lines()

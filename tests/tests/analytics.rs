@@ -17,7 +17,7 @@ async fn hourly_api_equals_a_direct_computation_and_tenants_stay_apart() -> Resu
         .await?;
     let acme = w.send("acme", &dataset("acme", 2500, 5, 7)).await?;
     let globex = w.send("globex", &dataset("globex", 700, 3, 11)).await?;
-    w.wait_for_rows("ai_events", acme + globex).await?;
+    w.wait_for_events(acme + globex).await?;
 
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
@@ -190,7 +190,7 @@ async fn a_retried_chunk_leaves_the_rollups_unchanged() -> Result<()> {
         .query_async::<()>(&mut conn)
         .await?;
     let batcher = w.batcher("w-retry", &["--session-flush-secs", "0"]).await?;
-    w.wait_for_rows("ai_events", 150).await?;
+    w.wait_for_events(150).await?;
     let rollup_sql = format!(
         "SELECT sum(events), sum(total_tokens), sum(successes), round(sum(latency_sum_ms), 3) FROM {}",
         w.table("ai_events_hourly")
@@ -277,7 +277,7 @@ async fn finalized_rollups_answer_the_same_and_late_events_show_at_once() -> Res
     let w = World::new(&["acme"]).await?;
     let flushing = w.batcher("w-final", &["--session-flush-secs", "1"]).await?;
     let sent = w.send("acme", &dataset("final", 1500, 4, 23)).await?;
-    w.wait_for_rows("ai_events", sent).await?;
+    w.wait_for_events(sent).await?;
     // The flusher finalizes every touched hour; wait for a run that saw all events.
     let finalized_sql = format!(
         "SELECT sum(events) FROM {} FINAL",
@@ -344,7 +344,7 @@ async fn finalized_rollups_answer_the_same_and_late_events_show_at_once() -> Res
     late["timestamp"] = json!(now - 3 * 3600 - 600);
     late["latency_ms"] = json!(99_999.0);
     assert_eq!(w.send("acme", &[late]).await?, 1);
-    w.wait_for_rows("ai_events", sent + 1).await?;
+    w.wait_for_events(sent + 1).await?;
     let (_, after) = w.get("acme", &path).await?;
     let total = |v: &Value| -> f64 {
         v["rows"]

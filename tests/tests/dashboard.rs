@@ -66,7 +66,7 @@ async fn the_dashboard_shows_what_the_data_says() -> Result<()> {
         0,
         "a replay of a quarter of them"
     );
-    w.wait_for_rows("ai_events", accepted).await?;
+    w.wait_for_events(accepted).await?;
 
     let url = format!("{}#key={}", w.ingest.url("/dashboard"), w.keys["acme"]);
     let dom = headless(&url, &["--dump-dom"]).await?;

@@ -14,7 +14,7 @@ async fn the_flusher_writes_session_metrics_equal_to_a_direct_computation() -> R
     let _batcher = w.batcher("w-flush", &["--session-flush-secs", "1"]).await?;
     let sent = w.send("acme", &dataset("flush", 1200, 2, 3)).await?;
     let sent_other = w.send("globex", &dataset("other", 100, 2, 5)).await?;
-    w.wait_for_rows("ai_events", sent + sent_other).await?;
+    w.wait_for_events(sent + sent_other).await?;
     let sessions: u64 = clickhouse_query(&format!(
         "SELECT uniqExact(tenant_id, session_id) FROM {}",
         w.table("ai_events")
