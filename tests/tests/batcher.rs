@@ -522,12 +522,97 @@ async fn a_chunk_that_keeps_failing_goes_whole_to_the_dead_letters() -> Result<(
         .await?;
     assert!(listed.contains("[exhausted]"), "{listed}");
 
-    // The operator fixes the cause (the schema) and replays: every record arrives once.
+    // One entry of the chunk was purged: the rest is not replayed until the operator says so,
+    // since the chunk can no longer carry its original token.
     p.db.batcher(&["migrate"]).await?;
+    let mut conn = redis_connection(&p.redis).await?;
+    let _: Vec<u8> = redis::cmd("LPOP")
+        .arg(format!("{}:dlq", p.ingest.key_prefix))
+        .query_async(&mut conn)
+        .await?;
     let replay = ["--key-prefix", &p.ingest.key_prefix, "dlq", "replay"];
-    assert!(p.db.batcher(&replay).await?.contains("requeued 30 entries"));
-    assert_eq!(p.settle(30, Duration::from_secs(30)).await?, 30);
-    assert_eq!(p.distinct().await?, 30);
+    let out = p.db.batcher(&replay).await?;
+    assert!(out.contains("requeued 0 entries"), "{out}");
+    assert!(out.contains("29 of its 30 records are left"), "{out}");
+    assert!(out.contains("--partial-chunks"), "{out}");
+    assert_eq!(p.redis_len("dlq").await?, 29);
+
+    // The operator has fixed the cause (the schema) and replays: every record arrives once.
+    let partial = [&replay[..], &["--partial-chunks"]].concat();
+    assert!(p
+        .db
+        .batcher(&partial)
+        .await?
+        .contains("requeued 29 entries"));
+    assert_eq!(p.settle(29, Duration::from_secs(30)).await?, 29);
+    assert_eq!(p.distinct().await?, 29);
+    assert_eq!(p.redis_len("dlq").await?, 0);
+    p.cleanup().await
+}
+
+#[tokio::test]
+async fn an_exhausted_chunk_that_clickhouse_had_written_replays_without_doubling() -> Result<()> {
+    let p = Pipeline::new().await?;
+    // A materialized view that throws: ClickHouse writes the chunk into `ai_events`, then
+    // answers every insert with an error. The batcher retries, then dead-letters the chunk
+    // whole, although its rows are already in.
+    let db = &p.db.name;
+    clickhouse_query(&format!("CREATE TABLE {db}.trap (x UInt8) ENGINE = Null")).await?;
+    clickhouse_query(&format!(
+        "CREATE MATERIALIZED VIEW {db}.trap_mv TO {db}.trap AS
+         SELECT throwIf(length(session_id) > 0, 'trap') AS x FROM {db}.ai_events"
+    ))
+    .await?;
+    let batcher = p.batcher("w-trap", &["--max-attempts", "3"]).await?;
+    assert_eq!(p.send(&unique_events("trap", 40)).await?, 40);
+    let started = Instant::now();
+    while p.redis_len("dlq").await? < 40 && started.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(p.redis_len("dlq").await?, 40);
+    assert_eq!(
+        p.rows().await?,
+        40,
+        "the failing inserts did write the rows"
+    );
+    assert_eq!(
+        batcher
+            .metric("sift_batcher_chunks_total{result=\"dead_lettered\"}")
+            .await?,
+        1.0
+    );
+
+    // The operator removes the cause and replays, twice: the chunk is written again with its
+    // own token, so ClickHouse keeps one copy, in the raw table and in the rollup.
+    clickhouse_query(&format!("DROP TABLE {db}.trap_mv")).await?;
+    let replay = ["--key-prefix", &p.ingest.key_prefix, "dlq", "replay"];
+    let out = p.db.batcher(&replay).await?;
+    assert!(out.contains("requeued 40 entries"), "{out}");
+    assert!(out.contains("1 chunk"), "{out}");
+    let again = p.db.batcher(&replay).await?;
+    assert!(again.contains("requeued 0 entries"), "{again}");
+    let started = Instant::now();
+    while p.redis_len("dlq").await? + p.redis_len("processing:w-trap").await? > 0
+        || started.elapsed() < Duration::from_secs(2)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "replay not finished"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut conn = redis_connection(&p.redis).await?;
+    let leftover: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:processing:*", p.ingest.key_prefix))
+        .query_async(&mut conn)
+        .await?;
+    assert!(leftover.is_empty(), "{leftover:?}");
+    assert_eq!(p.rows().await?, 40);
+    assert_eq!(p.distinct().await?, 40);
+    let rollup: u64 = clickhouse_query(&format!("SELECT sum(events) FROM {db}.ai_events_hourly"))
+        .await?
+        .parse()?;
+    assert_eq!(rollup, 40);
     p.cleanup().await
 }
 

@@ -1,9 +1,10 @@
 //! A chunk: the records of one processing list, in order, with a deterministic id.
 //!
-//! The id is the SHA-256 of the records in order, so a chunk recovered after a crash (same
-//! records, same order) has the same id, the same ledger row and the same ClickHouse token.
-//! Records that cannot be decoded are poison: they are set aside for the dead letters and the
-//! rest of the chunk goes on.
+//! The id is the SHA-256 of the records it writes, in order, so a chunk recovered after a crash
+//! (same records, same order) has the same id, the same ledger row and the same ClickHouse
+//! token. Records that cannot be decoded are poison: they are set aside for the dead letters,
+//! the rest of the chunk goes on, and they are not part of the id, so that a chunk rebuilt from
+//! its dead letters (`dlq replay`) carries the token of the original.
 
 use sha2::{Digest, Sha256};
 use sift_core::QueueRecord;
@@ -25,28 +26,32 @@ pub struct Chunk {
 
 impl Chunk {
     pub fn new(records: Vec<Vec<u8>>) -> Self {
-        let mut hasher = Sha256::new();
-        for record in &records {
-            // Length-prefixed, so the boundaries between records are part of the id.
-            hasher.update((record.len() as u64).to_be_bytes());
-            hasher.update(record);
-        }
-        let id = hex::encode(hasher.finalize());
         let len = records.len();
         let oldest = records.first().cloned().unwrap_or_default();
         let newest = records.last().cloned().unwrap_or_default();
-        let mut rows = Vec::with_capacity(records.len());
+        let mut decoded = Vec::with_capacity(records.len());
         let mut raws = Vec::with_capacity(records.len());
         let mut poison = Vec::new();
         for raw in records {
             match QueueRecord::decode(&raw) {
                 Ok(record) => {
-                    rows.push(EventRow::new(record, &id));
+                    decoded.push(record);
                     raws.push(raw);
                 }
                 Err(error) => poison.push((raw, error.to_string())),
             }
         }
+        // A chunk of poison only still gets an id of its own, for its dead letters.
+        let named: Vec<&Vec<u8>> = if raws.is_empty() {
+            poison.iter().map(|(raw, _)| raw).collect()
+        } else {
+            raws.iter().collect()
+        };
+        let id = id_of(named);
+        let rows = decoded
+            .into_iter()
+            .map(|record| EventRow::new(record, &id))
+            .collect();
         Self {
             id,
             len,
@@ -64,6 +69,17 @@ impl Chunk {
     }
 }
 
+/// SHA-256 of the records in order, each length-prefixed so that the boundaries between
+/// records are part of the id.
+fn id_of<'a>(records: impl IntoIterator<Item = &'a Vec<u8>>) -> String {
+    let mut hasher = Sha256::new();
+    for record in records {
+        hasher.update((record.len() as u64).to_be_bytes());
+        hasher.update(record);
+    }
+    hex::encode(hasher.finalize())
+}
+
 #[cfg(test)]
 mod tests {
     use super::Chunk;
@@ -78,5 +94,31 @@ mod tests {
         assert_ne!(a.id, c.id);
         assert_ne!(a.id, d.id);
         assert_eq!(a.poison.len(), 2, "neither is a queue record");
+    }
+
+    fn record(prompt: &str) -> Vec<u8> {
+        let value = serde_json::json!({
+            "session_id": "session-0001", "prompt_text": prompt, "model_version": "v1.0.0", "latency_ms": 1.0,
+            "token_count": 3,
+        });
+        let event = sift_core::validate::validate(&value, &sift_core::Limits::default(), 0)
+            .expect("a valid event");
+        let hash = sift_core::SemanticHash::of("t", &event);
+        sift_core::QueueRecord::new("t", &event, &hash, 0).encode()
+    }
+
+    #[test]
+    fn poison_is_not_part_of_the_id() {
+        let (x, y) = (record("x"), record("y"));
+        let clean = Chunk::new(vec![x.clone(), y.clone()]);
+        let with_poison = Chunk::new(vec![x.clone(), b"junk".to_vec(), y.clone()]);
+        assert_eq!(clean.rows.len(), 2);
+        assert_eq!(with_poison.poison.len(), 1);
+        assert_eq!(clean.id, with_poison.id);
+        assert_eq!(
+            with_poison.len, 3,
+            "the acknowledgement still removes all three"
+        );
+        assert_ne!(Chunk::new(vec![y, x]).id, clean.id);
     }
 }

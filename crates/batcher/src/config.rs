@@ -261,9 +261,17 @@ pub enum DlqCommand {
         invalid: bool,
     },
     /// Put matching records back on the queue (safe to repeat: a replayed entry is gone).
+    ///
+    /// An `[exhausted]` entry brings its whole chunk back, rebuilt in its original order so
+    /// that it is inserted with its original token: if ClickHouse had written it, the copy is
+    /// dropped instead of counted twice.
     Replay {
         #[command(flatten)]
         filter: DlqFilter,
+        /// Also replay exhausted chunks some of whose records were purged. Such a chunk gets a
+        /// new token, so check first that ClickHouse does not hold it (see the README).
+        #[arg(long)]
+        partial_chunks: bool,
     },
     /// Delete matching entries (asks for confirmation unless --yes).
     Purge {

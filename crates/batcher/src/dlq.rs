@@ -2,6 +2,12 @@
 //! with the error, the chunk and the number of attempts. Operators list, show, replay (back
 //! onto the queue) and purge entries; replaying is safe to repeat, because an entry leaves the
 //! list in the same atomic step that requeues its record.
+//!
+//! A chunk that kept failing (`exhausted`) may have been written by ClickHouse all the same (an
+//! error after the write, an answer lost). Its records are therefore not requeued one by one,
+//! where they would form new chunks with new tokens: the chunk is rebuilt in its original order
+//! as the processing list of a worker that does not exist, which a live worker takes over like
+//! that of a dead one, and inserts with the original token.
 
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +25,12 @@ pub struct DeadLetter {
     pub failed_at_ms: i64,
     /// The queue record as it was (JSON text; not JSON at all for poison).
     pub record: String,
+    /// For `exhausted`: the record's place in its chunk and the chunk's number of records
+    /// (0 in entries written before chunks could be rebuilt).
+    #[serde(default)]
+    pub position: u32,
+    #[serde(default)]
+    pub chunk_rows: u32,
 }
 
 impl DeadLetter {
@@ -46,6 +58,23 @@ local window = tonumber(ARGV[3])
 if window > 0 and not redis.call('SET', KEYS[3], '1', 'NX', 'PX', window) then return 2 end
 redis.call('LPUSH', KEYS[2], ARGV[2])
 return 1";
+
+/// Rebuilds an exhausted chunk as a processing list, if every one of its entries is still in
+/// the dead letters (so a second replay does nothing). KEYS: dead letters, the new processing
+/// list, the worker set. ARGV: the list's worker name, n, then n entries and n records, in the
+/// chunk's order. The oldest record ends at the tail, where a worker's list keeps it.
+const RESTORE_CHUNK: &str = r"
+local n = tonumber(ARGV[2])
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+for i = 1, n do
+  if not redis.call('LPOS', KEYS[1], ARGV[2 + i]) then return 0 end
+end
+for i = 1, n do
+  redis.call('LREM', KEYS[1], 1, ARGV[2 + i])
+  redis.call('LPUSH', KEYS[2], ARGV[2 + n + i])
+end
+redis.call('SADD', KEYS[3], ARGV[1])
+return n";
 
 /// The semantic window a replayed invalid event is claimed for (the API's default).
 const REPLAY_WINDOW_MS: u64 = 5000;
@@ -138,13 +167,22 @@ pub async fn entries(
 /// Entries of the invalid-events list are raw events, not queue records: they are validated
 /// again with today's rules, and those that pass are requeued through the same claim as the
 /// API would make (so replaying twice cannot write an event twice within the dedup window).
+/// Exhausted chunks are rebuilt whole (see the module's comment); `partial_chunks` allows
+/// rebuilding one some of whose entries were purged.
 pub async fn replay(
     conn: &mut redis::aio::MultiplexedConnection,
     keys: &sift_core::KeySpace,
     filter: &crate::config::DlqFilter,
+    partial_chunks: bool,
 ) -> Result<ReplayReport, DlqError> {
     let script = redis::Script::new(REQUEUE);
     let mut report = ReplayReport::default();
+    let list = if filter.invalid {
+        keys.invalid()
+    } else {
+        keys.dlq()
+    };
+    let mut chunks = std::collections::BTreeSet::new();
     for (_, e) in entries(conn, keys, filter).await? {
         let (record, claim) = if filter.invalid {
             match revalidate(&e.raw) {
@@ -159,17 +197,16 @@ pub async fn replay(
             }
         } else {
             match DeadLetter::decode(&e.raw) {
+                Some(d) if d.kind == "exhausted" && d.chunk_rows > 0 => {
+                    chunks.insert(d.chunk_id);
+                    continue;
+                }
                 Some(d) => (d.record.into_bytes(), None),
                 None => {
                     report.still_invalid.push("unreadable dead letter".into());
                     continue;
                 }
             }
-        };
-        let list = if filter.invalid {
-            keys.invalid()
-        } else {
-            keys.dlq()
         };
         let window = if claim.is_some() { REPLAY_WINDOW_MS } else { 0 };
         let moved: i64 = script
@@ -187,12 +224,74 @@ pub async fn replay(
             _ => {}
         }
     }
+    for chunk_id in chunks {
+        restore_chunk(conn, keys, &chunk_id, partial_chunks, &mut report).await?;
+    }
     Ok(report)
+}
+
+/// Rebuilds one exhausted chunk from all its dead letters (whatever the filter matched).
+async fn restore_chunk(
+    conn: &mut redis::aio::MultiplexedConnection,
+    keys: &sift_core::KeySpace,
+    chunk_id: &str,
+    partial_chunks: bool,
+    report: &mut ReplayReport,
+) -> Result<(), DlqError> {
+    let raws: Vec<Vec<u8>> = redis::cmd("LRANGE")
+        .arg(keys.dlq())
+        .arg(0)
+        .arg(-1)
+        .query_async(conn)
+        .await?;
+    let mut members: Vec<(DeadLetter, Vec<u8>)> = raws
+        .into_iter()
+        .filter_map(|raw| DeadLetter::decode(&raw).map(|d| (d, raw)))
+        .filter(|(d, _)| d.kind == "exhausted" && d.chunk_id == chunk_id)
+        .collect();
+    members.sort_by_key(|(d, _)| d.position);
+    members.dedup_by_key(|(d, _)| d.position);
+    let Some(expected) = members.first().map(|(d, _)| d.chunk_rows as usize) else {
+        return Ok(()); // replayed meanwhile
+    };
+    if members.len() != expected {
+        report.partial_chunks.push(format!(
+            "chunk {chunk_id}: {} of its {expected} records are left",
+            members.len()
+        ));
+        if !partial_chunks {
+            return Ok(());
+        }
+    }
+    let worker = format!("replay-{chunk_id}");
+    let script = redis::Script::new(RESTORE_CHUNK);
+    let mut invocation = script.key(keys.dlq());
+    invocation
+        .key(keys.processing(&worker))
+        .key(keys.workers())
+        .arg(&worker)
+        .arg(members.len());
+    for (_, raw) in &members {
+        invocation.arg(raw.as_slice());
+    }
+    for (d, _) in &members {
+        invocation.arg(d.record.as_bytes());
+    }
+    let moved: usize = invocation.invoke_async(conn).await?;
+    if moved > 0 {
+        report.requeued += moved;
+        report.chunks += 1;
+    }
+    Ok(())
 }
 
 #[derive(Debug, Default)]
 pub struct ReplayReport {
     pub requeued: usize,
+    /// Exhausted chunks rebuilt whole (their records are counted in `requeued`).
+    pub chunks: usize,
+    /// Exhausted chunks some of whose entries are gone (replayed only with `partial_chunks`).
+    pub partial_chunks: Vec<String>,
     /// Invalid events that now pass but duplicate an intent already taken.
     pub collapsed: usize,
     pub still_invalid: Vec<String>,

@@ -196,9 +196,25 @@ async fn dlq_command(
                 .ok_or(dlq::DlqError::NoSuchEntry(position))?;
             println!("{}", String::from_utf8_lossy(&entry.raw));
         }
-        DlqCommand::Replay { filter } => {
-            let report = dlq::replay(conn, keys, &filter).await?;
+        DlqCommand::Replay {
+            filter,
+            partial_chunks,
+        } => {
+            let report = dlq::replay(conn, keys, &filter, partial_chunks).await?;
             println!("requeued {} entries", report.requeued);
+            if report.chunks > 0 {
+                println!(
+                    "{} chunk(s) rebuilt whole, to be inserted with their original tokens",
+                    report.chunks
+                );
+            }
+            for partial in &report.partial_chunks {
+                if partial_chunks {
+                    println!("replayed with a new token: {partial}");
+                } else {
+                    println!("kept: {partial}; check that ClickHouse does not hold the chunk, then replay with --partial-chunks");
+                }
+            }
             if report.collapsed > 0 {
                 println!(
                     "{} entries were duplicates of an intent already taken and were dropped",

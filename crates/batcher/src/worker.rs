@@ -155,13 +155,14 @@ impl Worker {
                 worker: worker.clone(),
                 failed_at_ms: now_ms(),
                 record: String::from_utf8_lossy(raw).into_owned(),
+                position: 0,
+                chunk_rows: 0,
             }
-            .encode()
         };
         let mut dead: Vec<Vec<u8>> = chunk
             .poison
             .iter()
-            .map(|(raw, error)| dead_letter(raw, "poison", error.clone(), 1))
+            .map(|(raw, error)| dead_letter(raw, "poison", error.clone(), 1).encode())
             .collect();
         if !chunk.poison.is_empty() {
             tracing::warn!(chunk = %chunk.id, records = chunk.poison.len(), "undecodable records go to the dead letters");
@@ -199,18 +200,19 @@ impl Worker {
                         // chunk is safe, each of its rows went in with a token of its own.
                         result = "partly_inserted";
                         for (i, error) in refused {
-                            dead.push(dead_letter(&chunk.raws[i], "refused", error, 1));
+                            dead.push(dead_letter(&chunk.raws[i], "refused", error, 1).encode());
                         }
                     }
                     Some(Inserted::Exhausted(error)) => {
                         result = "dead_lettered";
                         let attempts = self.args.max_attempts;
-                        dead.extend(
-                            chunk
-                                .raws
-                                .iter()
-                                .map(|raw| dead_letter(raw, "exhausted", error.clone(), attempts)),
-                        );
+                        let rows = u32::try_from(chunk.raws.len()).unwrap_or(u32::MAX);
+                        dead.extend(chunk.raws.iter().enumerate().map(|(i, raw)| {
+                            let mut entry = dead_letter(raw, "exhausted", error.clone(), attempts);
+                            entry.position = u32::try_from(i).unwrap_or(u32::MAX);
+                            entry.chunk_rows = rows;
+                            entry.encode()
+                        }));
                     }
                     None => return self.abandon(&chunk),
                 }
