@@ -1,5 +1,6 @@
-//! Benchmark of the read path: the hourly stats API (answered from the rollups) against the
-//! same question asked of the raw table, over at least 10 million raw events, in one run.
+//! Benchmark of the read path: the hourly stats API (answered from its cache and the rollups)
+//! against the same question asked of the raw table, over at least 10 million raw events, in
+//! one run.
 //!
 //! `make bench` (or `cargo bench -p sift-e2e --bench hourly` after `cargo build --release
 //! --bins`). Environment: SIFT_BENCH_EVENTS (10000000), SIFT_BENCH_REQUESTS (200 per
@@ -8,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use sift_e2e::{clickhouse_query, redis_url, Database, Ingest};
+use sift_e2e::{clickhouse_query, redis_connection, redis_url, Database, Ingest};
 
 const TENANTS: u64 = 20;
 const DAYS: u64 = 30;
@@ -50,6 +51,7 @@ async fn main() -> Result<()> {
     let db = Database::create_with_clickhouse().await?;
     let key = db.tenant_with_key("tenant-0").await?;
     let ingest = Ingest::start(&db, &redis_url(), &[]).await?;
+    let uncached = Ingest::start(&db, &redis_url(), &["--stats-cache-secs", "0"]).await?;
     let table = format!("{}.ai_events", db.name);
 
     eprintln!("loading {events} raw events into {table} ...");
@@ -123,7 +125,11 @@ async fn main() -> Result<()> {
     // flusher keeps them for recent hours and `backfill rollups` does after a bulk import.
     let mut from_states = Vec::new();
     for (_, key) in tenants {
-        from_states.push(api_latency(&ingest, key, from, to, requests).await?.1);
+        from_states.push(
+            api_latency(&uncached, key, from, to, requests, None)
+                .await?
+                .1,
+        );
     }
     let started = Instant::now();
     db.batcher(&[
@@ -142,10 +148,10 @@ async fn main() -> Result<()> {
         ))
         .await?
         .parse()?;
-        let m = measure(&ingest, key, tenant, &table, from, to, requests).await?;
+        let m = measure(&ingest, &uncached, key, tenant, &table, from, to, requests).await?;
         table_rows.push_str(&format!(
-            "| {tenant} | {raw_events} | {} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} / {:.2} | {:.1}x | {:.1}x |\n",
-            m.rows, m.api.0, m.api.1, states.0, states.1, m.raw.0, m.raw.1, m.fin.0, m.fin.1, m.raw.0 / m.api.0, m.fin.0 / m.api.0
+            "| {tenant} | {raw_events} | {} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} / {:.2} | {:.1}x | {:.1}x |\n",
+            m.rows, m.cached.0, m.cached.1, m.live.0, m.live.1, m.api.0, m.api.1, states.0, states.1, m.raw.0, m.raw.1, m.fin.0, m.fin.1, m.raw.0 / m.live.0, m.raw.0 / m.cached.0
         ));
     }
     let report = format!(
@@ -153,13 +159,15 @@ async fn main() -> Result<()> {
          {events} raw events, {TENANTS} tenants (tenant-0 has half of them), 5 models, {DAYS} days; \
          loaded in {:.1} s; {rollup_rows} hourly rollup rows; raw table in {raw_parts} parts after background merges settled.\n\n\
          Question: one tenant's hourly events, successes, tokens, average and p50/p95/p99 latency, sessions and fallbacks \
-         per model over 7 days. `API` is `GET /v1/ai/stats/hourly` through sift-ingest, from finalized rollups \
-         (`backfill rollups` over the 30 days took {:.1} s), `API, states` the same before finalizing (every t-digest and \
-         session state merged per request); `raw` is the same question \
-         on `ai_events` over ClickHouse HTTP; `FINAL` the same on `ai_events FINAL`. {requests} requests each \
-         ({} with FINAL), one at a time, after one warm-up; p50 / p99 in ms.\n\n\
-         | tenant | raw events in range | rows | API p50 / p99 | API, states p50 / p99 | raw p50 / p99 | FINAL p50 / p99 | raw / API (p50) | FINAL / API (p50) |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n{table_rows}",
+         per model over 7 days, through `GET /v1/ai/stats/hourly`. `cached`: the default API, the question asked again \
+         with nothing written meanwhile (every hour from the cache); `live`: the same, but the newest hour's rollup \
+         version moved before every request, as while events stream in (that hour fetched from ClickHouse, the rest \
+         cached); `uncached`: `--stats-cache-secs 0`, every hour from the finalized rollups (`backfill rollups` over \
+         the 30 days took {:.1} s); `uncached, states`: the same before finalizing (every t-digest and session state \
+         merged per request). `raw` is the same question on `ai_events` over ClickHouse HTTP; `FINAL` the same on \
+         `ai_events FINAL`. {requests} requests each ({} with FINAL), one at a time, after one warm-up; p50 / p99 in ms.\n\n\
+         | tenant | raw events in range | rows | cached | live | uncached | uncached, states | raw | FINAL | raw / live (p50) | raw / cached (p50) |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n{table_rows}",
         load.as_secs_f64(),
         finalize.as_secs_f64(),
         requests.min(50),
@@ -172,19 +180,24 @@ async fn main() -> Result<()> {
         .to_path_buf();
     std::fs::write(target.join("bench-report.md"), &report)?;
     drop(ingest);
+    drop(uncached);
     Ok(())
 }
 
 /// p50/p99 (ms) of the API and of the raw table, and the number of rows answered.
 struct Measured {
     rows: usize,
+    cached: (f64, f64),
+    live: (f64, f64),
     api: (f64, f64),
     raw: (f64, f64),
     fin: (f64, f64),
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn measure(
     ingest: &Ingest,
+    uncached: &Ingest,
     key: &str,
     tenant: &str,
     table: &str,
@@ -192,7 +205,14 @@ async fn measure(
     to: u64,
     requests: u64,
 ) -> Result<Measured> {
-    let (rows, api) = api_latency(ingest, key, from, to, requests).await?;
+    let (rows, api) = api_latency(uncached, key, from, to, requests, None).await?;
+    let (cached_rows, cached) = api_latency(ingest, key, from, to, requests, None).await?;
+    anyhow::ensure!(
+        cached_rows == rows,
+        "the cache answered {cached_rows} rows, not {rows}"
+    );
+    let newest = format!("{}:rollver:{tenant}:{}", ingest.key_prefix, to - 3600);
+    let (_, live) = api_latency(ingest, key, from, to, requests, Some(&newest)).await?;
     let raw_sql = |final_: &str| {
         format!(
             "SELECT toStartOfHour(event_time) AS hour, model_version, count(), countIf(success),
@@ -216,21 +236,27 @@ async fn measure(
     .await?;
     Ok(Measured {
         rows,
+        cached,
+        live,
         api,
         raw: percentiles(raw),
         fin: percentiles(fin),
     })
 }
 
-/// Rows answered and p50/p99 (ms) of `GET /v1/ai/stats/hourly` for the key's tenant.
+/// Rows answered and p50/p99 (ms) of `GET /v1/ai/stats/hourly` for the key's tenant. With
+/// `bump`, that rollup version is moved before each request (outside the timed part), as the
+/// batcher does when it writes events of that hour.
 async fn api_latency(
     ingest: &Ingest,
     key: &str,
     from: u64,
     to: u64,
     requests: u64,
+    bump: Option<&str>,
 ) -> Result<(usize, (f64, f64))> {
     let http = reqwest::Client::new();
+    let mut redis = redis_connection(&redis_url()).await?;
     let api_url = ingest.url(&format!("/v1/ai/stats/hourly?from={from}&to={to}"));
     let body: serde_json::Value = http
         .get(&api_url)
@@ -240,19 +266,29 @@ async fn api_latency(
         .json()
         .await?;
     let rows = body["rows"].as_array().context("rows")?.len();
-    let samples = time_n(requests, || {
-        let request = http.get(&api_url).bearer_auth(key);
-        async move {
-            let response = request.send().await?;
-            anyhow::ensure!(
-                response.status().is_success(),
-                "API answered {}",
-                response.status()
-            );
-            response.bytes().await?;
-            Ok(())
+    let mut samples = Vec::with_capacity(requests as usize);
+    for _ in 0..requests {
+        if let Some(version) = bump {
+            redis::cmd("INCR")
+                .arg(version)
+                .query_async::<()>(&mut redis)
+                .await?;
         }
-    })
-    .await?;
+        let started = Instant::now();
+        let response = http.get(&api_url).bearer_auth(key).send().await?;
+        anyhow::ensure!(
+            response.status().is_success(),
+            "API answered {}",
+            response.status()
+        );
+        response.bytes().await?;
+        samples.push(started.elapsed());
+    }
+    if let Some(version) = bump {
+        redis::cmd("DEL")
+            .arg(version)
+            .query_async::<()>(&mut redis)
+            .await?;
+    }
     Ok((rows, percentiles(samples)))
 }

@@ -259,9 +259,11 @@ impl World {
         }
     }
 
-    /// Waits until `expected` events are in `ai_events` *and* counted in `ai_events_hourly`.
-    /// One INSERT commits the raw part and the materialized view's part one after the other,
-    /// so a reader can briefly see the raw row without its rollup.
+    /// Waits until `expected` events are in `ai_events` *and* counted in `ai_events_hourly`,
+    /// and the batcher has acknowledged every chunk. One INSERT commits the raw part and the
+    /// materialized view's part one after the other, so a reader can briefly see the raw row
+    /// without its rollup; the acknowledgement moves the rollup versions that tell the read
+    /// API's cache which hours changed.
     pub async fn wait_for_events(&self, expected: u64) -> Result<()> {
         self.wait_for_rows("ai_events", expected).await?;
         let sql = format!("SELECT sum(events) FROM {}", self.table("ai_events_hourly"));
@@ -269,12 +271,31 @@ impl World {
         loop {
             let counted: u64 = clickhouse_query(&sql).await?.parse()?;
             if counted >= expected {
-                return Ok(());
+                break;
             }
             if started.elapsed() > Duration::from_secs(60) {
                 bail!("ai_events_hourly counts {counted} events, expected {expected}");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut conn = redis_connection(&self.redis).await?;
+        let prefix = &self.ingest.key_prefix;
+        loop {
+            let queued: u64 = redis::cmd("LLEN")
+                .arg(format!("{prefix}:queue"))
+                .query_async(&mut conn)
+                .await?;
+            let in_flight: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{prefix}:processing:*"))
+                .query_async(&mut conn)
+                .await?;
+            if queued == 0 && in_flight.is_empty() {
+                return Ok(());
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                bail!("{queued} records queued, {in_flight:?} in flight");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

@@ -55,6 +55,11 @@ impl Ingest {
         format!("{}{path}", self.base)
     }
 
+    /// The value of one metric line (`name{labels}`) in /metrics, 0 when absent.
+    pub async fn metric(&self, series: &str) -> Result<f64> {
+        metric(&self.url("/metrics"), series).await
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub async fn terminate(mut self) -> Result<std::process::ExitStatus> {
         let pid = self.child.id().context("already exited")?;
@@ -149,13 +154,18 @@ impl Batcher {
 
     /// The value of one metric line (`name{labels}`) in /metrics, 0 when absent.
     pub async fn metric(&self, series: &str) -> Result<f64> {
-        let text = reqwest::get(&self.metrics_url).await?.text().await?;
-        Ok(text
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(series)
-                    .and_then(|rest| rest.trim().parse().ok())
-            })
-            .unwrap_or(0.0))
+        metric(&self.metrics_url, series).await
     }
+}
+
+/// The value of one metric line (`name{labels}`) of a Prometheus text page, 0 when absent.
+async fn metric(url: &str, series: &str) -> Result<f64> {
+    let text = reqwest::get(url).await?.text().await?;
+    Ok(text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0))
 }

@@ -355,3 +355,72 @@ async fn finalized_rollups_answer_the_same_and_late_events_show_at_once() -> Res
     check(&after, &w.query_json(&from_states(&w.db.name)).await?)?;
     w.cleanup().await
 }
+
+#[tokio::test]
+async fn the_read_cache_fetches_only_the_hours_that_changed() -> Result<()> {
+    let w = World::new(&["acme"]).await?;
+    let _batcher = w.batcher("w-cache", &["--session-flush-secs", "0"]).await?;
+    let sent = w.send("acme", &dataset("cache", 400, 4, 7)).await?;
+    w.wait_for_events(sent).await?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    // Eight whole hours: the four with data and four empty ones.
+    let to = (now / 3600 + 1) * 3600;
+    let path = format!("/v1/ai/stats/hourly?from={}&to={to}", to - 8 * 3600);
+    let series =
+        |result: &str| format!("sift_ingest_stats_cache_hours_total{{result=\"{result}\"}}");
+    let counts = || async {
+        Ok::<_, anyhow::Error>((
+            w.ingest.metric(&series("hit")).await?,
+            w.ingest.metric(&series("miss")).await?,
+        ))
+    };
+
+    let (status, first) = w.get("acme", &path).await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(counts().await?, (0.0, 8.0));
+    let (_, second) = w.get("acme", &path).await?;
+    assert_eq!(second, first, "answered from the cache");
+    assert_eq!(counts().await?, (8.0, 8.0));
+
+    // A late event two hours back: that hour alone is fetched again, and shows the event.
+    let mut late = dataset("cache-late", 1, 1, 8).remove(0);
+    late["timestamp"] = json!(to - 2 * 3600 - 1800);
+    assert_eq!(w.send("acme", &[late]).await?, 1);
+    w.wait_for_events(sent + 1).await?;
+    let (_, third) = w.get("acme", &path).await?;
+    assert_eq!(counts().await?, (15.0, 9.0));
+    let total = |v: &Value| -> f64 {
+        v["rows"]
+            .as_array()
+            .map_or(0.0, |r| r.iter().map(|x| f(&x["events"])).sum())
+    };
+    assert_eq!(total(&third), total(&first) + 1.0);
+    assert_eq!(total(&third), (sent + 1) as f64);
+
+    // A model filter is answered from the same entries.
+    let model = third["rows"][0]["model_version"]
+        .as_str()
+        .context("model")?
+        .to_owned();
+    let (_, filtered) = w
+        .get("acme", &format!("{path}&model_version={model}"))
+        .await?;
+    let expected: Vec<&Value> = third["rows"]
+        .as_array()
+        .context("rows")?
+        .iter()
+        .filter(|r| r["model_version"] == model.as_str())
+        .collect();
+    assert_eq!(
+        filtered["rows"]
+            .as_array()
+            .context("rows")?
+            .iter()
+            .collect::<Vec<_>>(),
+        expected
+    );
+    assert_eq!(counts().await?, (23.0, 9.0));
+    w.cleanup().await
+}

@@ -63,6 +63,19 @@ impl Chunk {
         }
     }
 
+    /// Every (tenant, hour start in epoch seconds) the chunk has rows for, once each.
+    pub fn hours(&self) -> Vec<(String, i64)> {
+        let hours: std::collections::BTreeSet<(String, i64)> = self
+            .rows
+            .iter()
+            .map(|row| {
+                let hour = row.event_time.div_euclid(3_600_000) * 3600;
+                (row.tenant_id.clone(), hour)
+            })
+            .collect();
+        hours.into_iter().collect()
+    }
+
     /// The token of row `i` inserted alone (when ClickHouse refused the chunk as a whole).
     pub fn row_token(&self, i: usize) -> String {
         format!("{}:{i}", self.id)

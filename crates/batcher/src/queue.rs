@@ -38,10 +38,14 @@ end
 return moved";
 
 /// Acknowledges a chunk: removes exactly its records from the tail of the processing list and
-/// dead-letters ARGV[4..] in the same step, so a crash can never dead-letter a record and also
-/// leave it to be processed again. Records claimed after the chunk was read (at the head) stay.
-/// If the list no longer ends with the chunk (another worker took it over), nothing is done.
-/// KEYS: processing list, dead letters. ARGV: chunk length, its oldest record, its newest record.
+/// dead-letters some of them in the same step, so a crash can never dead-letter a record and
+/// also leave it to be processed again. Records claimed after the chunk was read (at the head)
+/// stay. If the list no longer ends with the chunk (another worker took it over), nothing is
+/// done. The same step moves the rollup version of every (tenant, hour) the chunk wrote, which
+/// tells the read API's cache that those hours changed; a crash before it leaves the chunk to
+/// be retried and acknowledged again, so the versions always move after the rows are in.
+/// KEYS: processing list, dead letters, then the rollup versions. ARGV: chunk length, its
+/// oldest record, its newest record, the versions' TTL in ms, then the dead letters.
 /// Returns the records left in the list, or -1 when the chunk was not there.
 const ACK: &str = r"#!lua flags=allow-oom
 local n = tonumber(ARGV[1])
@@ -49,7 +53,11 @@ local len = redis.call('LLEN', KEYS[1])
 if len < n or redis.call('LINDEX', KEYS[1], -1) ~= ARGV[2] or redis.call('LINDEX', KEYS[1], -n) ~= ARGV[3] then
   return -1
 end
-for i = 4, #ARGV do redis.call('LPUSH', KEYS[2], ARGV[i]) end
+for i = 5, #ARGV do redis.call('LPUSH', KEYS[2], ARGV[i]) end
+for i = 3, #KEYS do
+  redis.call('INCR', KEYS[i])
+  redis.call('PEXPIRE', KEYS[i], ARGV[4])
+end
 if len == n then
   redis.call('DEL', KEYS[1])
 else
@@ -155,22 +163,28 @@ impl Queue {
     }
 
     /// Acknowledges the chunk in hand (`len` records, `oldest` and `newest` of them), dead-
-    /// lettering `dead` in the same step; false when the chunk was no longer in this worker's
-    /// list (another worker took it over and acknowledges it).
+    /// lettering `dead` and moving the rollup versions of `touched` (tenant, hour start) in the
+    /// same step; false when the chunk was no longer in this worker's list (another worker
+    /// took it over and acknowledges it).
     pub async fn ack(
         &self,
         len: usize,
         oldest: &[u8],
         newest: &[u8],
         dead: &[Vec<u8>],
+        touched: &[(String, i64)],
     ) -> Result<bool, QueueError> {
         let mut conn = self.conn().await?;
         let mut invocation = self.ack.key(self.processing());
+        invocation.key(self.keys.dlq());
+        for (tenant, hour) in touched {
+            invocation.key(self.keys.rollup_version(tenant, *hour));
+        }
         invocation
-            .key(self.keys.dlq())
             .arg(len)
             .arg(oldest)
-            .arg(newest);
+            .arg(newest)
+            .arg(sift_core::keys::ROLLUP_VERSION_TTL_MS);
         for entry in dead {
             invocation.arg(entry.as_slice());
         }

@@ -231,11 +231,12 @@ impl Worker {
                 }
             }
         }
+        let touched = chunk.hours();
         let mut failures = 0;
         loop {
             match self
                 .queue
-                .ack(chunk.len, &chunk.oldest, &chunk.newest, &dead)
+                .ack(chunk.len, &chunk.oldest, &chunk.newest, &dead, &touched)
                 .await
             {
                 Ok(true) => break,

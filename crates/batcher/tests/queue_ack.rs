@@ -1,6 +1,7 @@
 //! The acknowledgement against a real Redis: it removes exactly the chunk it was given, keeps
 //! a record claimed after the chunk was read, and does nothing to a list that no longer ends
-//! with the chunk (taken over by another worker).
+//! with the chunk (taken over by another worker). The rollup versions move with a successful
+//! acknowledgement only.
 
 use sift_batcher::queue::Queue;
 use sift_batcher::run::redis_pool;
@@ -39,7 +40,21 @@ async fn ack_removes_exactly_the_chunk() -> Result<(), Box<dyn std::error::Error
         .await?;
 
     // A chunk that is not what the list ends with: nothing happens.
-    assert!(!queue.ack(3, b"r2", b"r4", &[b"dead".to_vec()]).await?);
+    let touched = vec![("acme".to_string(), 3600), ("acme".to_string(), 7200)];
+    let version = |hour: i64| {
+        redis::cmd("GET")
+            .arg(keys.rollup_version("acme", hour))
+            .clone()
+    };
+    assert!(
+        !queue
+            .ack(3, b"r2", b"r4", &[b"dead".to_vec()], &touched)
+            .await?
+    );
+    assert_eq!(
+        version(3600).query_async::<Option<u64>>(&mut conn).await?,
+        None
+    );
     assert_eq!(
         redis::cmd("LLEN")
             .arg(&list)
@@ -55,8 +70,23 @@ async fn ack_removes_exactly_the_chunk() -> Result<(), Box<dyn std::error::Error
         0
     );
 
-    // The chunk itself: removed with its dead letter, the late record kept.
-    assert!(queue.ack(3, b"r1", b"r3", &[b"dead".to_vec()]).await?);
+    // The chunk itself: removed with its dead letter, the late record kept, the versions moved.
+    assert!(
+        queue
+            .ack(3, b"r1", b"r3", &[b"dead".to_vec()], &touched)
+            .await?
+    );
+    for hour in [3600, 7200] {
+        assert_eq!(
+            version(hour).query_async::<Option<u64>>(&mut conn).await?,
+            Some(1)
+        );
+    }
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(keys.rollup_version("acme", 3600))
+        .query_async(&mut conn)
+        .await?;
+    assert!(ttl > 0 && ttl <= sift_core::keys::ROLLUP_VERSION_TTL_MS as i64);
     assert_eq!(queue.in_hand().await?, vec![b"r4".to_vec()]);
     assert_eq!(
         redis::cmd("LLEN")
@@ -67,7 +97,15 @@ async fn ack_removes_exactly_the_chunk() -> Result<(), Box<dyn std::error::Error
     );
 
     // Acknowledged again (a retry whose first answer was lost): nothing more happens.
-    assert!(!queue.ack(3, b"r1", b"r3", &[b"dead".to_vec()]).await?);
+    assert!(
+        !queue
+            .ack(3, b"r1", b"r3", &[b"dead".to_vec()], &touched)
+            .await?
+    );
+    assert_eq!(
+        version(3600).query_async::<Option<u64>>(&mut conn).await?,
+        Some(1)
+    );
     assert_eq!(
         redis::cmd("LLEN")
             .arg(keys.dlq())
@@ -76,7 +114,7 @@ async fn ack_removes_exactly_the_chunk() -> Result<(), Box<dyn std::error::Error
         1
     );
 
-    assert!(queue.ack(1, b"r4", b"r4", &[]).await?);
+    assert!(queue.ack(1, b"r4", b"r4", &[], &[]).await?);
     assert_eq!(
         redis::cmd("EXISTS")
             .arg(&list)
@@ -87,6 +125,8 @@ async fn ack_removes_exactly_the_chunk() -> Result<(), Box<dyn std::error::Error
     redis::cmd("DEL")
         .arg(keys.dlq())
         .arg(keys.workers())
+        .arg(keys.rollup_version("acme", 3600))
+        .arg(keys.rollup_version("acme", 7200))
         .query_async::<()>(&mut conn)
         .await?;
     Ok(())

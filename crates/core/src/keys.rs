@@ -86,7 +86,19 @@ impl KeySpace {
     pub fn workers(&self) -> String {
         format!("{}:workers", self.prefix)
     }
+
+    /// A counter the batcher increments whenever it has written events of `tenant` for the
+    /// hour starting at `hour` (epoch seconds): the read API's cache of that hour is stale
+    /// once the counter moved. Expires [`ROLLUP_VERSION_TTL_MS`] after the last write.
+    pub fn rollup_version(&self, tenant: &str, hour: i64) -> String {
+        format!("{}:rollver:{tenant}:{hour}", self.prefix)
+    }
 }
+
+/// How long a rollup version outlives the last write of its hour. The read API keeps a cached
+/// hour for much less than this, so a counter that expired and started again at 1 can never
+/// match a cached entry from its previous life.
+pub const ROLLUP_VERSION_TTL_MS: u64 = 2 * 24 * 3600 * 1000;
 
 /// The hour bucket of `ms` (milliseconds since the epoch) as `YYYYMMDDHH`, UTC.
 pub fn hour_bucket(ms: i64) -> String {

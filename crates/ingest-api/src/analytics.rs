@@ -14,6 +14,9 @@ use crate::error::ApiError;
 pub struct HourlyStats {
     /// Start of the hour, RFC 3339, UTC.
     pub hour: String,
+    /// The same, in epoch seconds (for grouping, not in the answer).
+    #[serde(skip)]
+    pub hour_start: u32,
     pub model_version: String,
     pub events: u64,
     pub successes: u64,
@@ -161,6 +164,77 @@ pub async fn hourly(
         .collect())
 }
 
+/// Sums and merged states in one query: the cheaper way for a few hours, where merging their
+/// states costs less than a second round trip to ClickHouse.
+#[derive(Debug, Row, Deserialize)]
+struct MergedRow {
+    hour: u32,
+    model_version: String,
+    live_events: u64,
+    successes: u64,
+    input_tokens: u64,
+    output_tokens: u64,
+    total_tokens: u64,
+    latency_sum_ms: f64,
+    latency_count: u64,
+    fallbacks: u64,
+    quantiles: Vec<f64>,
+    sessions: u64,
+}
+
+const MERGED: &str = "
+SELECT toUInt32(hour) AS hour, toString(model_version) AS model_version,
+       sum(events) AS live_events, sum(successes) AS successes,
+       sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
+       sum(total_tokens) AS total_tokens, sum(latency_sum_ms) AS latency_sum_ms,
+       sum(latency_count) AS latency_count, sum(fallbacks) AS fallbacks,
+       arrayMap(q -> toFloat64(q), quantilesTDigestMerge(0.5, 0.95, 0.99)(latency_tdigest)) AS quantiles,
+       uniqMerge(sessions) AS sessions
+FROM ai_events_hourly
+WHERE tenant_id = {tenant:String}
+  AND hour >= toDateTime({from:UInt32}, 'UTC') AND hour < toDateTime({to:UInt32}, 'UTC')
+GROUP BY hour, model_version
+HAVING live_events > 0
+ORDER BY hour, model_version";
+
+/// The same figures as [`hourly`] for every model, merged from the states in one query.
+pub async fn hourly_merged(
+    client: &Client,
+    tenant: &str,
+    from: u32,
+    to: u32,
+) -> Result<Vec<HourlyStats>, ApiError> {
+    let rows: Vec<MergedRow> = client
+        .query(MERGED)
+        .param("tenant", tenant)
+        .param("from", from)
+        .param("to", to)
+        .fetch_all()
+        .await
+        .map_err(|e| ApiError::ClickHouseUnavailable(e.to_string()))?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let row = HourlyRow {
+                hour: r.hour,
+                model_version: r.model_version,
+                live_events: r.live_events,
+                successes: r.successes,
+                input_tokens: r.input_tokens,
+                output_tokens: r.output_tokens,
+                total_tokens: r.total_tokens,
+                latency_sum_ms: r.latency_sum_ms,
+                latency_count: r.latency_count,
+                fallbacks: r.fallbacks,
+                final_events: 0,
+                final_quantiles: Vec::new(),
+                final_sessions: 0,
+            };
+            HourlyStats::new(row, &r.quantiles, r.sessions)
+        })
+        .collect())
+}
+
 impl HourlyStats {
     fn new(r: HourlyRow, quantiles: &[f64], sessions: u64) -> Self {
         let ratio = |part: u64, whole: u64| {
@@ -173,6 +247,7 @@ impl HourlyStats {
         let q = |i: usize| quantiles.get(i).copied().unwrap_or(0.0);
         Self {
             hour: rfc3339(i64::from(r.hour)),
+            hour_start: r.hour,
             success_rate: ratio(r.successes, r.live_events),
             fallback_rate: ratio(r.fallbacks, r.live_events),
             avg_latency_ms: if r.latency_count == 0 {

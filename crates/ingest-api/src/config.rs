@@ -65,6 +65,16 @@ pub struct Config {
     )]
     pub clickhouse_password: String,
 
+    /// Seconds the read API keeps an hour's figures at most (0: no cache). Hours the batcher
+    /// writes are fetched again at once; this bounds how long writes that bypass the batcher
+    /// go unseen. Must stay below the rollup versions' lifetime (2 days).
+    #[arg(long, env = "SIFT_STATS_CACHE_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(0..86_400))]
+    pub stats_cache_secs: u64,
+
+    /// Most (tenant, hour) entries the read API's cache holds.
+    #[arg(long, env = "SIFT_STATS_CACHE_HOURS", default_value_t = 200_000)]
+    pub stats_cache_hours: u64,
+
     /// Prefix of every Redis key (`ai` gives `ai:queue`, `ai:dedup:...`).
     #[arg(long, env = "SIFT_KEY_PREFIX", default_value = "ai")]
     pub key_prefix: String,

@@ -2,7 +2,7 @@
 //!
 //! A request is authenticated ([`auth`]), read within limits ([`body`]), validated and hashed
 //! (`sift-core`), then deduplicated and enqueued in one atomic Redis script ([`dedup`]).
-//! [`analytics`] answers the read API from ClickHouse. [`api`] holds the routes, [`error`] the one error type and its HTTP mapping, [`metrics`] the
+//! [`analytics`] answers the read API from ClickHouse, behind [`stats_cache`]. [`api`] holds the routes, [`error`] the one error type and its HTTP mapping, [`metrics`] the
 //! Prometheus names, [`tasks`] the once-a-second background work, [`server`] the start-up.
 
 pub mod analytics;
@@ -15,4 +15,5 @@ pub mod error;
 pub mod metrics;
 pub mod server;
 pub mod state;
+pub mod stats_cache;
 pub mod tasks;

@@ -14,6 +14,8 @@ pub const STREAMS_SWEPT: &str = "sift_ingest_streams_timed_out_total";
 /// Redis used memory over maxmemory (0 when no maxmemory is set).
 pub const REDIS_MEMORY_RATIO: &str = "sift_redis_memory_ratio";
 pub const DEPENDENCY_ERRORS: &str = "sift_ingest_dependency_errors_total";
+/// Hours the read API found in its cache (`hit`), fetched (`miss`), or read past it (`bypass`).
+pub const STATS_CACHE_HOURS: &str = "sift_ingest_stats_cache_hours_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,

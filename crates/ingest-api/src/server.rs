@@ -12,6 +12,7 @@ use crate::auth::KeyCache;
 use crate::config::Config;
 use crate::dedup::Deduplicator;
 use crate::state::AppState;
+use crate::stats_cache::StatsCache;
 use crate::{api, metrics, tasks};
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +38,13 @@ pub async fn serve(config: Config, metrics_handle: PrometheusHandle) -> Result<(
         keys: KeyCache::new(
             postgres.clone(),
             Duration::from_millis(config.key_cache_ttl_ms),
+        ),
+        stats: StatsCache::new(
+            redis.clone(),
+            KeySpace::new(config.key_prefix.clone()),
+            Duration::from_secs(config.stats_cache_secs),
+            config.stats_cache_hours,
+            timeout,
         ),
         dedup: Deduplicator::new(
             redis,

@@ -6,12 +6,14 @@ use sift_core::Limits;
 use crate::auth::KeyCache;
 use crate::body::BodyLimits;
 use crate::dedup::Deduplicator;
+use crate::stats_cache::StatsCache;
 
 pub struct AppState {
     pub keys: KeyCache,
     pub dedup: Deduplicator,
     pub postgres: deadpool_postgres::Pool,
     pub clickhouse: clickhouse::Client,
+    pub stats: StatsCache,
     pub limits: Limits,
     pub body_limits: BodyLimits,
     pub metrics: PrometheusHandle,

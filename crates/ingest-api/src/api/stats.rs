@@ -85,14 +85,16 @@ pub async fn hourly(
     let to_u32 = |s: i64| {
         u32::try_from(s).map_err(|_| ApiError::BadParameter("the range is out of bounds".into()))
     };
-    let rows = analytics::hourly(
-        &state.clickhouse,
-        &tenant,
-        to_u32(from)?,
-        to_u32(to)?,
-        query.model_version.as_deref(),
-    )
-    .await?;
+    let rows = state
+        .stats
+        .hourly(
+            &state.clickhouse,
+            &tenant,
+            to_u32(from)?,
+            to_u32(to)?,
+            query.model_version.as_deref(),
+        )
+        .await?;
     Ok(HttpResponse::Ok().json(json!({
         "tenant": tenant,
         "from": analytics::rfc3339(from),
