@@ -35,28 +35,10 @@ pub fn server(
 }
 
 async fn readyz(state: web::Data<HealthState>) -> HttpResponse {
-    let redis = match state.redis.get().await {
-        Ok(mut conn) => redis::cmd("PING")
-            .query_async::<String>(&mut conn)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    let postgres = match state.postgres.get().await {
-        Ok(client) => client
-            .simple_query("SELECT 1")
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    let clickhouse = state
-        .clickhouse
-        .query("SELECT 1")
-        .execute()
-        .await
-        .map_err(|e| e.to_string());
+    use sift_service::pools::{ping_clickhouse, ping_postgres, ping_redis};
+    let redis = ping_redis(&state.redis).await;
+    let postgres = ping_postgres(&state.postgres).await;
+    let clickhouse = ping_clickhouse(&state.clickhouse).await;
     let show = |r: &Result<(), String>| r.as_ref().map_or_else(Clone::clone, |()| "ok".to_owned());
     let ready = redis.is_ok() && postgres.is_ok() && clickhouse.is_ok();
     let body = json!({

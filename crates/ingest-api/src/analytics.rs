@@ -165,31 +165,17 @@ pub async fn hourly(
 }
 
 /// Sums and merged states in one query: the cheaper way for a few hours, where merging their
-/// states costs less than a second round trip to ClickHouse.
-#[derive(Debug, Row, Deserialize)]
-struct MergedRow {
-    hour: u32,
-    model_version: String,
-    live_events: u64,
-    successes: u64,
-    input_tokens: u64,
-    output_tokens: u64,
-    total_tokens: u64,
-    latency_sum_ms: f64,
-    latency_count: u64,
-    fallbacks: u64,
-    quantiles: Vec<f64>,
-    sessions: u64,
-}
-
+/// states costs less than a second round trip to ClickHouse. It answers in the shape of
+/// [`HOURLY`], with the merged figures where the finalized ones would be.
 const MERGED: &str = "
 SELECT toUInt32(hour) AS hour, toString(model_version) AS model_version,
        sum(events) AS live_events, sum(successes) AS successes,
        sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
        sum(total_tokens) AS total_tokens, sum(latency_sum_ms) AS latency_sum_ms,
        sum(latency_count) AS latency_count, sum(fallbacks) AS fallbacks,
-       arrayMap(q -> toFloat64(q), quantilesTDigestMerge(0.5, 0.95, 0.99)(latency_tdigest)) AS quantiles,
-       uniqMerge(sessions) AS sessions
+       live_events AS final_events,
+       arrayMap(q -> toFloat64(q), quantilesTDigestMerge(0.5, 0.95, 0.99)(latency_tdigest)) AS final_quantiles,
+       uniqMerge(sessions) AS final_sessions
 FROM ai_events_hourly
 WHERE tenant_id = {tenant:String}
   AND hour >= toDateTime({from:UInt32}, 'UTC') AND hour < toDateTime({to:UInt32}, 'UTC')
@@ -204,7 +190,7 @@ pub async fn hourly_merged(
     from: u32,
     to: u32,
 ) -> Result<Vec<HourlyStats>, ApiError> {
-    let rows: Vec<MergedRow> = client
+    let rows: Vec<HourlyRow> = client
         .query(MERGED)
         .param("tenant", tenant)
         .param("from", from)
@@ -214,23 +200,9 @@ pub async fn hourly_merged(
         .map_err(|e| ApiError::ClickHouseUnavailable(e.to_string()))?;
     Ok(rows
         .into_iter()
-        .map(|r| {
-            let row = HourlyRow {
-                hour: r.hour,
-                model_version: r.model_version,
-                live_events: r.live_events,
-                successes: r.successes,
-                input_tokens: r.input_tokens,
-                output_tokens: r.output_tokens,
-                total_tokens: r.total_tokens,
-                latency_sum_ms: r.latency_sum_ms,
-                latency_count: r.latency_count,
-                fallbacks: r.fallbacks,
-                final_events: 0,
-                final_quantiles: Vec::new(),
-                final_sessions: 0,
-            };
-            HourlyStats::new(row, &r.quantiles, r.sessions)
+        .map(|row| {
+            let (quantiles, sessions) = (row.final_quantiles.clone(), row.final_sessions);
+            HourlyStats::new(row, &quantiles, sessions)
         })
         .collect())
 }

@@ -1,5 +1,6 @@
 //! Connection pools. Every wait is bounded, so a dependency that is down turns into an error
-//! the caller can answer (503) or retry, never into a request that hangs.
+//! the caller can answer (503) or retry, never into a request that hangs. The `ping_*`
+//! functions are the readiness probes both binaries answer `/readyz` with.
 
 use std::time::Duration;
 
@@ -60,4 +61,33 @@ pub fn clickhouse(url: &str, user: &str, password: &str) -> clickhouse::Client {
     } else {
         client.with_password(password)
     }
+}
+
+/// `PING` on a pooled connection, for readiness probes; the error as text for the answer.
+pub async fn ping_redis(pool: &deadpool_redis::Pool) -> Result<(), String> {
+    let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+    redis::cmd("PING")
+        .query_async::<String>(&mut conn)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// `SELECT 1` on a pooled connection, for readiness probes.
+pub async fn ping_postgres(pool: &deadpool_postgres::Pool) -> Result<(), String> {
+    let client = pool.get().await.map_err(|e| e.to_string())?;
+    client
+        .simple_query("SELECT 1")
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// `SELECT 1` on ClickHouse, for readiness probes.
+pub async fn ping_clickhouse(client: &clickhouse::Client) -> Result<(), String> {
+    client
+        .query("SELECT 1")
+        .execute()
+        .await
+        .map_err(|e| e.to_string())
 }

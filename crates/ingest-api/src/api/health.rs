@@ -11,14 +11,7 @@ pub async fn healthz() -> HttpResponse {
 
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let redis = state.dedup.queue_depth().await;
-    let postgres = match state.postgres.get().await {
-        Ok(client) => client
-            .simple_query("SELECT 1")
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
+    let postgres = sift_service::pools::ping_postgres(&state.postgres).await;
     let ready = redis.is_ok() && postgres.is_ok();
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },
