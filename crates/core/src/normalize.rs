@@ -20,6 +20,22 @@ const MAX_PASSES: usize = 8;
 
 /// Normalizes a prompt; idempotent: `normalize(&normalize(x)) == normalize(x)`.
 pub fn normalize(prompt: &str) -> String {
+    if prompt.is_ascii() {
+        ascii(prompt)
+    } else {
+        general(prompt)
+    }
+}
+
+/// The same result as [`general`] for ASCII text, in one cheap pass: NFKC leaves ASCII as it
+/// is, lowercasing is bytewise, and since every special token holds punctuation, nothing the
+/// pass leaves can form a token or a change for another pass. The hot path of ingest (most
+/// prompts are ASCII), checked against [`general`] by a property test.
+fn ascii(prompt: &str) -> String {
+    strip_and_collapse(&remove_special_tokens(&prompt.to_ascii_lowercase()))
+}
+
+fn general(prompt: &str) -> String {
     let mut current = pass(prompt);
     for _ in 1..MAX_PASSES {
         let next = pass(&current);
@@ -33,10 +49,16 @@ pub fn normalize(prompt: &str) -> String {
 
 fn pass(input: &str) -> String {
     let lowered: String = input.nfkc().flat_map(char::to_lowercase).collect();
-    let without_tokens = remove_special_tokens(&lowered);
-    let mut out = String::with_capacity(without_tokens.len());
+    let out = strip_and_collapse(&remove_special_tokens(&lowered));
+    // Lowercasing after composition can yield sequences NFKC would compose again.
+    out.nfkc().collect()
+}
+
+/// Removes punctuation, collapses whitespace runs to one space, trims.
+fn strip_and_collapse(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
     let mut pending_space = false;
-    for c in without_tokens.chars() {
+    for c in text.chars() {
         if c.is_whitespace() {
             pending_space = !out.is_empty();
         } else if is_punctuation(c) {
@@ -49,8 +71,7 @@ fn pass(input: &str) -> String {
             out.push(c);
         }
     }
-    // Lowercasing after composition can yield sequences NFKC would compose again.
-    out.nfkc().collect()
+    out
 }
 
 /// Replaces each special token with a space (tokens separate words; they never join them).
@@ -85,5 +106,33 @@ fn remove_special_tokens(s: &str) -> String {
 /// Unicode punctuation (general category P*) and all ASCII punctuation, which includes the
 /// ASCII symbols (`|`, `$`, `+`, ...): none of them changes what a prompt asks.
 fn is_punctuation(c: char) -> bool {
-    c.is_ascii_punctuation() || c.general_category_group() == GeneralCategoryGroup::Punctuation
+    if c.is_ascii() {
+        // Every ASCII P* character is ASCII punctuation; spares the table lookup.
+        c.is_ascii_punctuation()
+    } else {
+        c.general_category_group() == GeneralCategoryGroup::Punctuation
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn the_ascii_path_equals_the_general_one(text in "[\\x00-\\x7f]{0,80}") {
+            prop_assert_eq!(super::ascii(&text), super::general(&text));
+        }
+
+        #[test]
+        fn the_ascii_path_equals_the_general_one_on_tokens_and_spacing(
+            text in prop::collection::vec(prop::sample::select(vec![
+                "a", "B", " ", "\t", "\u{b}", "\u{c}", "\r\n", "\u{0}", "\u{7f}", ".", "!", "|",
+                "<", ">", "[", "]", "/", "<|", "|>", "<s>", "</s>", "[INST]", "[/inst]", "<S>",
+                "[Inst]", "<<s>s>", "x]", "$", "~",
+            ]), 0..30).prop_map(|parts| parts.concat())
+        ) {
+            prop_assert_eq!(super::ascii(&text), super::general(&text));
+        }
+    }
 }
