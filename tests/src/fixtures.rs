@@ -181,30 +181,77 @@ pub struct World {
     pub ingest: Ingest,
     pub db: Database,
     pub keys: HashMap<&'static str, String>,
+    /// The Redis URL (or one per shard, comma-separated) and the number of shards.
     pub redis: String,
+    pub shards: usize,
     pub http: reqwest::Client,
 }
 
 impl World {
     pub async fn new(tenants: &[&'static str]) -> Result<Self> {
+        Self::sharded(tenants, &redis_url(), 1, &[]).await
+    }
+
+    /// A world whose ingest API and batchers use `shards` Redis shards on `redis`, with
+    /// `ingest_args` added to the ingest API's flags.
+    pub async fn sharded(
+        tenants: &[&'static str],
+        redis: &str,
+        shards: usize,
+        ingest_args: &[&str],
+    ) -> Result<Self> {
         let db = Database::create_with_clickhouse().await?;
         let mut keys = HashMap::new();
         for tenant in tenants {
             keys.insert(*tenant, db.tenant_with_key(tenant).await?);
         }
-        let redis = redis_url();
-        let ingest = Ingest::start(&db, &redis, &[]).await?;
+        let shard_flag = ["--redis-shards".to_owned(), shards.to_string()];
+        let args: Vec<&str> = shard_flag
+            .iter()
+            .map(String::as_str)
+            .chain(ingest_args.iter().copied())
+            .collect();
+        let ingest = Ingest::start(&db, redis, &args).await?;
         Ok(Self {
             ingest,
             db,
             keys,
-            redis,
+            redis: redis.to_owned(),
+            shards,
             http: reqwest::Client::new(),
         })
     }
 
     pub async fn batcher(&self, worker: &str, args: &[&str]) -> Result<Batcher> {
-        Batcher::start(&self.db, &self.redis, &self.ingest.key_prefix, worker, args).await
+        Batcher::start_with_env(
+            &self.db,
+            &self.redis,
+            &self.ingest.key_prefix,
+            worker,
+            args,
+            &[("SIFT_REDIS_SHARDS", self.shards.to_string())],
+        )
+        .await
+    }
+
+    /// An operator command of `sift-batcher` on this world's Redis shards; its stdout.
+    pub async fn operator(&self, args: &[&str]) -> Result<String> {
+        let shards = self.shards.to_string();
+        let mut full = vec![
+            "--redis-url",
+            &self.redis,
+            "--redis-shards",
+            &shards,
+            "--key-prefix",
+            &self.ingest.key_prefix,
+        ];
+        full.extend_from_slice(args);
+        self.db.batcher(&full).await
+    }
+
+    /// The key spaces of this world's shards.
+    pub fn key_spaces(&self) -> Vec<sift_core::KeySpace> {
+        sift_core::KeySpace::shards(&self.ingest.key_prefix, self.shards)
     }
 
     pub async fn send(&self, tenant: &str, events: &[Value]) -> Result<u64> {
@@ -278,17 +325,21 @@ impl World {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let mut conn = redis_connection(&self.redis).await?;
-        let prefix = &self.ingest.key_prefix;
         loop {
-            let queued: u64 = redis::cmd("LLEN")
-                .arg(format!("{prefix}:queue"))
-                .query_async(&mut conn)
-                .await?;
-            let in_flight: Vec<String> = redis::cmd("KEYS")
-                .arg(format!("{prefix}:processing:*"))
-                .query_async(&mut conn)
-                .await?;
+            let (mut queued, mut in_flight) = (0u64, Vec::<String>::new());
+            for (url, keys) in self.shard_urls().into_iter().zip(self.key_spaces()) {
+                let mut conn = redis_connection(&url).await?;
+                queued += redis::cmd("LLEN")
+                    .arg(keys.queue())
+                    .query_async::<u64>(&mut conn)
+                    .await?;
+                in_flight.extend(
+                    redis::cmd("KEYS")
+                        .arg(keys.processing("*"))
+                        .query_async::<Vec<String>>(&mut conn)
+                        .await?,
+                );
+            }
             if queued == 0 && in_flight.is_empty() {
                 return Ok(());
             }
@@ -306,8 +357,21 @@ impl World {
             .collect()
     }
 
+    /// The Redis URL of each shard.
+    pub fn shard_urls(&self) -> Vec<String> {
+        let urls: Vec<&str> = self.redis.split(',').collect();
+        (0..self.shards)
+            .map(|s| urls[if urls.len() == 1 { 0 } else { s }].to_owned())
+            .collect()
+    }
+
     pub async fn cleanup(&self) -> Result<()> {
-        delete_prefix(&self.redis, &self.ingest.key_prefix).await
+        let mut urls = self.shard_urls();
+        urls.dedup();
+        for url in urls {
+            delete_prefix(&url, &self.ingest.key_prefix).await?;
+        }
+        Ok(())
     }
 }
 

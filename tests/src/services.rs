@@ -251,32 +251,36 @@ pub async fn redis_connection(url: &str) -> Result<redis::aio::MultiplexedConnec
         .await?)
 }
 
-/// Deletes every key under `prefix` (tests clean up after themselves on the shared Redis).
+/// Deletes every key under `prefix`, and under its shard prefixes `{prefix:s}` (tests clean
+/// up after themselves on the shared Redis).
 pub async fn delete_prefix(url: &str, prefix: &str) -> Result<()> {
     let mut conn = redis_connection(url).await?;
-    // SCAN and UNLINK in slices: a benchmark leaves hundreds of thousands of keys, and one
-    // KEYS or DEL over all of them would outlast the client's response timeout.
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{prefix}:*"))
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut conn)
-            .await?;
-        if !keys.is_empty() {
-            redis::cmd("UNLINK")
-                .arg(keys)
-                .query_async::<()>(&mut conn)
+    for pattern in [format!("{prefix}:*"), format!("{{{prefix}:*")] {
+        // SCAN and UNLINK in slices: a benchmark leaves hundreds of thousands of keys, and one
+        // KEYS or DEL over all of them would outlast the client's response timeout.
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
                 .await?;
+            if !keys.is_empty() {
+                redis::cmd("UNLINK")
+                    .arg(keys)
+                    .query_async::<()>(&mut conn)
+                    .await?;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
         }
-        if next == 0 {
-            return Ok(());
-        }
-        cursor = next;
     }
+    Ok(())
 }
 
 /// Runs a ClickHouse query over HTTP and returns the answer's text, trimmed.

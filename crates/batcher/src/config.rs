@@ -40,7 +40,8 @@ pub struct PostgresArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct RedisArgs {
-    /// Redis URL (the queue, processing lists, dead letters).
+    /// Redis URL (the queue, processing lists, dead letters); with several shards, one URL
+    /// for all of them or a comma-separated list of one URL per shard.
     #[arg(
         long,
         env = "SIFT_REDIS_URL",
@@ -48,6 +49,11 @@ pub struct RedisArgs {
         global = true
     )]
     pub redis_url: String,
+
+    /// Redis shards; must match the ingest API's. A batcher works every shard (one worker
+    /// loop each) and the operator commands cover every shard.
+    #[arg(long, env = "SIFT_REDIS_SHARDS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024), global = true)]
+    pub redis_shards: u16,
 
     /// Prefix of every Redis key; must match the ingest API's.
     #[arg(long, env = "SIFT_KEY_PREFIX", default_value = "ai", global = true)]
@@ -259,6 +265,9 @@ pub enum DlqCommand {
         position: usize,
         #[arg(long)]
         invalid: bool,
+        /// The shard whose list `position` is in (as `list` shows it with several shards).
+        #[arg(long, default_value_t = 0)]
+        shard: usize,
     },
     /// Put matching records back on the queue (safe to repeat: a replayed entry is gone).
     ///

@@ -76,6 +76,20 @@ end
 redis.call('SADD', KEYS[3], ARGV[1])
 return n";
 
+/// Claims and requeues a revalidated invalid event on another shard than its list's (a
+/// second step removes the entry from its list). KEYS: queue, dedup claim. ARGV: record,
+/// claim window in ms. Returns 1 requeued, 2 collapsed.
+const REQUEUE_ON_SHARD: &str = r"
+if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[2]) then return 2 end
+redis.call('LPUSH', KEYS[1], ARGV[1])
+return 1";
+
+/// One Redis shard as the operator commands see it.
+pub struct ShardConn {
+    pub keys: sift_core::KeySpace,
+    pub conn: redis::aio::MultiplexedConnection,
+}
+
 /// The semantic window a replayed invalid event is claimed for (the API's default).
 const REPLAY_WINDOW_MS: u64 = 5000;
 
@@ -128,10 +142,10 @@ fn entry(raw: Vec<u8>, invalid: bool) -> Entry {
 
 /// The entries of the list (newest first) that match `filter`, with their positions.
 pub async fn entries(
-    conn: &mut redis::aio::MultiplexedConnection,
-    keys: &sift_core::KeySpace,
+    shard: &mut ShardConn,
     filter: &crate::config::DlqFilter,
 ) -> Result<Vec<(usize, Entry)>, DlqError> {
+    let ShardConn { keys, conn } = shard;
     let list = if filter.invalid {
         keys.invalid()
     } else {
@@ -168,26 +182,43 @@ pub async fn entries(
 /// again with today's rules, and those that pass are requeued through the same claim as the
 /// API would make (so replaying twice cannot write an event twice within the dedup window).
 /// Exhausted chunks are rebuilt whole (see the module's comment); `partial_chunks` allows
-/// rebuilding one some of whose entries were purged.
+/// rebuilding one some of whose entries were purged. `shard` is the index in `shards` of the
+/// lists to replay; a revalidated invalid event goes to the shard of its semantic hash.
 pub async fn replay(
-    conn: &mut redis::aio::MultiplexedConnection,
-    keys: &sift_core::KeySpace,
+    shards: &mut [ShardConn],
+    shard: usize,
     filter: &crate::config::DlqFilter,
     partial_chunks: bool,
 ) -> Result<ReplayReport, DlqError> {
     let script = redis::Script::new(REQUEUE);
     let mut report = ReplayReport::default();
     let list = if filter.invalid {
-        keys.invalid()
+        shards[shard].keys.invalid()
     } else {
-        keys.dlq()
+        shards[shard].keys.dlq()
     };
     let mut chunks = std::collections::BTreeSet::new();
-    for (_, e) in entries(conn, keys, filter).await? {
+    for (_, e) in entries(&mut shards[shard], filter).await? {
         let (record, claim) = if filter.invalid {
             match revalidate(&e.raw) {
                 Ok(record) => {
-                    let claim = keys.dedup(&record.tenant_id, &record.semantic_hash);
+                    let target = sift_core::keys::shard_of(&record.semantic_hash, shards.len());
+                    if target != shard {
+                        requeue_on_shard(
+                            shards,
+                            shard,
+                            target,
+                            &list,
+                            &e.raw,
+                            &record,
+                            &mut report,
+                        )
+                        .await?;
+                        continue;
+                    }
+                    let claim = shards[shard]
+                        .keys
+                        .dedup(&record.tenant_id, &record.semantic_hash);
                     (record.encode(), Some(claim))
                 }
                 Err(reason) => {
@@ -209,6 +240,7 @@ pub async fn replay(
             }
         };
         let window = if claim.is_some() { REPLAY_WINDOW_MS } else { 0 };
+        let ShardConn { keys, conn } = &mut shards[shard];
         let moved: i64 = script
             .key(&list)
             .key(keys.queue())
@@ -225,19 +257,61 @@ pub async fn replay(
         }
     }
     for chunk_id in chunks {
-        restore_chunk(conn, keys, &chunk_id, partial_chunks, &mut report).await?;
+        restore_chunk(&mut shards[shard], &chunk_id, partial_chunks, &mut report).await?;
     }
     Ok(report)
 }
 
+/// Requeues a revalidated invalid event on the shard of its intent, then removes its entry
+/// from `list` on `from`: two steps on two shards. The entry is checked first, so a replay
+/// run twice requeues it once; a crash between the steps leaves an entry whose replay within
+/// the claim window collapses.
+async fn requeue_on_shard(
+    shards: &mut [ShardConn],
+    from: usize,
+    target: usize,
+    list: &str,
+    entry: &[u8],
+    record: &sift_core::QueueRecord,
+    report: &mut ReplayReport,
+) -> Result<(), DlqError> {
+    let present: Option<i64> = redis::cmd("LPOS")
+        .arg(list)
+        .arg(entry)
+        .query_async(&mut shards[from].conn)
+        .await?;
+    if present.is_none() {
+        return Ok(());
+    }
+    let ShardConn { keys, conn } = &mut shards[target];
+    let moved: i64 = redis::Script::new(REQUEUE_ON_SHARD)
+        .key(keys.queue())
+        .key(keys.dedup(&record.tenant_id, &record.semantic_hash))
+        .arg(record.encode())
+        .arg(REPLAY_WINDOW_MS)
+        .invoke_async(conn)
+        .await?;
+    let _: i64 = redis::cmd("LREM")
+        .arg(list)
+        .arg(1)
+        .arg(entry)
+        .query_async(&mut shards[from].conn)
+        .await?;
+    match moved {
+        1 => report.requeued += 1,
+        _ => report.collapsed += 1,
+    }
+    Ok(())
+}
+
 /// Rebuilds one exhausted chunk from all its dead letters (whatever the filter matched).
 async fn restore_chunk(
-    conn: &mut redis::aio::MultiplexedConnection,
-    keys: &sift_core::KeySpace,
+    shard: &mut ShardConn,
     chunk_id: &str,
     partial_chunks: bool,
     report: &mut ReplayReport,
 ) -> Result<(), DlqError> {
+    let ShardConn { keys, conn } = shard;
     let raws: Vec<Vec<u8>> = redis::cmd("LRANGE")
         .arg(keys.dlq())
         .arg(0)
@@ -297,6 +371,17 @@ pub struct ReplayReport {
     pub still_invalid: Vec<String>,
 }
 
+impl ReplayReport {
+    /// Adds another shard's report to this one.
+    pub fn add(&mut self, other: ReplayReport) {
+        self.requeued += other.requeued;
+        self.chunks += other.chunks;
+        self.collapsed += other.collapsed;
+        self.partial_chunks.extend(other.partial_chunks);
+        self.still_invalid.extend(other.still_invalid);
+    }
+}
+
 /// Validates an invalid-events entry again; its queue record when it passes now.
 fn revalidate(raw: &[u8]) -> Result<sift_core::QueueRecord, String> {
     let invalid = sift_core::InvalidRecord::decode(raw).map_err(|e| e.to_string())?;
@@ -316,22 +401,21 @@ fn revalidate(raw: &[u8]) -> Result<sift_core::QueueRecord, String> {
 
 /// Deletes the matching entries; returns how many.
 pub async fn purge(
-    conn: &mut redis::aio::MultiplexedConnection,
-    keys: &sift_core::KeySpace,
+    shard: &mut ShardConn,
     filter: &crate::config::DlqFilter,
 ) -> Result<usize, DlqError> {
     let list = if filter.invalid {
-        keys.invalid()
+        shard.keys.invalid()
     } else {
-        keys.dlq()
+        shard.keys.dlq()
     };
     let mut removed = 0;
-    for (_, e) in entries(conn, keys, filter).await? {
+    for (_, e) in entries(shard, filter).await? {
         let n: i64 = redis::cmd("LREM")
             .arg(&list)
             .arg(1)
             .arg(e.raw.as_slice())
-            .query_async(conn)
+            .query_async(&mut shard.conn)
             .await?;
         removed += usize::try_from(n).unwrap_or(0);
     }

@@ -7,7 +7,8 @@ use serde_json::json;
 
 pub struct HealthState {
     pub metrics: PrometheusHandle,
-    pub redis: deadpool_redis::Pool,
+    /// One pool per shard (shards on one server share it).
+    pub redis: Vec<deadpool_redis::Pool>,
     pub postgres: deadpool_postgres::Pool,
     pub clickhouse: clickhouse::Client,
 }
@@ -36,7 +37,10 @@ pub fn server(
 
 async fn readyz(state: web::Data<HealthState>) -> HttpResponse {
     use sift_service::pools::{ping_clickhouse, ping_postgres, ping_redis};
-    let redis = ping_redis(&state.redis).await;
+    let mut redis = Ok(());
+    for pool in &state.redis {
+        redis = redis.and(ping_redis(pool).await);
+    }
     let postgres = ping_postgres(&state.postgres).await;
     let clickhouse = ping_clickhouse(&state.clickhouse).await;
     let show = |r: &Result<(), String>| r.as_ref().map_or_else(Clone::clone, |()| "ok".to_owned());

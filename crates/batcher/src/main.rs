@@ -54,12 +54,26 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Backfill { command } => backfill(command, &cli.clickhouse).await?,
         Command::Run(args) => run::run(args, &cli.redis, url, &cli.clickhouse).await?,
         Command::Dlq { command } => {
-            let keys = KeySpace::new(cli.redis.key_prefix.clone());
-            let mut conn = redis::Client::open(cli.redis.redis_url.as_str())?
-                .get_multiplexed_async_connection()
-                .await
-                .context("connecting to Redis")?;
-            dlq_command(command, &keys, &mut conn).await?;
+            let shards = usize::from(cli.redis.redis_shards);
+            let urls: Vec<&str> = cli.redis.redis_url.split(',').map(str::trim).collect();
+            anyhow::ensure!(
+                urls.len() == 1 || urls.len() == shards,
+                "{} Redis URLs for {shards} shards: give one URL, or one per shard",
+                urls.len()
+            );
+            let mut conns = Vec::with_capacity(shards);
+            for (s, keys) in KeySpace::shards(&cli.redis.key_prefix, shards)
+                .into_iter()
+                .enumerate()
+            {
+                let url = urls[if urls.len() == 1 { 0 } else { s }];
+                let conn = redis::Client::open(url)?
+                    .get_multiplexed_async_connection()
+                    .await
+                    .with_context(|| format!("connecting to Redis at {url}"))?;
+                conns.push(dlq::ShardConn { keys, conn });
+            }
+            dlq_command(command, &mut conns).await?;
         }
         Command::Tenant { command } => {
             let client = postgres::connect(url).await?;
@@ -169,27 +183,42 @@ fn report(store: &str, applied: &[i32], total: usize) {
     }
 }
 
-async fn dlq_command(
-    command: DlqCommand,
-    keys: &KeySpace,
-    conn: &mut redis::aio::MultiplexedConnection,
-) -> anyhow::Result<()> {
+async fn dlq_command(command: DlqCommand, shards: &mut [dlq::ShardConn]) -> anyhow::Result<()> {
+    // With one shard the output is as it always was; with several, lines name their shard.
+    let several = shards.len() > 1;
     match command {
         DlqCommand::List { filter, limit } => {
-            let entries = dlq::entries(conn, keys, &filter).await?;
-            println!("{} entries", entries.len());
+            let mut listed = Vec::new();
+            for (s, shard) in shards.iter_mut().enumerate() {
+                for (position, entry) in dlq::entries(shard, &filter).await? {
+                    listed.push((s, position, entry));
+                }
+            }
+            println!("{} entries", listed.len());
             let now = dlq::now_ms();
-            for (position, entry) in entries.iter().take(limit) {
+            for (s, position, entry) in listed.iter().take(limit) {
                 let age = (now - entry.at_ms).max(0) / 1000;
-                println!("{position:>6}  {age:>8}s ago  {}", entry.error);
+                let place = if several {
+                    format!("{s}:{position}")
+                } else {
+                    position.to_string()
+                };
+                println!("{place:>6}  {age:>8}s ago  {}", entry.error);
             }
         }
-        DlqCommand::Show { position, invalid } => {
+        DlqCommand::Show {
+            position,
+            invalid,
+            shard,
+        } => {
             let filter = sift_batcher::config::DlqFilter {
                 invalid,
                 ..Default::default()
             };
-            let entries = dlq::entries(conn, keys, &filter).await?;
+            let shard = shards
+                .get_mut(shard)
+                .with_context(|| format!("there is no shard {shard}"))?;
+            let entries = dlq::entries(shard, &filter).await?;
             let (_, entry) = entries
                 .into_iter()
                 .find(|(p, _)| *p == position)
@@ -200,7 +229,10 @@ async fn dlq_command(
             filter,
             partial_chunks,
         } => {
-            let report = dlq::replay(conn, keys, &filter, partial_chunks).await?;
+            let mut report = dlq::ReplayReport::default();
+            for s in 0..shards.len() {
+                report.add(dlq::replay(shards, s, &filter, partial_chunks).await?);
+            }
             println!("requeued {} entries", report.requeued);
             if report.chunks > 0 {
                 println!(
@@ -226,7 +258,10 @@ async fn dlq_command(
             }
         }
         DlqCommand::Purge { filter, yes } => {
-            let count = dlq::entries(conn, keys, &filter).await?.len();
+            let mut count = 0;
+            for shard in shards.iter_mut() {
+                count += dlq::entries(shard, &filter).await?.len();
+            }
             if count == 0 {
                 println!("nothing to purge");
                 return Ok(());
@@ -235,7 +270,11 @@ async fn dlq_command(
                 println!("nothing purged");
                 return Ok(());
             }
-            println!("purged {} entries", dlq::purge(conn, keys, &filter).await?);
+            let mut purged = 0;
+            for shard in shards.iter_mut() {
+                purged += dlq::purge(shard, &filter).await?;
+            }
+            println!("purged {purged} entries");
         }
     }
     Ok(())

@@ -1,5 +1,6 @@
 //! `sift-batcher run`: builds the pools, starts the health server, the heartbeat and the
-//! gauges, and runs the worker until SIGTERM.
+//! gauges, and runs the workers until SIGTERM: one worker loop per Redis shard, so that every
+//! batcher drains every shard and any of them recovers any shard's dead workers.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,15 +58,12 @@ pub async fn run(
     ch: &ClickHouseArgs,
 ) -> Result<(), RunError> {
     let handle = m::install().map_err(|e| RunError::Metrics(e.to_string()))?;
-    let redis_pool = redis_pool(&redis.redis_url, 4)?;
+    let shards = usize::from(redis.redis_shards);
+    let redis_pools =
+        sift_service::pools::redis_shards(&redis.redis_url, shards, 4, Duration::from_secs(5))?;
     let pg_pool = sift_service::pools::postgres(postgres_url, 4, Duration::from_secs(5))?;
     let clickhouse = crate::clickhouse::client(ch);
     let worker_id = args.worker_id.clone().unwrap_or_else(default_worker_id);
-    let queue = Queue::new(
-        redis_pool.clone(),
-        KeySpace::new(redis.key_prefix.clone()),
-        worker_id.clone(),
-    );
 
     let shutdown = Shutdown::default();
     shutdown
@@ -74,7 +72,7 @@ pub async fn run(
 
     let state = web::Data::new(HealthState {
         metrics: handle.clone(),
-        redis: redis_pool.clone(),
+        redis: redis_pools.clone(),
         postgres: pg_pool.clone(),
         clickhouse: clickhouse.clone().with_database(&ch.clickhouse_database),
     });
@@ -89,50 +87,60 @@ pub async fn run(
         println!("worker {worker_id} serving /metrics on http://{addr}");
     }
 
-    let worker = Arc::new(Worker {
-        queue,
-        ledger: Ledger::new(pg_pool),
-        clickhouse,
-        database: ch.clickhouse_database.clone(),
-        args: args.clone(),
-        shutdown: shutdown.clone(),
-    });
+    let workers: Vec<Arc<Worker>> = redis_pools
+        .iter()
+        .zip(KeySpace::shards(&redis.key_prefix, shards))
+        .map(|(pool, keys)| {
+            Arc::new(Worker {
+                queue: Queue::new(pool.clone(), keys, worker_id.clone()),
+                ledger: Ledger::new(pg_pool.clone()),
+                clickhouse: clickhouse.clone(),
+                database: ch.clickhouse_database.clone(),
+                args: args.clone(),
+                shutdown: shutdown.clone(),
+            })
+        })
+        .collect();
     let heartbeat = tokio::spawn(heartbeat(
-        worker.clone(),
+        workers.clone(),
         handle,
         Duration::from_millis(args.heartbeat_ttl_ms),
     ));
     let flusher = (args.session_flush_secs > 0).then(|| {
-        let lock =
-            crate::sessions::FlusherLock::new(redis_pool.clone(), worker.queue.keys(), &worker_id);
+        // One flusher across all batchers: its lock lives on the first shard.
+        let lock = crate::sessions::FlusherLock::new(
+            redis_pools[0].clone(),
+            workers[0].queue.keys(),
+            &worker_id,
+        );
         tokio::spawn(crate::sessions::run(
             lock,
-            worker
-                .clickhouse
-                .clone()
-                .with_database(&ch.clickhouse_database),
+            clickhouse.clone().with_database(&ch.clickhouse_database),
             ch.clickhouse_database.clone(),
             Duration::from_secs(args.session_flush_secs),
             Duration::from_secs(args.session_active_minutes * 60),
         ))
     });
-    tracing::info!(worker = %worker_id, "sift-batcher running");
-    worker.run().await;
+    tracing::info!(worker = %worker_id, shards, "sift-batcher running");
+    futures_util::future::join_all(workers.iter().map(|worker| worker.run())).await;
     heartbeat.abort();
     if let Some(flusher) = flusher {
         flusher.abort();
     }
-    if let Err(error) = worker.queue.leave().await {
-        tracing::warn!(%error, "cannot remove the heartbeat");
+    for worker in &workers {
+        if let Err(error) = worker.queue.leave().await {
+            tracing::warn!(%error, "cannot remove the heartbeat");
+        }
     }
     server_handle.stop(true).await;
     tracing::info!(worker = %worker_id, "sift-batcher stopped");
     Ok(())
 }
 
-/// Renews the heartbeat three times per TTL and refreshes the depth gauges.
+/// Renews the heartbeats three times per TTL and refreshes the depth gauges (all shards
+/// together).
 async fn heartbeat(
-    worker: Arc<Worker>,
+    workers: Vec<Arc<Worker>>,
     handle: metrics_exporter_prometheus::PrometheusHandle,
     ttl: Duration,
 ) {
@@ -140,18 +148,30 @@ async fn heartbeat(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if let Err(error) = worker.queue.heartbeat(ttl).await {
-            m::retry("redis", "heartbeat");
-            tracing::warn!(%error, "heartbeat failed");
-            continue;
-        }
-        match worker.queue.depths().await {
-            Ok((queue, dlq, lists)) => {
-                metrics::gauge!(m::QUEUE_DEPTH).set(queue as f64);
-                metrics::gauge!(m::DLQ_DEPTH).set(dlq as f64);
-                metrics::gauge!(m::PROCESSING_LISTS).set(lists as f64);
+        let mut totals = Some((0, 0, 0));
+        for worker in &workers {
+            if let Err(error) = worker.queue.heartbeat(ttl).await {
+                m::retry("redis", "heartbeat");
+                tracing::warn!(%error, "heartbeat failed");
+                totals = None;
+                continue;
             }
-            Err(error) => tracing::warn!(%error, "cannot read queue depths"),
+            match worker.queue.depths().await {
+                Ok((queue, dlq, lists)) => {
+                    if let Some(t) = totals.as_mut() {
+                        *t = (t.0 + queue, t.1 + dlq, t.2 + lists);
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read queue depths");
+                    totals = None;
+                }
+            }
+        }
+        if let Some((queue, dlq, lists)) = totals {
+            metrics::gauge!(m::QUEUE_DEPTH).set(queue as f64);
+            metrics::gauge!(m::DLQ_DEPTH).set(dlq as f64);
+            metrics::gauge!(m::PROCESSING_LISTS).set(lists as f64);
         }
         handle.run_upkeep();
     }

@@ -23,6 +23,18 @@ impl KeySpace {
         }
     }
 
+    /// The key spaces of `shards` Redis shards under `prefix`: `prefix` itself when there is
+    /// one shard, else `{prefix:s}` for shard `s`. The braces are a Redis Cluster hash tag:
+    /// every key of a shard hashes to one slot, so each script touches one node.
+    pub fn shards(prefix: &str, shards: usize) -> Vec<KeySpace> {
+        if shards <= 1 {
+            return vec![Self::new(prefix)];
+        }
+        (0..shards)
+            .map(|s| Self::new(format!("{{{prefix}:{s}}}")))
+            .collect()
+    }
+
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
@@ -95,6 +107,32 @@ impl KeySpace {
     }
 }
 
+/// The shard of an intent, from its semantic hash (hex): every copy of one intent, with its
+/// claims, its stream chunks and its `event_id` retries, meets in the same shard.
+pub fn shard_of(semantic_hash: &str, shards: usize) -> usize {
+    if shards <= 1 {
+        return 0;
+    }
+    let head = semantic_hash.get(..16).unwrap_or(semantic_hash);
+    let n = u64::from_str_radix(head, 16).unwrap_or_else(|_| {
+        head.bytes()
+            .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)))
+    });
+    (n % shards as u64) as usize
+}
+
+/// A tenant's home shard, which counts its events against its rate limit when there are
+/// several shards (FNV-1a of the name: stable across processes and versions).
+pub fn home_shard(tenant: &str, shards: usize) -> usize {
+    if shards <= 1 {
+        return 0;
+    }
+    let hash = tenant.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    (hash % shards as u64) as usize
+}
+
 /// How long a rollup version outlives the last write of its hour. The read API keeps a cached
 /// hour for much less than this, so a counter that expired and started again at 1 can never
 /// match a cached entry from its previous life.
@@ -129,6 +167,23 @@ mod tests {
         assert_eq!(keys.queue(), "ai:queue");
         assert_eq!(keys.dlq(), "ai:dlq");
         assert_eq!(keys.dedup("acme", "ab12"), "ai:dedup:acme:ab12");
+    }
+
+    #[test]
+    fn shards_are_named_with_hash_tags_and_chosen_by_hash() {
+        assert_eq!(KeySpace::shards("ai", 1), vec![KeySpace::new("ai")]);
+        let three = KeySpace::shards("ai", 3);
+        assert_eq!(three[2].queue(), "{ai:2}:queue");
+        assert_eq!(shard_of("ffffffffffffffff00", 1), 0);
+        assert_eq!(shard_of("0000000000000005ab", 3), 2);
+        let mut seen = [0usize; 4];
+        for i in 0..4000u32 {
+            let hash = format!("{:016x}", u64::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            seen[shard_of(&hash, 4)] += 1;
+        }
+        assert!(seen.iter().all(|n| *n > 800), "{seen:?}");
+        assert_eq!(home_shard("acme", 5), home_shard("acme", 5));
+        assert!(home_shard("acme", 5) < 5);
     }
 
     #[test]

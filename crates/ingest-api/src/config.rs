@@ -20,9 +20,16 @@ pub struct Config {
     #[arg(long, env = "SIFT_WORKERS", default_value_t = 0)]
     pub workers: usize,
 
-    /// Redis URL (dedup claims and the queue).
+    /// Redis URL (dedup claims and the queue); with several shards, one URL for all of them
+    /// or a comma-separated list of one URL per shard.
     #[arg(long, env = "SIFT_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
+
+    /// Redis shards. Events go to the shard of their semantic hash; shard s's keys are named
+    /// `{PREFIX:s}:...` (one Redis Cluster slot each). Every sift process of a deployment
+    /// must use the same number.
+    #[arg(long, env = "SIFT_REDIS_SHARDS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub redis_shards: u16,
 
     /// Largest number of pooled Redis connections.
     #[arg(long, env = "SIFT_REDIS_POOL_SIZE", default_value_t = 32)]

@@ -1,9 +1,16 @@
 //! Dedup layer 1: claims intents in Redis and enqueues the accepted ones, one atomic Lua script
 //! per request (claim and enqueue can never part: SPEC's fix of the seed's EXISTS-then-SETEX).
+//!
+//! With several Redis shards, each event goes to the shard of its semantic hash (every copy of
+//! an intent meets there), one script per shard that the request touches, run side by side.
+//! A tenant's rate is then counted on its home shard first. If one shard fails after another
+//! took its events, the request is answered 503 and the client's retry collapses what was
+//! taken: nothing is lost and nothing doubled.
 
 use std::time::Duration;
 
 use deadpool_redis::Pool;
+use futures_util::future::join_all;
 use redis::Script;
 use sift_core::{InvalidRecord, KeySpace, QueueRecord};
 
@@ -59,35 +66,53 @@ impl Outcome {
 }
 
 /// A valid event on its way to the queue.
+#[derive(Clone)]
 pub struct Claim<'a> {
     pub record: &'a QueueRecord,
     pub event_id_hash: Option<String>,
 }
 
+/// One Redis shard: its connections and its key names.
+#[derive(Clone)]
+pub struct Shard {
+    pub pool: Pool,
+    pub keys: KeySpace,
+}
+
 pub struct Deduplicator {
-    pool: Pool,
-    keys: KeySpace,
+    shards: Vec<Shard>,
     settings: DedupSettings,
     claim: Script,
     sweep: Script,
+    rate: Script,
 }
 
+/// Counts a tenant's events of this second on its home shard, refusing them past its limit.
+/// KEYS[1]: the counter. ARGV: events, limit. Returns 1 taken, 0 over the limit.
+const RATE: &str = r"
+local n, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
+if tonumber(redis.call('GET', KEYS[1]) or '0') + n > limit then return 0 end
+redis.call('INCRBY', KEYS[1], n)
+redis.call('PEXPIRE', KEYS[1], 2000)
+return 1";
+
 impl Deduplicator {
-    pub fn new(pool: Pool, keys: KeySpace, settings: DedupSettings) -> Self {
+    pub fn new(shards: Vec<Shard>, settings: DedupSettings) -> Self {
         Self {
-            pool,
-            keys,
+            shards,
             settings,
             claim: Script::new(include_str!("lua/claim.lua")),
             sweep: Script::new(include_str!("lua/sweep_streams.lua")),
+            rate: Script::new(RATE),
         }
     }
 
-    pub fn keys(&self) -> &KeySpace {
-        &self.keys
+    pub fn shards(&self) -> &[Shard] {
+        &self.shards
     }
 
-    /// Claims and enqueues `claims` and records `invalid`, all or nothing; one outcome per claim.
+    /// Claims and enqueues `claims` and records `invalid`; one outcome per claim. With one
+    /// shard all or nothing; with several, all or nothing per shard (see the module comment).
     pub async fn submit(
         &self,
         tenant: &str,
@@ -99,17 +124,92 @@ impl Deduplicator {
         if claims.is_empty() && invalid.is_empty() {
             return Ok(Vec::new());
         }
+        if self.shards.len() == 1 {
+            return self
+                .submit_to(0, tenant, rate_limit, claims, invalid, now_ms)
+                .await;
+        }
+        if let Some(limit) = rate_limit.filter(|_| !claims.is_empty()) {
+            self.take_rate(tenant, claims.len(), limit, now_ms).await?;
+        }
+        let k = self.shards.len();
+        let mut by_shard: Vec<Vec<usize>> = vec![Vec::new(); k];
+        for (i, claim) in claims.iter().enumerate() {
+            by_shard[sift_core::keys::shard_of(&claim.record.semantic_hash, k)].push(i);
+        }
+        let shard_claims: Vec<Vec<Claim<'_>>> = by_shard
+            .iter()
+            .map(|indices| indices.iter().map(|i| claims[*i].clone()).collect())
+            .collect();
+        // Invalid records go to shard 0's list: `dlq --invalid` reads them there.
+        let calls = shard_claims
+            .iter()
+            .enumerate()
+            .filter(|(s, c)| !c.is_empty() || (*s == 0 && !invalid.is_empty()))
+            .map(|(s, c)| {
+                let invalid = if s == 0 { invalid } else { &[] };
+                async move {
+                    let outcomes = self.submit_to(s, tenant, None, c, invalid, now_ms).await?;
+                    Ok::<_, ApiError>((s, outcomes))
+                }
+            });
+        // Every call runs to its end (none is cancelled when another fails), so each shard's
+        // part is either wholly taken or not at all, as the retry expects.
+        let answers: Result<Vec<_>, ApiError> = join_all(calls).await.into_iter().collect();
+        let mut outcomes = vec![Outcome::Accepted; claims.len()];
+        for (s, answered) in answers? {
+            for (i, outcome) in by_shard[s].iter().zip(answered) {
+                outcomes[*i] = outcome;
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// Counts `events` against the tenant's rate on its home shard.
+    async fn take_rate(
+        &self,
+        tenant: &str,
+        events: usize,
+        limit: u32,
+        now_ms: i64,
+    ) -> Result<(), ApiError> {
+        let home = sift_core::keys::home_shard(tenant, self.shards.len());
+        let mut invocation = self.rate.prepare_invoke();
+        invocation
+            .key(self.shards[home].keys.rate(tenant, now_ms.div_euclid(1000)))
+            .arg(events)
+            .arg(limit);
+        let taken: i64 = self
+            .with_connection(home, |mut conn| async move {
+                invocation.invoke_async(&mut conn).await
+            })
+            .await?;
+        if taken == 1 {
+            Ok(())
+        } else {
+            Err(ApiError::RateLimited { limit, events })
+        }
+    }
+
+    /// The script call for the claims of one shard.
+    async fn submit_to(
+        &self,
+        shard: usize,
+        tenant: &str,
+        rate_limit: Option<u32>,
+        claims: &[Claim<'_>],
+        invalid: &[InvalidRecord],
+        now_ms: i64,
+    ) -> Result<Vec<Outcome>, ApiError> {
         let s = &self.settings;
+        let keys = &self.shards[shard].keys;
         let mut invocation = self.claim.prepare_invoke();
         invocation
-            .key(self.keys.queue())
-            .key(self.keys.invalid())
-            .key(self.keys.open_streams())
-            .key(
-                self.keys
-                    .dedup_stats(tenant, &sift_core::keys::hour_bucket(now_ms)),
-            )
-            .key(self.keys.rate(tenant, now_ms.div_euclid(1000)));
+            .key(keys.queue())
+            .key(keys.invalid())
+            .key(keys.open_streams())
+            .key(keys.dedup_stats(tenant, &sift_core::keys::hour_bucket(now_ms)))
+            .key(keys.rate(tenant, now_ms.div_euclid(1000)));
         invocation
             .arg(now_ms)
             .arg(millis(s.window))
@@ -123,13 +223,13 @@ impl Deduplicator {
             .arg(rate_limit.unwrap_or(0));
         for claim in claims {
             let r = claim.record;
-            let semantic = self.keys.dedup(&r.tenant_id, &r.semantic_hash);
+            let semantic = keys.dedup(&r.tenant_id, &r.semantic_hash);
             let event_id = match &claim.event_id_hash {
-                Some(hash) => self.keys.event_id(&r.tenant_id, hash),
+                Some(hash) => keys.event_id(&r.tenant_id, hash),
                 None => semantic.clone(),
             };
             let pending = match r.stream_id {
-                Some(_) => self.keys.stream_pending(&r.tenant_id, &r.semantic_hash),
+                Some(_) => keys.stream_pending(&r.tenant_id, &r.semantic_hash),
                 None => semantic.clone(),
             };
             invocation.key(semantic).key(event_id).key(pending);
@@ -150,7 +250,9 @@ impl Deduplicator {
         invocation.arg(STATS_TTL_MS);
 
         let result: redis::Value = self
-            .with_connection(|mut conn| async move { invocation.invoke_async(&mut conn).await })
+            .with_connection(shard, |mut conn| async move {
+                invocation.invoke_async(&mut conn).await
+            })
             .await?;
         match result {
             redis::Value::Int(-1) => Err(ApiError::QueueFull),
@@ -171,17 +273,24 @@ impl Deduplicator {
         }
     }
 
-    /// Enqueues streams past their timeout; returns how many.
+    /// Enqueues streams past their timeout, on every shard; returns how many.
     pub async fn sweep_streams(&self, now_ms: i64, max: usize) -> Result<u64, ApiError> {
-        let mut invocation = self.sweep.prepare_invoke();
-        invocation
-            .key(self.keys.open_streams())
-            .key(self.keys.queue())
-            .arg(now_ms)
-            .arg(max)
-            .arg(millis(self.settings.event_id_window));
-        self.with_connection(|mut conn| async move { invocation.invoke_async(&mut conn).await })
-            .await
+        let mut swept = 0;
+        for (s, shard) in self.shards.iter().enumerate() {
+            let mut invocation = self.sweep.prepare_invoke();
+            invocation
+                .key(shard.keys.open_streams())
+                .key(shard.keys.queue())
+                .arg(now_ms)
+                .arg(max)
+                .arg(millis(self.settings.event_id_window));
+            swept += self
+                .with_connection(s, |mut conn| async move {
+                    invocation.invoke_async::<u64>(&mut conn).await
+                })
+                .await?;
+        }
+        Ok(swept)
     }
 
     /// `(hour, received, accepted)` for each hour (epoch seconds) of `tenant`.
@@ -190,27 +299,42 @@ impl Deduplicator {
         tenant: &str,
         hours: &[i64],
     ) -> Result<Vec<(i64, u64, u64)>, ApiError> {
-        let mut pipe = redis::pipe();
-        for hour in hours {
-            let key = self
-                .keys
-                .dedup_stats(tenant, &sift_core::keys::hour_bucket(hour * 1000));
-            pipe.cmd("HMGET").arg(key).arg("received").arg("accepted");
+        let mut totals: Vec<(i64, u64, u64)> = hours.iter().map(|h| (*h, 0, 0)).collect();
+        for (s, shard) in self.shards.iter().enumerate() {
+            let mut pipe = redis::pipe();
+            for hour in hours {
+                let key = shard
+                    .keys
+                    .dedup_stats(tenant, &sift_core::keys::hour_bucket(hour * 1000));
+                pipe.cmd("HMGET").arg(key).arg("received").arg("accepted");
+            }
+            let answers: Vec<(Option<u64>, Option<u64>)> = self
+                .with_connection(
+                    s,
+                    |mut conn| async move { pipe.query_async(&mut conn).await },
+                )
+                .await?;
+            for (total, (r, a)) in totals.iter_mut().zip(answers) {
+                total.1 += r.unwrap_or(0);
+                total.2 += a.unwrap_or(0);
+            }
         }
-        let answers: Vec<(Option<u64>, Option<u64>)> = self
-            .with_connection(|mut conn| async move { pipe.query_async(&mut conn).await })
-            .await?;
-        Ok(hours
-            .iter()
-            .zip(answers)
-            .map(|(h, (r, a))| (*h, r.unwrap_or(0), a.unwrap_or(0)))
-            .collect())
+        Ok(totals)
     }
 
-    /// Used memory over maxmemory, from `INFO memory` (0 when Redis has no maxmemory).
+    /// Used memory over maxmemory, from `INFO memory` (0 when Redis has no maxmemory), of the
+    /// fullest shard.
     pub async fn memory_ratio(&self) -> Result<f64, ApiError> {
+        let mut fullest: f64 = 0.0;
+        for s in 0..self.shards.len() {
+            fullest = fullest.max(self.shard_memory_ratio(s).await?);
+        }
+        Ok(fullest)
+    }
+
+    async fn shard_memory_ratio(&self, shard: usize) -> Result<f64, ApiError> {
         let info: String = self
-            .with_connection(|mut conn| async move {
+            .with_connection(shard, |mut conn| async move {
                 redis::cmd("INFO")
                     .arg("memory")
                     .query_async(&mut conn)
@@ -236,23 +360,32 @@ impl Deduplicator {
         })
     }
 
-    /// The queue's length (for the high-water gauge and readiness).
+    /// The queues' length, all shards together (for the gauge and readiness).
     pub async fn queue_depth(&self) -> Result<u64, ApiError> {
-        let queue = self.keys.queue();
-        self.with_connection(|mut conn| async move {
-            redis::cmd("LLEN").arg(queue).query_async(&mut conn).await
-        })
-        .await
+        let mut depth = 0;
+        for (s, shard) in self.shards.iter().enumerate() {
+            let queue = shard.keys.queue();
+            depth += self
+                .with_connection(s, |mut conn| async move {
+                    redis::cmd("LLEN")
+                        .arg(queue)
+                        .query_async::<u64>(&mut conn)
+                        .await
+                })
+                .await?;
+        }
+        Ok(depth)
     }
 
-    /// Runs `f` on a pooled connection within the Redis timeout; every failure is a 503.
-    async fn with_connection<T, F, Fut>(&self, f: F) -> Result<T, ApiError>
+    /// Runs `f` on a pooled connection of `shard` within the Redis timeout; every failure is
+    /// a 503.
+    async fn with_connection<T, F, Fut>(&self, shard: usize, f: F) -> Result<T, ApiError>
     where
         F: FnOnce(deadpool_redis::Connection) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         let work = async {
-            let conn = self
+            let conn = self.shards[shard]
                 .pool
                 .get()
                 .await

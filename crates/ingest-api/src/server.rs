@@ -10,7 +10,7 @@ use sift_core::KeySpace;
 
 use crate::auth::KeyCache;
 use crate::config::Config;
-use crate::dedup::Deduplicator;
+use crate::dedup::{Deduplicator, Shard};
 use crate::state::AppState;
 use crate::stats_cache::StatsCache;
 use crate::{api, metrics, tasks};
@@ -31,7 +31,19 @@ pub enum StartError {
 /// Runs until SIGTERM or SIGINT. Prints `listening on http://ADDR` once bound.
 pub async fn serve(config: Config, metrics_handle: PrometheusHandle) -> Result<(), StartError> {
     let timeout = Duration::from_millis(config.redis_timeout_ms);
-    let redis = sift_service::pools::redis(&config.redis_url, config.redis_pool_size, timeout)?;
+    let shards: Vec<Shard> = sift_service::pools::redis_shards(
+        &config.redis_url,
+        usize::from(config.redis_shards),
+        config.redis_pool_size,
+        timeout,
+    )?
+    .into_iter()
+    .zip(KeySpace::shards(
+        &config.key_prefix,
+        usize::from(config.redis_shards),
+    ))
+    .map(|(pool, keys)| Shard { pool, keys })
+    .collect();
     let postgres = sift_service::pools::postgres(&config.postgres_url, 8, Duration::from_secs(2))?;
 
     let state = web::Data::new(AppState {
@@ -40,17 +52,12 @@ pub async fn serve(config: Config, metrics_handle: PrometheusHandle) -> Result<(
             Duration::from_millis(config.key_cache_ttl_ms),
         ),
         stats: StatsCache::new(
-            redis.clone(),
-            KeySpace::new(config.key_prefix.clone()),
+            shards.clone(),
             Duration::from_secs(config.stats_cache_secs),
             config.stats_cache_hours,
             timeout,
         ),
-        dedup: Deduplicator::new(
-            redis,
-            KeySpace::new(config.key_prefix.clone()),
-            config.dedup(),
-        ),
+        dedup: Deduplicator::new(shards, config.dedup()),
         postgres,
         clickhouse: clickhouse_client(&config),
         limits: config.limits(),

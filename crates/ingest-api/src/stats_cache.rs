@@ -7,17 +7,17 @@
 //! its hours in one MGET and asks ClickHouse only for the hours whose version moved or that are
 //! not cached: a late event is in the next answer, and an unchanged range is answered without
 //! ClickHouse. Entries also expire after `--stats-cache-secs`, which bounds how long a write
-//! that bypassed the batcher (a bulk import straight into ClickHouse) can go unseen.
+//! that bypassed the batcher (a bulk import straight into ClickHouse) can go unseen. With
+//! several Redis shards an hour's version is the sum of its counters on every shard.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clickhouse::Client;
-use deadpool_redis::Pool;
-use sift_core::KeySpace;
 
 use crate::analytics::{self, HourlyStats};
+use crate::dedup::Shard;
 use crate::error::ApiError;
 use crate::metrics::STATS_CACHE_HOURS;
 
@@ -36,20 +36,13 @@ struct CachedHour {
 
 pub struct StatsCache {
     entries: Option<moka::sync::Cache<(String, u32), Arc<CachedHour>>>,
-    redis: Pool,
-    keys: KeySpace,
+    shards: Vec<Shard>,
     redis_timeout: Duration,
 }
 
 impl StatsCache {
     /// A `ttl` of zero turns the cache off: every request goes to ClickHouse.
-    pub fn new(
-        redis: Pool,
-        keys: KeySpace,
-        ttl: Duration,
-        capacity: u64,
-        redis_timeout: Duration,
-    ) -> Self {
+    pub fn new(shards: Vec<Shard>, ttl: Duration, capacity: u64, redis_timeout: Duration) -> Self {
         let entries = (!ttl.is_zero()).then(|| {
             moka::sync::Cache::builder()
                 .max_capacity(capacity)
@@ -58,8 +51,7 @@ impl StatsCache {
         });
         Self {
             entries,
-            redis,
-            keys,
+            shards,
             redis_timeout,
         }
     }
@@ -141,24 +133,27 @@ impl StatsCache {
 
     /// The rollup version of each hour (0 where the batcher has not written lately).
     async fn versions(&self, tenant: &str, hours: &[u32]) -> Result<Vec<u64>, String> {
-        let keys: Vec<String> = hours
-            .iter()
-            .map(|hour| self.keys.rollup_version(tenant, i64::from(*hour)))
-            .collect();
-        let read = async {
-            let mut conn = self.redis.get().await.map_err(|e| e.to_string())?;
-            redis::cmd("MGET")
-                .arg(&keys)
-                .query_async::<Vec<Option<u64>>>(&mut conn)
+        let mut versions = vec![0u64; hours.len()];
+        for shard in &self.shards {
+            let keys: Vec<String> = hours
+                .iter()
+                .map(|hour| shard.keys.rollup_version(tenant, i64::from(*hour)))
+                .collect();
+            let read = async {
+                let mut conn = shard.pool.get().await.map_err(|e| e.to_string())?;
+                redis::cmd("MGET")
+                    .arg(&keys)
+                    .query_async::<Vec<Option<u64>>>(&mut conn)
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            let counters = tokio::time::timeout(self.redis_timeout, read)
                 .await
-                .map_err(|e| e.to_string())
-        };
-        let versions = tokio::time::timeout(self.redis_timeout, read)
-            .await
-            .map_err(|_| "timed out".to_string())??;
-        Ok(versions
-            .into_iter()
-            .map(Option::unwrap_or_default)
-            .collect())
+                .map_err(|_| "timed out".to_string())??;
+            for (version, counter) in versions.iter_mut().zip(counters) {
+                *version += counter.unwrap_or_default();
+            }
+        }
+        Ok(versions)
     }
 }

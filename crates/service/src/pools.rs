@@ -26,6 +26,26 @@ pub fn redis(url: &str, size: usize, timeout: Duration) -> Result<deadpool_redis
         .map_err(|e| PoolError::Redis(e.to_string()))
 }
 
+/// One Redis pool per shard. `urls` is one URL (every shard on that server, as with Redis
+/// Cluster's slots or for a single node) or a comma-separated list of exactly `shards` URLs
+/// (shard `s` on server `s`). Shards on one server share its pool.
+pub fn redis_shards(
+    urls: &str,
+    shards: usize,
+    size: usize,
+    timeout: Duration,
+) -> Result<Vec<deadpool_redis::Pool>, PoolError> {
+    let urls: Vec<&str> = urls.split(',').map(str::trim).collect();
+    let shards = shards.max(1);
+    match urls.len() {
+        1 => Ok(vec![redis(urls[0], size, timeout)?; shards]),
+        n if n == shards => urls.iter().map(|u| redis(u, size, timeout)).collect(),
+        n => Err(PoolError::Redis(format!(
+            "{n} Redis URLs for {shards} shards: give one URL, or one per shard"
+        ))),
+    }
+}
+
 /// A PostgreSQL pool of up to `size` connections; waits, connects and checks within `timeout`.
 /// Connections are verified on reuse, so one cut while PostgreSQL restarted is not handed out.
 pub fn postgres(

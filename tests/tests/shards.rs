@@ -1,0 +1,173 @@
+//! End-to-end tests of Redis sharding (SPEC "Scaling out"): the ingest API sends each event to
+//! the shard of its semantic hash, batchers drain every shard, and the counts in ClickHouse
+//! stay exact, whether the shards share one Redis (named for Redis Cluster's slots) or live on
+//! servers of their own, one of which goes away.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Result};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sift_e2e::{clickhouse_query, dataset, f, redis_connection, redis_url, PrivateRedis, World};
+
+/// Rows in `ai_events` (without FINAL) and distinct events among them.
+async fn rows_and_distinct(w: &World) -> Result<(u64, u64)> {
+    let sql = format!(
+        "SELECT count(), uniqExact(tenant_id, semantic_hash, event_time) FROM {}",
+        w.table("ai_events")
+    );
+    let answer = clickhouse_query(&sql).await?;
+    let (rows, distinct) = answer.split_once('\t').unwrap_or(("0", "0"));
+    Ok((rows.parse()?, distinct.parse()?))
+}
+
+/// The same intents again, as clients resend them: retried verbatim and re-rendered.
+fn resent(events: &[Value]) -> Vec<Value> {
+    events
+        .iter()
+        .flat_map(|e| {
+            let mut loud = e.clone();
+            let prompt = e["prompt_text"].as_str().unwrap_or_default();
+            loud["prompt_text"] = json!(format!("  {}!! ", prompt.to_uppercase()));
+            [e.clone(), loud]
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn three_shards_on_one_redis_keep_one_row_per_intent() -> Result<()> {
+    let w = World::sharded(&["acme"], &redis_url(), 3, &["--dedup-window-ms", "60000"]).await?;
+    let first = w.batcher("w-a", &["--session-flush-secs", "0"]).await?;
+    let _second = w.batcher("w-b", &["--session-flush-secs", "0"]).await?;
+    let events = dataset("shards", 1500, 3, 11);
+    assert_eq!(w.send("acme", &events[..900]).await?, 900);
+    // A batcher dies mid-load; the other takes over its lists on every shard.
+    first.kill9().await?;
+    assert_eq!(w.send("acme", &events[900..]).await?, 600);
+    assert_eq!(w.send("acme", &resent(&events)).await?, 0);
+    let _third = w.batcher("w-c", &["--session-flush-secs", "0"]).await?;
+    w.wait_for_events(1500).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(rows_and_distinct(&w).await?, (1500, 1500));
+
+    // Every shard took part: each holds claims of this test's intents.
+    let mut conn = redis_connection(&redis_url()).await?;
+    for keys in w.key_spaces() {
+        let claims: Vec<String> = redis::cmd("KEYS")
+            .arg(keys.dedup("acme", "*"))
+            .query_async(&mut conn)
+            .await?;
+        assert!(
+            claims.len() > 300,
+            "{}: {} claims",
+            keys.prefix(),
+            claims.len()
+        );
+    }
+
+    // The read side sums the shards: dedup counters and hourly figures.
+    let (status, dedup) = w.get("acme", "/v1/ai/stats/dedup").await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (f(&dedup["received"]), f(&dedup["accepted"])),
+        (4500.0, 1500.0)
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let path = format!(
+        "/v1/ai/stats/hourly?from={}&to={}",
+        now - 5 * 3600,
+        now + 3600
+    );
+    let (_, hourly) = w.get("acme", &path).await?;
+    let events_in = |v: &Value| -> f64 {
+        v["rows"]
+            .as_array()
+            .map_or(0.0, |r| r.iter().map(|x| f(&x["events"])).sum())
+    };
+    assert_eq!(events_in(&hourly), 1500.0);
+
+    // The operator commands cover every shard: a poison record on shard 2 is listed there.
+    let shard2 = &w.key_spaces()[2];
+    redis::cmd("LPUSH")
+        .arg(shard2.queue())
+        .arg("not a queue record")
+        .query_async::<()>(&mut conn)
+        .await?;
+    let started = Instant::now();
+    while redis::cmd("LLEN")
+        .arg(shard2.dlq())
+        .query_async::<u64>(&mut conn)
+        .await?
+        == 0
+    {
+        ensure!(
+            started.elapsed() < Duration::from_secs(20),
+            "no dead letter"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let listed = w.operator(&["dlq", "list"]).await?;
+    assert!(listed.starts_with("1 entries"), "{listed}");
+    assert!(
+        listed.contains("   2:0 ") && listed.contains("[poison]"),
+        "{listed}"
+    );
+    let shown = w.operator(&["dlq", "show", "0", "--shard", "2"]).await?;
+    assert!(shown.contains("not a queue record"), "{shown}");
+    let purged = w.operator(&["dlq", "purge", "--yes"]).await?;
+    assert!(purged.contains("purged 1 entries"), "{purged}");
+    w.cleanup().await
+}
+
+#[tokio::test]
+async fn a_shard_server_going_away_loses_and_doubles_nothing() -> Result<()> {
+    let mut servers = [
+        PrivateRedis::start(&[]).await?,
+        PrivateRedis::start(&[]).await?,
+    ];
+    let urls = format!("{},{}", servers[0].url(), servers[1].url());
+    let w = World::sharded(&["acme"], &urls, 2, &["--dedup-window-ms", "60000"]).await?;
+    let _batcher = w.batcher("w-two", &["--session-flush-secs", "0"]).await?;
+    let events = dataset("two-servers", 600, 2, 12);
+    assert_eq!(w.send("acme", &events[..400]).await?, 400);
+    w.wait_for_events(400).await?;
+
+    // Shard 1's server stops: a batch with events for both shards is answered 503, although
+    // shard 0 took its events; the client's retry after the server is back collapses those
+    // and takes the rest.
+    servers[1].stop();
+    let batch = &events[400..];
+    let response = w
+        .http
+        .post(w.ingest.url("/v1/ai/events/batch"))
+        .bearer_auth(&w.keys["acme"])
+        .json(&batch)
+        .send()
+        .await?;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.headers().contains_key("retry-after"));
+    servers[1].restart().await?;
+    let started = Instant::now();
+    let accepted = loop {
+        match w.send("acme", batch).await {
+            Ok(n) => break n,
+            Err(error) => {
+                ensure!(
+                    started.elapsed() < Duration::from_secs(20),
+                    "retries kept failing: {error}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert!(
+        accepted > 0 && accepted < 200,
+        "{accepted} accepted on the retry"
+    );
+    w.wait_for_events(600).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(rows_and_distinct(&w).await?, (600, 600));
+    w.cleanup().await
+}
