@@ -1,0 +1,152 @@
+//! The deployment files against the code they describe, so that they cannot drift apart: the
+//! Grafana dashboard and the alert rules name only metrics that sift exports (and the dashboard
+//! shows every one of them), and the Kubernetes manifests and the Dockerfile set only
+//! environment variables that the binaries read.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use sift_e2e::bin;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Every token of `text` that starts with `prefix` and goes on with `[A-Za-z0-9_]`.
+fn tokens(text: &str, prefix: &str) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find(prefix) {
+        let before = rest[..at].chars().next_back();
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        if !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+            found.insert(tail[..end].to_owned());
+        }
+        rest = &tail[end.max(1)..];
+    }
+    found
+}
+
+/// The files below `dir` whose names end with one of `exts`, recursively.
+fn files(dir: &Path, exts: &[&str]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_dir() {
+            out.extend(files(&path, exts)?);
+        } else if exts.iter().any(|e| path.to_string_lossy().ends_with(e)) {
+            out.push(path);
+        }
+    }
+    Ok(out)
+}
+
+#[test]
+fn dashboards_and_alerts_name_only_metrics_sift_exports_and_show_them_all() -> Result<()> {
+    let root = root();
+    // The metric names are string constants in the crates' metrics modules.
+    let mut exported = BTreeSet::new();
+    for file in files(&root.join("crates"), &["metrics.rs"])? {
+        for name in tokens(&read(&file)?, "sift_") {
+            exported.insert(name);
+        }
+    }
+    assert!(
+        exported.contains("sift_ingest_events_total"),
+        "{exported:?}"
+    );
+    let known = |name: &str| {
+        exported.contains(name)
+            || ["_bucket", "_count", "_sum"]
+                .iter()
+                .any(|s| name.strip_suffix(s).is_some_and(|n| exported.contains(n)))
+    };
+
+    let dashboard_text = read(&root.join("deploy/grafana/sift.json"))?;
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard_text)?;
+    let panels = dashboard["panels"].as_array().context("panels")?;
+    for panel in panels.iter().filter(|p| p["type"] != "row") {
+        let targets = panel["targets"].as_array().context("targets")?;
+        assert!(
+            !targets.is_empty()
+                && targets
+                    .iter()
+                    .all(|t| t["expr"].as_str().is_some_and(|e| !e.is_empty())),
+            "panel {} has no query",
+            panel["title"]
+        );
+    }
+    let alerts = read(&root.join("deploy/prometheus/alerts.yml"))?;
+    for (file, text) in [("sift.json", &dashboard_text), ("alerts.yml", &alerts)] {
+        for name in tokens(text, "sift_") {
+            assert!(
+                known(&name),
+                "{file} names {name}, which sift does not export"
+            );
+        }
+    }
+    let shown = tokens(&dashboard_text, "sift_");
+    for name in &exported {
+        assert!(
+            shown
+                .iter()
+                .any(|s| s == name || s.starts_with(&format!("{name}_"))),
+            "the dashboard does not show {name}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn manifests_set_only_variables_the_binaries_read() -> Result<()> {
+    let root = root();
+    let mut read_by_binaries = BTreeSet::new();
+    for args in [
+        &["sift-ingest", "--help"][..],
+        &["sift-batcher", "run", "--help"],
+        &["sift-batcher", "migrate", "--help"],
+    ] {
+        let output = std::process::Command::new(bin(args[0]))
+            .args(&args[1..])
+            .output()
+            .with_context(|| format!("running {}", args[0]))?;
+        assert!(output.status.success(), "{args:?} failed");
+        read_by_binaries.extend(tokens(&String::from_utf8_lossy(&output.stdout), "SIFT_"));
+    }
+    assert!(read_by_binaries.contains("SIFT_REDIS_SHARDS"));
+    let mut manifests = files(&root.join("deploy/k8s"), &[".yaml"])?;
+    manifests.push(root.join("Dockerfile"));
+    let mut set = 0;
+    for file in manifests {
+        for name in tokens(&read(&file)?, "SIFT_") {
+            set += 1;
+            assert!(
+                read_by_binaries.contains(&name),
+                "{} sets {name}, which no sift binary reads",
+                file.display()
+            );
+        }
+    }
+    assert!(set > 20, "only {set} variables found in the manifests");
+    Ok(())
+}
+
+#[test]
+fn tokens_are_whole_names() {
+    let found = tokens("a sift_x_total{} b_sift_y SIFT_A=1 (sift_z[5m])", "sift_");
+    assert_eq!(
+        found.into_iter().collect::<Vec<_>>(),
+        vec!["sift_x_total", "sift_z"]
+    );
+}
