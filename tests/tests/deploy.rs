@@ -1,13 +1,14 @@
 //! The deployment files against the code they describe, so that they cannot drift apart: the
 //! Grafana dashboard and the alert rules name only metrics that sift exports (and the dashboard
-//! shows every one of them), and the Kubernetes manifests and the Dockerfile set only
-//! environment variables that the binaries read.
+//! shows every one of them), the Kubernetes manifests and the Dockerfile set only environment
+//! variables that the binaries read, and the cluster DDL parses and has the single node's
+//! columns and rollup query.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use sift_e2e::bin;
+use sift_e2e::{bin, clickhouse_query};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -149,4 +150,69 @@ fn tokens_are_whole_names() {
         found.into_iter().collect::<Vec<_>>(),
         vec!["sift_x_total", "sift_z"]
     );
+}
+
+/// The text between `CREATE TABLE IF NOT EXISTS {database}.<table>` and its engine: the columns.
+fn columns<'a>(ddl: &'a str, table: &str) -> Option<&'a str> {
+    let create = format!("CREATE TABLE IF NOT EXISTS {{database}}.{table}");
+    let start = ddl
+        .match_indices(&create)
+        .map(|(at, _)| at)
+        .find(|at| ddl[at + create.len()..].starts_with([' ', '\n']))?;
+    let rest = &ddl[start..];
+    let open = rest.find('(')?;
+    let close = rest.find("\n)\n")?;
+    Some(&rest[open..close])
+}
+
+#[tokio::test]
+async fn the_cluster_ddl_parses_and_matches_the_single_node_schema() -> Result<()> {
+    let root = root();
+    let cluster = read(&root.join("sql/clickhouse-cluster/cluster.sql"))?;
+    let mut single = String::new();
+    for file in files(&root.join("sql/clickhouse"), &[".sql"])? {
+        single.push_str(&read(&file)?);
+        single.push('\n');
+    }
+    for table in [
+        "ai_events",
+        "ai_events_hourly",
+        "ai_sessions",
+        "ai_events_hourly_final",
+    ] {
+        let local = format!("{table}_local");
+        assert_eq!(
+            columns(&cluster, &local).context(local.clone())?,
+            columns(&single, table).context(table)?,
+            "{local} and {table} have different columns"
+        );
+    }
+    let select = |ddl: &str| -> Option<String> {
+        let at = ddl.find("ai_events_hourly_mv")?;
+        let body = &ddl[at..];
+        let from = body.find("SELECT")?;
+        let end = body.find("GROUP BY")?;
+        Some(body[from..end].replace("ai_events_local", "ai_events"))
+    };
+    assert_eq!(select(&cluster), select(&single), "the rollup views differ");
+
+    let mut statements = 0;
+    let code: String = cluster
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    for statement in code.split(';').filter(|s| !s.trim().is_empty()) {
+        let sql = statement
+            .replace("{database}", "sift_cluster_check")
+            .replace("{raw_ttl_days}", "30")
+            .replace("{rollup_ttl_days}", "365")
+            .replace('\\', "\\\\")
+            .replace('\'', "\\'");
+        let formatted = clickhouse_query(&format!("SELECT formatQuerySingleLine('{sql}')")).await?;
+        assert!(formatted.contains("ON CLUSTER"), "{formatted}");
+        statements += 1;
+    }
+    assert_eq!(statements, 10);
+    Ok(())
 }

@@ -144,6 +144,9 @@ pub async fn insert_chunk(
         .with_setting("insert_deduplicate", "1")
         .with_setting("async_insert", "0")
         .with_setting("deduplicate_blocks_in_dependent_materialized_views", "1")
+        // On a cluster (sql/clickhouse-cluster/) `ai_events` is Distributed: the insert must
+        // reach the shards before it is answered. No effect on a single node.
+        .with_setting("distributed_foreground_insert", "1")
         // One chunk must stay one block, or the token would cover only part of it.
         .with_setting("max_insert_block_size", "1048576")
         .with_timeouts(Some(Duration::from_secs(30)), Some(Duration::from_secs(60)));

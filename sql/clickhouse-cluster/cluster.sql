@@ -1,0 +1,149 @@
+-- sift's ClickHouse schema for a cluster (SPEC "Scaling out"), beside the single-node DDL in
+-- sql/clickhouse/. The same tables, columns and sort keys; per table:
+-- * `<name>_local`: a Replicated engine on every shard. Replicated tables deduplicate inserts
+--   by default (replicated_deduplication_window, set to the single node's 100000 here), so the
+--   batcher's per-chunk insert_deduplication_token works as on one node.
+-- * `<name>`: a Distributed table over them, sharded by tenant (cityHash64(tenant_id)): one
+--   tenant's rows, rollups and sessions live on one shard, so the materialized view and the
+--   flusher work shard-locally and the read API's tenant-scoped queries touch one shard.
+-- The batcher and the API use the Distributed names, as on one node. Retrying a chunk into the
+-- Distributed table splits it between shards the same way each time (a deterministic sharding
+-- key), so every shard sees the same block again and drops it.
+--
+-- Not applied by `sift-batcher migrate` (which runs sql/clickhouse/): apply it with
+-- clickhouse-client after replacing {database}, {raw_ttl_days} and {rollup_ttl_days};
+-- {cluster}, {shard} and {replica} are the servers' own macros. Insert with
+-- distributed_foreground_insert = 1 so that an insert fails or succeeds as a whole before the
+-- batcher acknowledges it. Checked here: syntax and parity with the single-node DDL
+-- (tests/tests/deploy.rs); a cluster with Keeper is not available on these machines.
+
+CREATE DATABASE IF NOT EXISTS {database} ON CLUSTER '{cluster}';
+
+CREATE TABLE IF NOT EXISTS {database}.ai_events_local ON CLUSTER '{cluster}'
+(
+    tenant_id           LowCardinality(String),
+    event_time          DateTime64(3, 'UTC'),
+    semantic_hash       String,
+    session_id          String,
+    prompt_hash         String,
+    normalizer_version  UInt16,
+    model_version       LowCardinality(String),
+    provider            LowCardinality(String),
+    operation           LowCardinality(String),
+    latency_ms          Float64,
+    token_count         UInt32,
+    input_tokens        UInt32,
+    output_tokens       UInt32,
+    success             Bool,
+    event_id            String,
+    turn_index          Nullable(UInt32),
+    stream_id           String,
+    chunk_index         Nullable(UInt32),
+    is_final            Bool,
+    fallback_chain      Array(LowCardinality(String)),
+    properties          String,
+    chunk_id            String,
+    ingested_at         DateTime64(3, 'UTC'),
+    inserted_at         DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/ai_events', '{replica}', ingested_at)
+PARTITION BY toYYYYMM(event_time)
+ORDER BY (tenant_id, toStartOfHour(event_time), semantic_hash, event_time)
+TTL toDateTime(event_time) + INTERVAL {raw_ttl_days} DAY
+SETTINGS replicated_deduplication_window = 100000;
+
+CREATE TABLE IF NOT EXISTS {database}.ai_events ON CLUSTER '{cluster}'
+AS {database}.ai_events_local
+ENGINE = Distributed('{cluster}', '{database}', 'ai_events_local', cityHash64(tenant_id));
+
+CREATE TABLE IF NOT EXISTS {database}.ai_events_hourly_local ON CLUSTER '{cluster}'
+(
+    tenant_id          LowCardinality(String),
+    hour               DateTime('UTC'),
+    model_version      LowCardinality(String),
+    events             SimpleAggregateFunction(sum, UInt64),
+    successes          SimpleAggregateFunction(sum, UInt64),
+    input_tokens       SimpleAggregateFunction(sum, UInt64),
+    output_tokens      SimpleAggregateFunction(sum, UInt64),
+    total_tokens       SimpleAggregateFunction(sum, UInt64),
+    latency_sum_ms     SimpleAggregateFunction(sum, Float64),
+    latency_count      SimpleAggregateFunction(sum, UInt64),
+    latency_tdigest    AggregateFunction(quantilesTDigest(0.5, 0.95, 0.99), Float64),
+    sessions           AggregateFunction(uniq, String),
+    fallbacks          SimpleAggregateFunction(sum, UInt64)
+)
+ENGINE = ReplicatedAggregatingMergeTree('/clickhouse/tables/{shard}/{database}/ai_events_hourly', '{replica}')
+PARTITION BY toYYYYMM(hour)
+ORDER BY (tenant_id, hour, model_version)
+TTL hour + INTERVAL {rollup_ttl_days} DAY
+SETTINGS replicated_deduplication_window = 100000, index_granularity = 256;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS {database}.ai_events_hourly_mv ON CLUSTER '{cluster}'
+TO {database}.ai_events_hourly_local AS
+SELECT
+    tenant_id,
+    toStartOfHour(event_time) AS hour,
+    model_version,
+    toUInt64(count()) AS events,
+    toUInt64(countIf(success)) AS successes,
+    toUInt64(sum(input_tokens)) AS input_tokens,
+    toUInt64(sum(output_tokens)) AS output_tokens,
+    toUInt64(sum(token_count)) AS total_tokens,
+    sum(latency_ms) AS latency_sum_ms,
+    toUInt64(count()) AS latency_count,
+    quantilesTDigestState(0.5, 0.95, 0.99)(latency_ms) AS latency_tdigest,
+    uniqState(session_id) AS sessions,
+    toUInt64(countIf(length(fallback_chain) > 1)) AS fallbacks
+FROM {database}.ai_events_local
+GROUP BY tenant_id, hour, model_version;
+
+CREATE TABLE IF NOT EXISTS {database}.ai_events_hourly ON CLUSTER '{cluster}'
+AS {database}.ai_events_hourly_local
+ENGINE = Distributed('{cluster}', '{database}', 'ai_events_hourly_local', cityHash64(tenant_id));
+
+CREATE TABLE IF NOT EXISTS {database}.ai_sessions_local ON CLUSTER '{cluster}'
+(
+    tenant_id       LowCardinality(String),
+    session_id      String,
+    turns           UInt32,
+    successes       UInt32,
+    failures        UInt32,
+    fallbacks       UInt32,
+    input_tokens    UInt64,
+    output_tokens   UInt64,
+    total_tokens    UInt64,
+    models          Array(LowCardinality(String)),
+    first_seen      DateTime64(3, 'UTC'),
+    last_seen       DateTime64(3, 'UTC'),
+    duration_ms     Int64,
+    computed_at     DateTime64(3, 'UTC')
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/ai_sessions', '{replica}', computed_at)
+ORDER BY (tenant_id, session_id)
+TTL toDateTime(last_seen) + INTERVAL {rollup_ttl_days} DAY;
+
+CREATE TABLE IF NOT EXISTS {database}.ai_sessions ON CLUSTER '{cluster}'
+AS {database}.ai_sessions_local
+ENGINE = Distributed('{cluster}', '{database}', 'ai_sessions_local', cityHash64(tenant_id));
+
+CREATE TABLE IF NOT EXISTS {database}.ai_events_hourly_final_local ON CLUSTER '{cluster}'
+(
+    tenant_id          LowCardinality(String),
+    hour               DateTime('UTC'),
+    model_version      LowCardinality(String),
+    events             UInt64,
+    p50_latency_ms     Float64,
+    p95_latency_ms     Float64,
+    p99_latency_ms     Float64,
+    sessions           UInt64,
+    computed_at        DateTime64(3, 'UTC')
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/ai_events_hourly_final', '{replica}', computed_at)
+PARTITION BY toYYYYMM(hour)
+ORDER BY (tenant_id, hour, model_version)
+TTL hour + INTERVAL {rollup_ttl_days} DAY
+SETTINGS index_granularity = 1024;
+
+CREATE TABLE IF NOT EXISTS {database}.ai_events_hourly_final ON CLUSTER '{cluster}'
+AS {database}.ai_events_hourly_final_local
+ENGINE = Distributed('{cluster}', '{database}', 'ai_events_hourly_final_local', cityHash64(tenant_id));
