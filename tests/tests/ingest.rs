@@ -306,6 +306,48 @@ async fn a_stream_is_one_intent_and_its_final_chunk_wins() -> Result<()> {
 }
 
 #[tokio::test]
+async fn stream_chunks_sharing_one_event_id_still_end_with_the_final_chunk() -> Result<()> {
+    // SDKs often tag every chunk of one answer with the request's id.
+    let f = Fixture::new(&["--stream-timeout-ms", "1000"]).await?;
+    let chunk = |stream: &str, i: u32, tokens: u32, last: bool| {
+        let mut e = event("session-stream-eid", &format!("partial {i}"));
+        e["stream_id"] = json!(stream);
+        e["event_id"] = json!(format!("request-{stream}"));
+        e["chunk_index"] = json!(i);
+        e["final"] = json!(last);
+        e["token_count"] = json!(tokens);
+        e
+    };
+    for i in 0..4 {
+        f.event(&chunk("stream-c", i, i * 10, i == 3)).await?;
+    }
+    let queue = f.queue().await?;
+    assert_eq!(queue.len(), 1);
+    assert_eq!((queue[0].token_count, queue[0].is_final), (30, true));
+    // The final chunk retried: collapsed, by its event_id.
+    let (_, retried) = f.event(&chunk("stream-c", 3, 30, true)).await?;
+    assert_eq!(retried["status"], "collapsed");
+    assert_eq!(f.queue().await?.len(), 1);
+
+    // Without a final chunk: the highest chunk is written at the timeout, once.
+    for i in [0, 1, 2] {
+        f.event(&chunk("stream-d", i, i * 7, false)).await?;
+    }
+    let mut waited = 0;
+    while f.queue().await?.len() < 2 && waited < 100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += 1;
+    }
+    let queue = f.queue().await?;
+    assert_eq!(queue.len(), 2);
+    assert_eq!((queue[1].chunk_index, queue[1].token_count), (Some(2), 14));
+    let (_, late) = f.event(&chunk("stream-d", 3, 21, true)).await?;
+    assert_eq!(late["status"], "collapsed");
+    assert_eq!(f.queue().await?.len(), 2);
+    f.cleanup().await
+}
+
+#[tokio::test]
 async fn a_gzip_body_of_several_members_is_read_whole() -> Result<()> {
     let f = Fixture::new(&[]).await?;
     // Log shippers that compress each flush send one gzip member per flush.

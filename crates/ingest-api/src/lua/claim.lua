@@ -75,10 +75,13 @@ for i = 1, n_events do
     end
     if (not seen) or chunk >= tonumber(seen) then
       redis.call('HSET', pending, 'i', chunk, 'r', record, 'c', claim)
+      -- The event_id is claimed once the stream is written (here by the sweeper), not by
+      -- its first chunk: SDKs tag every chunk of one answer with the same id.
+      if has_eid then redis.call('HSET', pending, 'e', eid) end
     end
     redis.call('ZADD', KEYS[3], now + stream_timeout, pending)
   end
-  if has_eid and status ~= 3 then
+  if has_eid and status ~= 3 and kind ~= 's' then
     redis.call('SET', eid, '1', 'PX', eid_window)
   end
   statuses[i] = status

@@ -6,10 +6,12 @@
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 local enqueued = 0
 for _, pending in ipairs(due) do
-  local fields = redis.call('HMGET', pending, 'r', 'c')
+  local fields = redis.call('HMGET', pending, 'r', 'c', 'e')
   if fields[1] then
     redis.call('LPUSH', KEYS[2], fields[1])
     redis.call('SET', fields[2], '1', 'PX', tonumber(ARGV[3]))
+    -- The stream's event_id, when its chunks carried one: a retry of it is collapsed now.
+    if fields[3] then redis.call('SET', fields[3], '1', 'PX', tonumber(ARGV[3])) end
     enqueued = enqueued + 1
   end
   redis.call('DEL', pending)
