@@ -650,8 +650,23 @@ async fn refused_events_replay_from_the_invalid_list_once_the_cause_is_fixed() -
         "{listed}"
     );
 
-    // The batcher validates with the default tolerance (5 min): both entries pass, and the
-    // two copies of one event are one intent.
+    // Replayed under the same strict rule, they are still refused and stay listed.
+    let out = db
+        .batcher(&[
+            "--key-prefix",
+            &prefix,
+            "dlq",
+            "replay",
+            "--invalid",
+            "--max-future-skew-secs",
+            "1",
+        ])
+        .await?;
+    assert!(out.contains("requeued 0 entries"), "{out}");
+    assert!(out.contains("kept: still invalid: timestamp"), "{out}");
+
+    // With the default tolerance (5 min), the cause fixed: both entries pass, and the two
+    // copies of one event are one intent.
     let out = db
         .batcher(&["--key-prefix", &prefix, "dlq", "replay", "--invalid"])
         .await?;

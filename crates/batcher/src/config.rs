@@ -131,6 +131,11 @@ pub struct RunArgs {
     #[arg(long, env = "SIFT_MAX_ATTEMPTS", default_value_t = 8)]
     pub max_attempts: u32,
 
+    /// Hours the chunk ledger keeps a chunk's row (pruned every 10 minutes). A chunk retried
+    /// after its row is gone is still dropped by ClickHouse's token.
+    #[arg(long, env = "SIFT_LEDGER_RETENTION_HOURS", default_value_t = 72, value_parser = clap::value_parser!(u32).range(1..))]
+    pub ledger_retention_hours: u32,
+
     /// First retry delay in milliseconds (doubled per attempt, with jitter).
     #[arg(long, env = "SIFT_RETRY_BASE_MS", default_value_t = 200)]
     pub retry_base_ms: u64,
@@ -281,6 +286,9 @@ pub enum DlqCommand {
         /// new token, so check first that ClickHouse does not hold it (see the README).
         #[arg(long)]
         partial_chunks: bool,
+        /// The rules `--invalid` entries are validated again with (set them as the API's).
+        #[command(flatten)]
+        limits: sift_service::limits::LimitArgs,
     },
     /// Delete matching entries (asks for confirmation unless --yes).
     Purge {

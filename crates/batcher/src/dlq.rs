@@ -189,6 +189,7 @@ pub async fn replay(
     shard: usize,
     filter: &crate::config::DlqFilter,
     partial_chunks: bool,
+    limits: &sift_core::Limits,
 ) -> Result<ReplayReport, DlqError> {
     let script = redis::Script::new(REQUEUE);
     let mut report = ReplayReport::default();
@@ -200,7 +201,7 @@ pub async fn replay(
     let mut chunks = std::collections::BTreeSet::new();
     for (_, e) in entries(&mut shards[shard], filter).await? {
         let (record, claim) = if filter.invalid {
-            match revalidate(&e.raw) {
+            match revalidate(&e.raw, limits) {
                 Ok(record) => {
                     let target = sift_core::keys::shard_of(&record.semantic_hash, shards.len());
                     if target != shard {
@@ -383,12 +384,12 @@ impl ReplayReport {
 }
 
 /// Validates an invalid-events entry again; its queue record when it passes now.
-fn revalidate(raw: &[u8]) -> Result<sift_core::QueueRecord, String> {
+fn revalidate(raw: &[u8], limits: &sift_core::Limits) -> Result<sift_core::QueueRecord, String> {
     let invalid = sift_core::InvalidRecord::decode(raw).map_err(|e| e.to_string())?;
     let value: serde_json::Value =
         serde_json::from_str(&invalid.raw).map_err(|e| format!("still not JSON: {e}"))?;
     let now = now_ms();
-    let event = sift_core::validate::validate(&value, &sift_core::Limits::default(), now)
+    let event = sift_core::validate::validate(&value, limits, now)
         .map_err(|e| format!("still invalid: {e}"))?;
     let hash = sift_core::SemanticHash::of(&invalid.tenant_id, &event);
     Ok(sift_core::QueueRecord::new(

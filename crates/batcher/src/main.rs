@@ -228,10 +228,12 @@ async fn dlq_command(command: DlqCommand, shards: &mut [dlq::ShardConn]) -> anyh
         DlqCommand::Replay {
             filter,
             partial_chunks,
+            limits,
         } => {
             let mut report = dlq::ReplayReport::default();
             for s in 0..shards.len() {
-                report.add(dlq::replay(shards, s, &filter, partial_chunks).await?);
+                report
+                    .add(dlq::replay(shards, s, &filter, partial_chunks, &limits.limits()).await?);
             }
             println!("requeued {} entries", report.requeued);
             if report.chunks > 0 {

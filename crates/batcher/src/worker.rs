@@ -24,7 +24,6 @@ use crate::shutdown::Shutdown;
 /// below the Redis client's response timeout (500 ms).
 const POLL: Duration = Duration::from_millis(250);
 const LEDGER_PRUNE_EVERY: Duration = Duration::from_secs(600);
-const LEDGER_RETENTION_HOURS: u32 = 72;
 
 pub struct Worker {
     pub queue: Queue,
@@ -95,7 +94,7 @@ impl Worker {
             }
             if last_prune.elapsed() >= LEDGER_PRUNE_EVERY {
                 last_prune = Instant::now();
-                match self.ledger.prune(LEDGER_RETENTION_HOURS).await {
+                match self.ledger.prune(self.args.ledger_retention_hours).await {
                     Ok(n) if n > 0 => tracing::info!(rows = n, "pruned old chunk ledger rows"),
                     Ok(_) => {}
                     Err(error) => tracing::warn!(%error, "cannot prune the chunk ledger"),

@@ -122,21 +122,8 @@ pub struct Config {
     #[arg(long, env = "SIFT_MAX_BATCH_EVENTS", default_value_t = 1000)]
     pub max_batch_events: usize,
 
-    /// Longest `prompt_text`, in bytes.
-    #[arg(long, env = "SIFT_MAX_PROMPT_BYTES", default_value_t = 32 * 1024)]
-    pub max_prompt_bytes: usize,
-
-    /// How far in the future a `timestamp` may be, in seconds (clock skew).
-    #[arg(long, env = "SIFT_MAX_FUTURE_SKEW_SECS", default_value_t = 300)]
-    pub max_future_skew_secs: i64,
-
-    /// How old a `timestamp` may be, in days.
-    #[arg(long, env = "SIFT_MAX_EVENT_AGE_DAYS", default_value_t = 30)]
-    pub max_event_age_days: i64,
-
-    /// Largest `properties` object, in bytes of JSON.
-    #[arg(long, env = "SIFT_MAX_PROPERTIES_BYTES", default_value_t = 8 * 1024)]
-    pub max_properties_bytes: usize,
+    #[command(flatten)]
+    pub limits: sift_service::limits::LimitArgs,
 
     /// How long an API key lookup is cached, in milliseconds (revocations take this long).
     #[arg(long, env = "SIFT_KEY_CACHE_TTL_MS", default_value_t = 5000)]
@@ -153,13 +140,7 @@ pub struct Config {
 
 impl Config {
     pub fn limits(&self) -> Limits {
-        Limits {
-            max_prompt_bytes: self.max_prompt_bytes,
-            max_future_skew_ms: self.max_future_skew_secs.saturating_mul(1000),
-            max_age_ms: self.max_event_age_days.saturating_mul(86_400_000),
-            max_properties_bytes: self.max_properties_bytes,
-            ..Limits::default()
-        }
+        self.limits.limits()
     }
 
     pub fn body_limits(&self) -> BodyLimits {
