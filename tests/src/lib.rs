@@ -17,5 +17,5 @@ pub use processes::{Batcher, Ingest};
 pub use proxy::Proxy;
 pub use services::{
     bin, clickhouse_query, clickhouse_url, delete_prefix, postgres_base, redis_connection,
-    redis_url, unique, Database, PrivateRedis,
+    redis_url, take_queue_as, unique, Database, PrivateRedis,
 };

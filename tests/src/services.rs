@@ -251,6 +251,24 @@ pub async fn redis_connection(url: &str) -> Result<redis::aio::MultiplexedConnec
         .await?)
 }
 
+/// Moves the whole queue under `prefix` into `worker`'s processing list, as its claims would,
+/// and returns the records (newest first, as the list holds them).
+pub async fn take_queue_as(url: &str, prefix: &str, worker: &str) -> Result<Vec<Vec<u8>>> {
+    let mut conn = redis_connection(url).await?;
+    let records: Vec<Vec<u8>> = redis::cmd("LRANGE")
+        .arg(format!("{prefix}:queue"))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await?;
+    redis::cmd("RENAME")
+        .arg(format!("{prefix}:queue"))
+        .arg(format!("{prefix}:processing:{worker}"))
+        .query_async::<()>(&mut conn)
+        .await?;
+    Ok(records)
+}
+
 /// Deletes every key under `prefix`, and under its shard prefixes `{prefix:s}` (tests clean
 /// up after themselves on the shared Redis).
 pub async fn delete_prefix(url: &str, prefix: &str) -> Result<()> {

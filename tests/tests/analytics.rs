@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use sift_e2e::{clickhouse_query, dataset, f, redis_connection, Database, World};
+use sift_e2e::{clickhouse_query, dataset, f, redis_connection, take_queue_as, Database, World};
 
 #[tokio::test]
 async fn hourly_api_equals_a_direct_computation_and_tenants_stay_apart() -> Result<()> {
@@ -178,17 +178,7 @@ async fn a_retried_chunk_leaves_the_rollups_unchanged() -> Result<()> {
     assert_eq!(w.send("acme", &dataset("retry", 150, 2, 13)).await?, 150);
     let mut conn = redis_connection(&w.redis).await?;
     let prefix = w.ingest.key_prefix.clone();
-    let records: Vec<Vec<u8>> = redis::cmd("LRANGE")
-        .arg(format!("{prefix}:queue"))
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut conn)
-        .await?;
-    redis::cmd("RENAME")
-        .arg(format!("{prefix}:queue"))
-        .arg(format!("{prefix}:processing:w-retry"))
-        .query_async::<()>(&mut conn)
-        .await?;
+    let records = take_queue_as(&w.redis, &prefix, "w-retry").await?;
     let batcher = w.batcher("w-retry", &["--session-flush-secs", "0"]).await?;
     w.wait_for_events(150).await?;
     let rollup_sql = format!(

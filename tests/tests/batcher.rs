@@ -8,7 +8,8 @@ use anyhow::{bail, Result};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sift_e2e::{
-    clickhouse_query, delete_prefix, redis_connection, redis_url, Batcher, Database, Ingest, Proxy,
+    clickhouse_query, delete_prefix, redis_connection, redis_url, take_queue_as, Batcher, Database,
+    Ingest, Proxy,
 };
 
 /// An ingest API and a database (PostgreSQL and ClickHouse) for one test; batchers come and go.
@@ -240,17 +241,7 @@ async fn the_same_chunk_inserted_twice_is_kept_once_by_its_token() -> Result<()>
     // Take the records as a worker would, and keep a copy of the processing list.
     let mut conn = redis_connection(&p.redis).await?;
     let prefix = &p.ingest.key_prefix;
-    let records: Vec<Vec<u8>> = redis::cmd("LRANGE")
-        .arg(format!("{prefix}:queue"))
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut conn)
-        .await?;
-    redis::cmd("RENAME")
-        .arg(format!("{prefix}:queue"))
-        .arg(format!("{prefix}:processing:w-token"))
-        .query_async::<()>(&mut conn)
-        .await?;
+    let records = take_queue_as(&p.redis, prefix, "w-token").await?;
 
     let batcher = p.batcher("w-token", &[]).await?;
     assert_eq!(p.settle(120, Duration::from_secs(30)).await?, 120);

@@ -244,16 +244,21 @@ async fn the_invalid_events_list_keeps_the_raw_event_and_its_error() -> Result<(
     f.cleanup().await
 }
 
+/// Chunk `i` of `stream` in `session`, carrying `tokens`; `last` marks the final chunk.
+fn stream_chunk(session: &str, stream: &str, i: u32, tokens: u32, last: bool) -> Value {
+    let mut e = event(session, &format!("partial {i}"));
+    e["stream_id"] = json!(stream);
+    e["chunk_index"] = json!(i);
+    e["final"] = json!(last);
+    e["token_count"] = json!(tokens);
+    e
+}
+
 #[tokio::test]
 async fn a_stream_is_one_intent_and_its_final_chunk_wins() -> Result<()> {
     let f = Fixture::new(&["--stream-timeout-ms", "1500"]).await?;
     let chunk = |stream: &str, i: u32, tokens: u32, last: bool| {
-        let mut e = event("session-stream", &format!("partial {i}"));
-        e["stream_id"] = json!(stream);
-        e["chunk_index"] = json!(i);
-        e["final"] = json!(last);
-        e["token_count"] = json!(tokens);
-        e
+        stream_chunk("session-stream", stream, i, tokens, last)
     };
     let mut statuses = Vec::new();
     for i in 0..5 {
@@ -310,12 +315,8 @@ async fn stream_chunks_sharing_one_event_id_still_end_with_the_final_chunk() -> 
     // SDKs often tag every chunk of one answer with the request's id.
     let f = Fixture::new(&["--stream-timeout-ms", "1000"]).await?;
     let chunk = |stream: &str, i: u32, tokens: u32, last: bool| {
-        let mut e = event("session-stream-eid", &format!("partial {i}"));
-        e["stream_id"] = json!(stream);
+        let mut e = stream_chunk("session-stream-eid", stream, i, tokens, last);
         e["event_id"] = json!(format!("request-{stream}"));
-        e["chunk_index"] = json!(i);
-        e["final"] = json!(last);
-        e["token_count"] = json!(tokens);
         e
     };
     for i in 0..4 {
