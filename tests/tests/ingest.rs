@@ -345,6 +345,28 @@ async fn stream_chunks_sharing_one_event_id_still_end_with_the_final_chunk() -> 
     let (_, late) = f.event(&chunk("stream-d", 3, 21, true)).await?;
     assert_eq!(late["status"], "collapsed");
     assert_eq!(f.queue().await?.len(), 2);
+
+    // An answer broken off and retried as another stream with the same event_id: whichever
+    // is written first stands, the other is dropped, even once it times out.
+    let retried = |stream: &str, i: u32, tokens: u32, last: bool| {
+        let mut e = stream_chunk("session-stream-eid", stream, i, tokens, last);
+        e["event_id"] = json!("request-retried");
+        e
+    };
+    for i in 0..2 {
+        f.event(&retried("stream-e", i, 5, false)).await?;
+    }
+    for i in 0..3 {
+        f.event(&retried("stream-f", i, 50 + i, i == 2)).await?;
+    }
+    assert_eq!(f.queue().await?.len(), 3, "stream-f written at its final chunk");
+    // stream-e times out; a late final chunk of it, sent after stream-f, changes nothing.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (_, e_final) = f.event(&retried("stream-e", 2, 5, true)).await?;
+    assert_eq!(e_final["status"], "collapsed");
+    let queue = f.queue().await?;
+    assert_eq!(queue.len(), 3, "only stream-f stands for request-retried");
+    assert_eq!(queue[2].token_count, 52);
     f.cleanup().await
 }
 

@@ -47,6 +47,12 @@ for i = 1, n_events do
   local status
   if has_eid and redis.call('EXISTS', eid) == 1 then
     status = 3
+    if kind == 'f' then
+      -- The final chunk of a stream whose event_id was written already (by another stream
+      -- that carried it, a retry of this answer): nothing of this one is left to write.
+      redis.call('DEL', pending)
+      redis.call('ZREM', KEYS[3], pending)
+    end
   elseif kind == 'p' then
     if redis.call('SET', claim, '1', 'NX', 'PX', window) then
       redis.call('LPUSH', KEYS[1], record)

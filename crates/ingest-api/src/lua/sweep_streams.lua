@@ -7,7 +7,10 @@ local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, to
 local enqueued = 0
 for _, pending in ipairs(due) do
   local fields = redis.call('HMGET', pending, 'r', 'c', 'e')
-  if fields[1] then
+  -- A stream whose event_id was written meanwhile (the client retried the answer as another
+  -- stream, which finished) is dropped: the event_id names one event.
+  local written = fields[3] and redis.call('EXISTS', fields[3]) == 1
+  if fields[1] and not written then
     redis.call('LPUSH', KEYS[2], fields[1])
     redis.call('SET', fields[2], '1', 'PX', tonumber(ARGV[3]))
     -- The stream's event_id, when its chunks carried one: a retry of it is collapsed now.
