@@ -576,15 +576,30 @@ async fn an_exhausted_chunk_that_clickhouse_had_written_replays_without_doubling
     // The operator removes the cause and replays, twice: the chunk is written again with its
     // own token, so ClickHouse keeps one copy, in the raw table and in the rollup.
     clickhouse_query(&format!("DROP TABLE {db}.trap_mv")).await?;
+    // Two unrelated entries that replay cannot read stay, in their order.
+    let mut conn = redis_connection(&p.redis).await?;
+    let dlq = format!("{}:dlq", p.ingest.key_prefix);
+    redis::cmd("LPUSH")
+        .arg(&dlq)
+        .arg("junk-1")
+        .arg("junk-2")
+        .query_async::<()>(&mut conn)
+        .await?;
     let replay = ["--key-prefix", &p.ingest.key_prefix, "dlq", "replay"];
     let out = p.db.batcher(&replay).await?;
     assert!(out.contains("requeued 40 entries"), "{out}");
     assert!(out.contains("1 chunk"), "{out}");
     let again = p.db.batcher(&replay).await?;
     assert!(again.contains("requeued 0 entries"), "{again}");
+    let left: Vec<String> = redis::cmd("LRANGE")
+        .arg(&dlq)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await?;
+    assert_eq!(left, ["junk-2", "junk-1"]);
     let started = Instant::now();
-    while p.redis_len("dlq").await? + p.redis_len("processing:w-trap").await? > 0
-        || started.elapsed() < Duration::from_secs(2)
+    while p.redis_len("processing:w-trap").await? > 0 || started.elapsed() < Duration::from_secs(2)
     {
         assert!(
             started.elapsed() < Duration::from_secs(30),
@@ -592,7 +607,6 @@ async fn an_exhausted_chunk_that_clickhouse_had_written_replays_without_doubling
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut conn = redis_connection(&p.redis).await?;
     let leftover: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{}:processing:*", p.ingest.key_prefix))
         .query_async(&mut conn)

@@ -359,7 +359,11 @@ async fn stream_chunks_sharing_one_event_id_still_end_with_the_final_chunk() -> 
     for i in 0..3 {
         f.event(&retried("stream-f", i, 50 + i, i == 2)).await?;
     }
-    assert_eq!(f.queue().await?.len(), 3, "stream-f written at its final chunk");
+    assert_eq!(
+        f.queue().await?.len(),
+        3,
+        "stream-f written at its final chunk"
+    );
     // stream-e times out; a late final chunk of it, sent after stream-f, changes nothing.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let (_, e_final) = f.event(&retried("stream-e", 2, 5, true)).await?;

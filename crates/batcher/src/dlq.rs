@@ -63,23 +63,37 @@ return 1";
 /// the dead letters (so a second replay does nothing). KEYS: dead letters, the new processing
 /// list, the worker set. ARGV: the list's worker name, n, then n entries and n records, in the
 /// chunk's order. The oldest record ends at the tail, where a worker's list keeps it.
+/// One pass over the dead letters, which are then rewritten without the chunk's entries
+/// (linear in the list's length; an LREM per entry would be quadratic and hold Redis long).
 const RESTORE_CHUNK: &str = r"
 local n = tonumber(ARGV[2])
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-for i = 1, n do
-  if not redis.call('LPOS', KEYS[1], ARGV[2 + i]) then return 0 end
+local wanted = {}
+for i = 1, n do wanted[ARGV[2 + i]] = (wanted[ARGV[2 + i]] or 0) + 1 end
+local all = redis.call('LRANGE', KEYS[1], 0, -1)
+local keep = {}
+for _, entry in ipairs(all) do
+  local w = wanted[entry]
+  if w and w > 0 then wanted[entry] = w - 1 else keep[#keep + 1] = entry end
 end
-for i = 1, n do
-  redis.call('LREM', KEYS[1], 1, ARGV[2 + i])
-  redis.call('LPUSH', KEYS[2], ARGV[2 + n + i])
+for _, missing in pairs(wanted) do
+  if missing > 0 then return 0 end
 end
+redis.call('DEL', KEYS[1])
+for i = 1, #keep, 1000 do
+  redis.call('RPUSH', KEYS[1], unpack(keep, i, math.min(i + 999, #keep)))
+end
+for i = 1, n do redis.call('LPUSH', KEYS[2], ARGV[2 + n + i]) end
 redis.call('SADD', KEYS[3], ARGV[1])
 return n";
 
 /// Claims and requeues a revalidated invalid event on another shard than its list's (a
-/// second step removes the entry from its list). KEYS: queue, dedup claim. ARGV: record,
-/// claim window in ms. Returns 1 requeued, 2 collapsed.
+/// second step removes the entry from its list). A marker named for the entry, kept a day,
+/// makes the step idempotent: a replay interrupted before the removal and run again later
+/// does not requeue it twice. KEYS: queue, dedup claim, marker. ARGV: record, claim window in
+/// ms. Returns 1 requeued, 2 collapsed (or requeued before).
 const REQUEUE_ON_SHARD: &str = r"
+if redis.call('SET', KEYS[3], '1', 'NX', 'PX', 86400000) == false then return 2 end
 if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[2]) then return 2 end
 redis.call('LPUSH', KEYS[1], ARGV[1])
 return 1";
@@ -264,9 +278,9 @@ pub async fn replay(
 }
 
 /// Requeues a revalidated invalid event on the shard of its intent, then removes its entry
-/// from `list` on `from`: two steps on two shards. The entry is checked first, so a replay
-/// run twice requeues it once; a crash between the steps leaves an entry whose replay within
-/// the claim window collapses.
+/// from `list` on `from`: two steps on two shards. The entry is checked first, and the
+/// requeue leaves a marker, so a replay run twice, or again after failing between the steps,
+/// requeues it once.
 async fn requeue_on_shard(
     shards: &mut [ShardConn],
     from: usize,
@@ -285,9 +299,13 @@ async fn requeue_on_shard(
         return Ok(());
     }
     let ShardConn { keys, conn } = &mut shards[target];
+    let marker = keys.replayed(&sift_core::hash::sha256_hex(&String::from_utf8_lossy(
+        entry,
+    )));
     let moved: i64 = redis::Script::new(REQUEUE_ON_SHARD)
         .key(keys.queue())
         .key(keys.dedup(&record.tenant_id, &record.semantic_hash))
+        .key(marker)
         .arg(record.encode())
         .arg(REPLAY_WINDOW_MS)
         .invoke_async(conn)

@@ -99,6 +99,12 @@ impl KeySpace {
         format!("{}:workers", self.prefix)
     }
 
+    /// Marks an invalid event replayed onto this shard from another one (named by the hash of
+    /// its entry), so that a replay interrupted between its two steps is not repeated.
+    pub fn replayed(&self, entry_hash: &str) -> String {
+        format!("{}:replayed:{entry_hash}", self.prefix)
+    }
+
     /// A counter the batcher increments whenever it has written events of `tenant` for the
     /// hour starting at `hour` (epoch seconds): the read API's cache of that hour is stale
     /// once the counter moved. Expires [`ROLLUP_VERSION_TTL_MS`] after the last write.
@@ -108,7 +114,9 @@ impl KeySpace {
 }
 
 /// The shard of an intent, from its semantic hash (hex): every copy of one intent, with its
-/// claims, its stream chunks and its `event_id` retries, meets in the same shard.
+/// claims and its stream chunks, meets in the same shard, and so do `event_id` retries of the
+/// same content. A retry whose content hashes differently (another `stream_id`, say) may land
+/// on another shard, where its `event_id` claim is not seen.
 pub fn shard_of(semantic_hash: &str, shards: usize) -> usize {
     if shards <= 1 {
         return 0;
