@@ -14,7 +14,10 @@
 -- clickhouse-client after replacing {database}, {raw_ttl_days} and {rollup_ttl_days};
 -- {cluster}, {shard} and {replica} are the servers' own macros. Insert with
 -- distributed_foreground_insert = 1 so that an insert fails or succeeds as a whole before the
--- batcher acknowledges it. Checked here: syntax and parity with the single-node DDL
+-- batcher acknowledges it. Reads through a Distributed table may reach a replica that has
+-- not fetched the newest part yet; the read API's cache fetches an hour when the batcher
+-- acknowledges a write to it, so insert with insert_quorum (or read with
+-- select_sequential_consistency) where a late event must show at once. Checked here: syntax and parity with the single-node DDL
 -- (tests/tests/deploy.rs); a cluster with Keeper is not available on these machines.
 
 CREATE DATABASE IF NOT EXISTS {database} ON CLUSTER '{cluster}';

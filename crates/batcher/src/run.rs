@@ -59,8 +59,14 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let handle = m::install().map_err(|e| RunError::Metrics(e.to_string()))?;
     let shards = usize::from(redis.redis_shards);
-    let redis_pools =
-        sift_service::pools::redis_shards(&redis.redis_url, shards, 4, Duration::from_secs(5))?;
+    // A worker loop may hold a connection through a blocking claim: two per shard, plus the
+    // heartbeat and the flusher.
+    let redis_pools = sift_service::pools::redis_shards(
+        &redis.redis_url,
+        shards,
+        2 + 2 * shards,
+        Duration::from_secs(5),
+    )?;
     let pg_pool = sift_service::pools::postgres(postgres_url, 4, Duration::from_secs(5))?;
     let clickhouse = crate::clickhouse::client(ch);
     let worker_id = args.worker_id.clone().unwrap_or_else(default_worker_id);
@@ -148,26 +154,29 @@ async fn heartbeat(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let mut totals = Some((0, 0, 0));
-        for worker in &workers {
-            if let Err(error) = worker.queue.heartbeat(ttl).await {
+        // Every shard at once, each within a third of the TTL: a shard that hangs must not
+        // let this worker's heartbeat on the healthy ones expire.
+        let beats = workers.iter().map(|worker| async move {
+            let beat = tokio::time::timeout(ttl / 3, worker.queue.heartbeat(ttl)).await;
+            if !matches!(beat, Ok(Ok(()))) {
                 m::retry("redis", "heartbeat");
-                tracing::warn!(%error, "heartbeat failed");
-                totals = None;
-                continue;
+                tracing::warn!(shard = %worker.queue.keys().prefix(), "heartbeat failed");
+                return None;
             }
-            match worker.queue.depths().await {
-                Ok((queue, dlq, lists)) => {
-                    if let Some(t) = totals.as_mut() {
-                        *t = (t.0 + queue, t.1 + dlq, t.2 + lists);
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "cannot read queue depths");
-                    totals = None;
+            match tokio::time::timeout(ttl / 3, worker.queue.depths()).await {
+                Ok(Ok(depths)) => Some(depths),
+                _ => {
+                    tracing::warn!(shard = %worker.queue.keys().prefix(), "cannot read queue depths");
+                    None
                 }
             }
-        }
+        });
+        let totals = futures_util::future::join_all(beats)
+            .await
+            .into_iter()
+            .try_fold((0, 0, 0), |t, d| {
+                d.map(|d| (t.0 + d.0, t.1 + d.1, t.2 + d.2))
+            });
         if let Some((queue, dlq, lists)) = totals {
             metrics::gauge!(m::QUEUE_DEPTH).set(queue as f64);
             metrics::gauge!(m::DLQ_DEPTH).set(dlq as f64);

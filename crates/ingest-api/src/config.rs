@@ -26,8 +26,8 @@ pub struct Config {
     pub redis_url: String,
 
     /// Redis shards. Events go to the shard of their semantic hash; shard s's keys are named
-    /// `{PREFIX:s}:...` (one Redis Cluster slot each). Every sift process of a deployment
-    /// must use the same number.
+    /// `{PREFIX:s}:...` (one Redis Cluster slot each; the client is not cluster-aware, so give
+    /// one URL per shard). Every sift process of a deployment must use the same number.
     #[arg(long, env = "SIFT_REDIS_SHARDS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub redis_shards: u16,
 

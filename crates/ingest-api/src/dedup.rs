@@ -4,8 +4,8 @@
 //! With several Redis shards, each event goes to the shard of its semantic hash (every copy of
 //! an intent meets there), one script per shard that the request touches, run side by side.
 //! A tenant's rate is then counted on its home shard first. If one shard fails after another
-//! took its events, the request is answered 503 and the client's retry collapses what was
-//! taken: nothing is lost and nothing doubled.
+//! took its events, the request is answered 503: a retry within the semantic window, or with
+//! `event_id`s, collapses what was taken (as when an answer is lost on its way back).
 
 use std::time::Duration;
 
@@ -273,9 +273,12 @@ impl Deduplicator {
         }
     }
 
-    /// Enqueues streams past their timeout, on every shard; returns how many.
+    /// Enqueues streams past their timeout, on every shard; returns how many. A shard that
+    /// fails does not keep the others from being swept; the error is returned only when every
+    /// shard failed.
     pub async fn sweep_streams(&self, now_ms: i64, max: usize) -> Result<u64, ApiError> {
         let mut swept = 0;
+        let (mut failed, mut last_error) = (0, None);
         for (s, shard) in self.shards.iter().enumerate() {
             let mut invocation = self.sweep.prepare_invoke();
             invocation
@@ -284,13 +287,24 @@ impl Deduplicator {
                 .arg(now_ms)
                 .arg(max)
                 .arg(millis(self.settings.event_id_window));
-            swept += self
+            match self
                 .with_connection(s, |mut conn| async move {
                     invocation.invoke_async::<u64>(&mut conn).await
                 })
-                .await?;
+                .await
+            {
+                Ok(n) => swept += n,
+                Err(error) => {
+                    tracing::warn!(shard = s, %error, "stream sweep failed on this shard");
+                    failed += 1;
+                    last_error = Some(error);
+                }
+            }
         }
-        Ok(swept)
+        match last_error {
+            Some(error) if failed == self.shards.len() => Err(error),
+            _ => Ok(swept),
+        }
     }
 
     /// `(hour, received, accepted)` for each hour (epoch seconds) of `tenant`.

@@ -8,7 +8,8 @@
 //! not cached: a late event is in the next answer, and an unchanged range is answered without
 //! ClickHouse. Entries also expire after `--stats-cache-secs`, which bounds how long a write
 //! that bypassed the batcher (a bulk import straight into ClickHouse) can go unseen. With
-//! several Redis shards an hour's version is the sum of its counters on every shard.
+//! several Redis shards an hour's version is its counter on every shard (compared whole, not
+//! summed: a sum could come back to an old value as one counter expires and another grows).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,7 +30,7 @@ const MAX_CACHED_HOURS: usize = 31 * 24;
 const MERGE_DIRECTLY_UP_TO: usize = 6;
 
 struct CachedHour {
-    version: u64,
+    version: Vec<u64>,
     /// Every model's figures for the hour, ordered by model.
     rows: Vec<HourlyStats>,
 }
@@ -115,7 +116,7 @@ impl StatsCache {
                 // Stored under the version read before the query: if the batcher wrote in
                 // between, the version has moved already and the next request fetches again.
                 let entry = Arc::new(CachedHour {
-                    version: versions[i],
+                    version: versions[i].clone(),
                     rows: by_hour.remove(&hours[i]).unwrap_or_default(),
                 });
                 entries.insert((tenant.to_owned(), hours[i]), entry.clone());
@@ -131,9 +132,10 @@ impl StatsCache {
             .collect())
     }
 
-    /// The rollup version of each hour (0 where the batcher has not written lately).
-    async fn versions(&self, tenant: &str, hours: &[u32]) -> Result<Vec<u64>, String> {
-        let mut versions = vec![0u64; hours.len()];
+    /// The rollup version of each hour: its counter on each shard (0 where the batcher has not
+    /// written lately).
+    async fn versions(&self, tenant: &str, hours: &[u32]) -> Result<Vec<Vec<u64>>, String> {
+        let mut versions = vec![Vec::with_capacity(self.shards.len()); hours.len()];
         for shard in &self.shards {
             let keys: Vec<String> = hours
                 .iter()
@@ -151,7 +153,7 @@ impl StatsCache {
                 .await
                 .map_err(|_| "timed out".to_string())??;
             for (version, counter) in versions.iter_mut().zip(counters) {
-                *version += counter.unwrap_or_default();
+                version.push(counter.unwrap_or_default());
             }
         }
         Ok(versions)

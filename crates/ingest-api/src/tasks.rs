@@ -19,12 +19,12 @@ pub fn spawn(state: Arc<AppState>) -> JoinHandle<()> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            // Each step on its own: a shard that is down must not stop the sweep of the others.
             match state.dedup.queue_depth().await {
                 Ok(depth) => metrics::gauge!(QUEUE_DEPTH).set(depth as f64),
                 Err(error) => {
                     metrics::counter!(DEPENDENCY_ERRORS, "dependency" => "redis").increment(1);
                     tracing::warn!(%error, "cannot read the queue depth");
-                    continue;
                 }
             }
             if let Ok(ratio) = state.dedup.memory_ratio().await {
