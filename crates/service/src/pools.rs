@@ -26,9 +26,10 @@ pub fn redis(url: &str, size: usize, timeout: Duration) -> Result<deadpool_redis
         .map_err(|e| PoolError::Redis(e.to_string()))
 }
 
-/// One Redis pool per shard. `urls` is one URL (every shard on that server, as with Redis
-/// Cluster's slots or for a single node) or a comma-separated list of exactly `shards` URLs
-/// (shard `s` on server `s`). Shards on one server share its pool.
+/// One Redis pool per shard. `urls` is one URL (every shard on that one server) or a
+/// comma-separated list of exactly `shards` URLs (shard `s` on server `s`). Shards on one
+/// server share its pool. The client is not Redis-Cluster-aware: one URL cannot reach a
+/// cluster's slots on other nodes.
 pub fn redis_shards(
     urls: &str,
     shards: usize,
