@@ -31,7 +31,7 @@ pub enum RunError {
     Signals(std::io::Error),
 }
 
-/// The batcher's Redis pool: the worker, its heartbeat, the flusher and /readyz.
+/// A Redis pool as the batcher makes them (the crate's tests use it too).
 pub fn redis_pool(url: &str, size: usize) -> Result<deadpool_redis::Pool, RunError> {
     Ok(sift_service::pools::redis(
         url,

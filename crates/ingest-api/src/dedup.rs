@@ -107,10 +107,6 @@ impl Deduplicator {
         }
     }
 
-    pub fn shards(&self) -> &[Shard] {
-        &self.shards
-    }
-
     /// Claims and enqueues `claims` and records `invalid`; one outcome per claim. With one
     /// shard all or nothing; with several, all or nothing per shard (see the module comment).
     pub async fn submit(
