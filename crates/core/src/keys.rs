@@ -99,6 +99,12 @@ impl KeySpace {
         format!("{}:workers", self.prefix)
     }
 
+    /// This shard's answer to its part of one multi-shard request (named by the hash of that
+    /// part), so that the request retried after another shard failed is answered the same.
+    pub fn receipt(&self, tenant: &str, part_hash: &str) -> String {
+        format!("{}:receipt:{tenant}:{part_hash}", self.prefix)
+    }
+
     /// Marks an invalid event replayed onto this shard from another one (named by the hash of
     /// its entry), so that a replay interrupted between its two steps is not repeated.
     pub fn replayed(&self, entry_hash: &str) -> String {

@@ -4,8 +4,10 @@
 //! With several Redis shards, each event goes to the shard of its semantic hash (every copy of
 //! an intent meets there), one script per shard that the request touches, run side by side.
 //! A tenant's rate is then counted on its home shard first. If one shard fails after another
-//! took its events, the request is answered 503: a retry within the semantic window, or with
-//! `event_id`s, collapses what was taken (as when an answer is lost on its way back).
+//! took its events, the request is answered 503; each shard that answered keeps a receipt of
+//! its part (named by the part's intents, event ids and client timestamps) for the `event_id`
+//! window, so the client's retry of the same events gets the same answer from it, however
+//! late the retry comes, and the failed shard's events are taken then.
 
 use std::time::Duration;
 
@@ -122,7 +124,7 @@ impl Deduplicator {
         }
         if self.shards.len() == 1 {
             return self
-                .submit_to(0, tenant, rate_limit, claims, invalid, now_ms)
+                .submit_to(0, tenant, rate_limit, claims, invalid, None, now_ms)
                 .await;
         }
         if let Some(limit) = rate_limit.filter(|_| !claims.is_empty()) {
@@ -144,8 +146,12 @@ impl Deduplicator {
             .filter(|(s, c)| !c.is_empty() || (*s == 0 && !invalid.is_empty()))
             .map(|(s, c)| {
                 let invalid = if s == 0 { invalid } else { &[] };
+                let receipt =
+                    (!c.is_empty()).then(|| self.shards[s].keys.receipt(tenant, &part_hash(c)));
                 async move {
-                    let outcomes = self.submit_to(s, tenant, None, c, invalid, now_ms).await?;
+                    let outcomes = self
+                        .submit_to(s, tenant, None, c, invalid, receipt, now_ms)
+                        .await?;
                     Ok::<_, ApiError>((s, outcomes))
                 }
             });
@@ -187,7 +193,9 @@ impl Deduplicator {
         }
     }
 
-    /// The script call for the claims of one shard.
+    /// The script call for the claims of one shard, answered from `receipt` when that part
+    /// was taken before.
+    #[allow(clippy::too_many_arguments)]
     async fn submit_to(
         &self,
         shard: usize,
@@ -195,6 +203,7 @@ impl Deduplicator {
         rate_limit: Option<u32>,
         claims: &[Claim<'_>],
         invalid: &[InvalidRecord],
+        receipt: Option<String>,
         now_ms: i64,
     ) -> Result<Vec<Outcome>, ApiError> {
         let s = &self.settings;
@@ -243,7 +252,15 @@ impl Deduplicator {
         for record in invalid {
             invocation.arg(record.encode());
         }
-        invocation.arg(STATS_TTL_MS);
+        let receipt_ttl = if receipt.is_some() {
+            millis(s.event_id_window)
+        } else {
+            0
+        };
+        invocation
+            .key(receipt.unwrap_or_else(|| keys.queue()))
+            .arg(receipt_ttl)
+            .arg(STATS_TTL_MS);
 
         let result: redis::Value = self
             .with_connection(shard, |mut conn| async move {
@@ -408,6 +425,25 @@ impl Deduplicator {
             .await
             .map_err(|_| ApiError::RedisUnavailable("timed out".into()))?
     }
+}
+
+/// Names one shard's part of a request by what makes its events the same events on a retry:
+/// their intents, event ids, stream chunks and timestamps (the client's, when it sent them;
+/// the server's otherwise, which no retry repeats, so such a part gets no second chance).
+fn part_hash(claims: &[Claim<'_>]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for claim in claims {
+        let r = claim.record;
+        hasher.update(r.semantic_hash.as_bytes());
+        hasher.update(b"|");
+        hasher.update(claim.event_id_hash.as_deref().unwrap_or("").as_bytes());
+        hasher.update(b"|");
+        hasher.update(r.chunk_index.map_or(-1, i64::from).to_be_bytes());
+        hasher.update([u8::from(r.is_final)]);
+        hasher.update(r.timestamp_ms.to_be_bytes());
+    }
+    hex::encode(hasher.finalize())
 }
 
 fn decode_status(value: &redis::Value) -> Option<Outcome> {

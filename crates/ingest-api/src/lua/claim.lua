@@ -7,12 +7,18 @@
 -- tenant's dedup counters of this hour (received, accepted: the dashboard's dedup ratio),
 -- KEYS[5] the tenant's event counter of this second (its rate limit), then per event
 -- three keys: the semantic claim, the event_id claim, the stream's pending hash (unused ones
--- repeat the semantic claim so that every key stays in the event's hash slot).
+-- repeat the semantic claim so that every key stays in the event's hash slot), and last the
+-- request's receipt (see below; the queue when there is none).
 -- ARGV: now_ms, window_ms, event_id_window_ms, sliding (1/0), high_water (0: none),
 -- invalid_max, stream_timeout_ms, number of events, number of invalid records, the tenant's
 -- events per second (0: no limit); then per event
 -- kind (p plain, s stream chunk, f final stream chunk), has_event_id (1/0), chunk_index (-1:
--- none), record; then the invalid records, then the counters' lifetime in ms.
+-- none), record; then the invalid records, the receipt's lifetime in ms (0: no receipt), and
+-- the counters' lifetime in ms.
+-- The receipt is this shard's answer to one part of a request that spans several shards. If
+-- another shard fails, the request is answered 503 and retried: the receipt then answers the
+-- same part again (as collapsed) instead of taking its events a second time, however long
+-- after the semantic window the retry comes.
 -- Returns -1 when the queue is at its high-water mark, -2 when the tenant is over its rate
 -- (nothing written in either case), else one status per
 -- event: 1 accepted, 2 collapsed (intent), 3 collapsed (event_id), 4 collapsed (stream chunk).
@@ -26,6 +32,20 @@ local invalid_max = tonumber(ARGV[6])
 local stream_timeout = tonumber(ARGV[7])
 local n_events = tonumber(ARGV[8])
 local n_invalid = tonumber(ARGV[9])
+local receipt, receipt_ttl = KEYS[#KEYS], tonumber(ARGV[#ARGV - 1])
+
+if receipt_ttl > 0 then
+  local earlier = redis.call('GET', receipt)
+  if earlier then
+    local statuses = {}
+    for status in string.gmatch(earlier, '%d') do
+      statuses[#statuses + 1] = (status == '1') and 2 or tonumber(status)
+    end
+    redis.call('HINCRBY', KEYS[4], 'received', n_events)
+    redis.call('PEXPIRE', KEYS[4], tonumber(ARGV[#ARGV]))
+    return statuses
+  end
+end
 
 if high_water > 0 and n_events > 0 and redis.call('LLEN', KEYS[1]) >= high_water then
   return -1
@@ -109,6 +129,9 @@ for j = 0, n_invalid - 1 do
 end
 if n_invalid > 0 then
   redis.call('LTRIM', KEYS[2], 0, invalid_max - 1)
+end
+if receipt_ttl > 0 then
+  redis.call('SET', receipt, table.concat(statuses), 'PX', receipt_ttl)
 end
 
 return statuses
