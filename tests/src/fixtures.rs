@@ -113,6 +113,18 @@ impl Fixture {
         Ok(records)
     }
 
+    /// The queue once it holds at least `n` records (or after 10 s, as it is then).
+    pub async fn queue_of_at_least(&self, n: usize) -> Result<Vec<QueueRecord>> {
+        let started = Instant::now();
+        loop {
+            let queue = self.queue().await?;
+            if queue.len() >= n || started.elapsed() > Duration::from_secs(10) {
+                return Ok(queue);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub async fn cleanup(&self) -> Result<()> {
         delete_prefix(&self.redis, &self.ingest.key_prefix).await
     }

@@ -292,12 +292,7 @@ async fn a_stream_is_one_intent_and_its_final_chunk_wins() -> Result<()> {
         1,
         "held until the final chunk or the timeout"
     );
-    let mut waited = 0;
-    while f.queue().await?.len() < 2 && waited < 100 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        waited += 1;
-    }
-    let queue = f.queue().await?;
+    let queue = f.queue_of_at_least(2).await?;
     assert_eq!(queue.len(), 2);
     assert_eq!(
         (
@@ -334,12 +329,7 @@ async fn stream_chunks_sharing_one_event_id_still_end_with_the_final_chunk() -> 
     for i in [0, 1, 2] {
         f.event(&chunk("stream-d", i, i * 7, false)).await?;
     }
-    let mut waited = 0;
-    while f.queue().await?.len() < 2 && waited < 100 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        waited += 1;
-    }
-    let queue = f.queue().await?;
+    let queue = f.queue_of_at_least(2).await?;
     assert_eq!(queue.len(), 2);
     assert_eq!((queue[1].chunk_index, queue[1].token_count), (Some(2), 14));
     let (_, late) = f.event(&chunk("stream-d", 3, 21, true)).await?;
