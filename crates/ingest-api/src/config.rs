@@ -78,8 +78,9 @@ pub struct Config {
     #[arg(long, env = "SIFT_STATS_CACHE_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(0..86_400))]
     pub stats_cache_secs: u64,
 
-    /// Most (tenant, hour) entries the read API's cache holds.
-    #[arg(long, env = "SIFT_STATS_CACHE_HOURS", default_value_t = 200_000)]
+    /// Most (tenant, hour) entries the read API's cache holds (about 300 bytes per model of
+    /// the hour each: 50,000 hours of 5 models is about 75 MB).
+    #[arg(long, env = "SIFT_STATS_CACHE_HOURS", default_value_t = 50_000)]
     pub stats_cache_hours: u64,
 
     /// Prefix of every Redis key (`ai` gives `ai:queue`, `ai:dedup:...`).
