@@ -99,6 +99,11 @@ pub struct Config {
     #[arg(long, env = "SIFT_EVENT_ID_WINDOW_MS", default_value_t = 1_800_000)]
     pub event_id_window_ms: u64,
 
+    /// With several Redis shards: how long each shard keeps its answer to its part of a
+    /// batch, so that a retry after another shard failed is answered the same (see README).
+    #[arg(long, env = "SIFT_BATCH_RECEIPT_WINDOW_MS", default_value_t = 300_000)]
+    pub batch_receipt_window_ms: u64,
+
     /// A stream without its final chunk for this long is written with its latest chunk.
     #[arg(long, env = "SIFT_STREAM_TIMEOUT_MS", default_value_t = 60_000)]
     pub stream_timeout_ms: u64,
@@ -156,6 +161,7 @@ impl Config {
         DedupSettings {
             window: Duration::from_millis(self.dedup_window_ms),
             event_id_window: Duration::from_millis(self.event_id_window_ms),
+            receipt_window: Duration::from_millis(self.batch_receipt_window_ms),
             mode: self.dedup_mode,
             stream_timeout: Duration::from_millis(self.stream_timeout_ms),
             high_water: self.queue_high_water,

@@ -5,9 +5,10 @@
 //! an intent meets there), one script per shard that the request touches, run side by side.
 //! A tenant's rate is then counted on its home shard first. If one shard fails after another
 //! took its events, the request is answered 503; each shard that answered keeps a receipt of
-//! its part (named by the part's intents, event ids and client timestamps) for the `event_id`
-//! window, so the client's retry of the same events gets the same answer from it, however
-//! late the retry comes, and the failed shard's events are taken then.
+//! its part (named by the part's intents, event ids and client timestamps) for
+//! `--batch-receipt-window-ms`, so the client's retry of the same events gets the same answer
+//! from it, however long after the semantic window it comes, and the failed shard's events
+//! are taken then.
 
 use std::time::Duration;
 
@@ -34,6 +35,8 @@ pub enum WindowMode {
 pub struct DedupSettings {
     pub window: Duration,
     pub event_id_window: Duration,
+    /// How long a shard keeps its answer to its part of a multi-shard request.
+    pub receipt_window: Duration,
     pub mode: WindowMode,
     pub stream_timeout: Duration,
     /// Queue length from which requests are answered 429 (0: no limit).
@@ -253,7 +256,7 @@ impl Deduplicator {
             invocation.arg(record.encode());
         }
         let receipt_ttl = if receipt.is_some() {
-            millis(s.event_id_window)
+            millis(s.receipt_window).max(1)
         } else {
             0
         };

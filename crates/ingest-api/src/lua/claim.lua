@@ -17,8 +17,8 @@
 -- the counters' lifetime in ms.
 -- The receipt is this shard's answer to one part of a request that spans several shards. If
 -- another shard fails, the request is answered 503 and retried: the receipt then answers the
--- same part again (as collapsed) instead of taking its events a second time, however long
--- after the semantic window the retry comes.
+-- same part again (as collapsed) instead of taking its events a second time, even after the
+-- semantic window.
 -- Returns -1 when the queue is at its high-water mark, -2 when the tenant is over its rate
 -- (nothing written in either case), else one status per
 -- event: 1 accepted, 2 collapsed (intent), 3 collapsed (event_id), 4 collapsed (stream chunk).
