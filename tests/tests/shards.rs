@@ -179,14 +179,36 @@ async fn a_shard_server_going_away_loses_and_doubles_nothing() -> Result<()> {
     let w = World::sharded(&["acme"], &urls, 2, &["--dedup-window-ms", "1000"]).await?;
     let _batcher = w.batcher("w-two", &["--session-flush-secs", "0"]).await?;
     let events = dataset("two-servers", 600, 2, 12);
-    assert_eq!(w.send("acme", &events[..400]).await?, 400);
+    // A request that touches one shard is all or nothing: it leaves no receipt behind.
+    assert_eq!(w.send("acme", &events[..1]).await?, 1);
+    assert_eq!(receipts(&w).await?, 0, "a one-shard request left a receipt");
+    assert_eq!(w.send("acme", &events[1..400]).await?, 399);
     w.wait_for_events(400).await?;
 
     // Shard 1's server stops: a batch with events for both shards is answered 503, although
     // shard 0 took its events; the client's retry after the server is back, and after the
     // semantic window, gets shard 0's part answered from its receipt and the rest taken.
+    // The batch holds shard 1's events and an invalid event, which shard 0 lists: shard 0
+    // takes its part, shard 1 fails; the retry must not list the invalid event twice.
+    let tenant: String = clickhouse_query(&format!(
+        "SELECT any(tenant_id) FROM {}",
+        w.table("ai_events")
+    ))
+    .await?
+    .trim()
+    .to_owned();
+    let (mut batch, rest): (Vec<Value>, Vec<Value>) = events[400..]
+        .iter()
+        .cloned()
+        .partition(|e| shard_of(&tenant, e) == 1);
+    ensure!(
+        !batch.is_empty() && !rest.is_empty(),
+        "both shards get events"
+    );
+    let on_shard_1 = batch.len() as u64;
+    batch.push(json!({"event_type": "ai_request", "note": "no session, no model"}));
+    let batch = &batch[..];
     servers[1].stop();
-    let batch = &events[400..];
     let response = w
         .http
         .post(w.ingest.url("/v1/ai/events/batch"))
@@ -211,12 +233,47 @@ async fn a_shard_server_going_away_loses_and_doubles_nothing() -> Result<()> {
             }
         }
     };
-    assert!(
-        accepted > 0 && accepted < 200,
-        "{accepted} accepted on the retry"
+    assert_eq!(
+        accepted, on_shard_1,
+        "shard 1's events are taken on the retry"
     );
+    assert_eq!(w.send("acme", &rest).await?, rest.len() as u64);
     w.wait_for_events(600).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(rows_and_distinct(&w).await?, (600, 600));
+    let mut shard0 = redis_connection(&w.shard_urls()[0]).await?;
+    let invalid: u64 = redis::cmd("LLEN")
+        .arg(w.key_spaces()[0].invalid())
+        .query_async(&mut shard0)
+        .await?;
+    assert_eq!(
+        invalid, 1,
+        "the invalid event is listed once after the retry"
+    );
     w.cleanup().await
+}
+
+/// The shard of 2 that the ingest API sends `event` of `tenant` to.
+fn shard_of(tenant: &str, event: &Value) -> usize {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let event = sift_core::validate::validate(event, &sift_core::Limits::default(), now)
+        .expect("a valid event");
+    sift_core::keys::shard_of(&sift_core::SemanticHash::of(tenant, &event).to_hex(), 2)
+}
+
+/// Receipt keys on every shard server of `w`.
+async fn receipts(w: &World) -> Result<usize> {
+    let mut found = 0;
+    for (url, keys) in w.shard_urls().iter().zip(w.key_spaces()) {
+        let mut conn = redis_connection(url).await?;
+        let pattern = format!("{}*", keys.receipt("*", ""));
+        let matched: Vec<String> = redis::cmd("KEYS")
+            .arg(pattern)
+            .query_async(&mut conn)
+            .await?;
+        found += matched.len();
+    }
+    Ok(found)
 }

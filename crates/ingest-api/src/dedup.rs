@@ -4,11 +4,11 @@
 //! With several Redis shards, each event goes to the shard of its semantic hash (every copy of
 //! an intent meets there), one script per shard that the request touches, run side by side.
 //! A tenant's rate is then counted on its home shard first. If one shard fails after another
-//! took its events, the request is answered 503; each shard that answered keeps a receipt of
-//! its part (named by the part's intents, event ids and client timestamps) for
-//! `--batch-receipt-window-ms`, so the client's retry of the same events gets the same answer
-//! from it, however long after the semantic window it comes, and the failed shard's events
-//! are taken then.
+//! took its events, the request is answered 503; so, when a request spans several shards, each
+//! keeps a receipt of its part (named by the part's intents, event ids, client timestamps and
+//! invalid events) for `--batch-receipt-window-ms`, so the client's retry of the same events
+//! gets the same answer from it, however long after the semantic window it comes, and the
+//! failed shard's events are taken then.
 
 use std::time::Duration;
 
@@ -143,21 +143,23 @@ impl Deduplicator {
             .map(|indices| indices.iter().map(|i| claims[*i].clone()).collect())
             .collect();
         // Invalid records go to shard 0's list: `dlq --invalid` reads them there.
-        let calls = shard_claims
-            .iter()
-            .enumerate()
-            .filter(|(s, c)| !c.is_empty() || (*s == 0 && !invalid.is_empty()))
-            .map(|(s, c)| {
-                let invalid = if s == 0 { invalid } else { &[] };
-                let receipt =
-                    (!c.is_empty()).then(|| self.shards[s].keys.receipt(tenant, &part_hash(c)));
-                async move {
-                    let outcomes = self
-                        .submit_to(s, tenant, None, c, invalid, receipt, now_ms)
-                        .await?;
-                    Ok::<_, ApiError>((s, outcomes))
-                }
-            });
+        let parts: Vec<usize> = (0..k)
+            .filter(|s| !shard_claims[*s].is_empty() || (*s == 0 && !invalid.is_empty()))
+            .collect();
+        // A request that touches one shard is all or nothing already: a receipt only costs.
+        let with_receipts = parts.len() > 1;
+        let calls = parts.into_iter().map(|s| {
+            let c = &shard_claims[s];
+            let invalid = if s == 0 { invalid } else { &[] };
+            let receipt =
+                with_receipts.then(|| self.shards[s].keys.receipt(tenant, &part_hash(c, invalid)));
+            async move {
+                let outcomes = self
+                    .submit_to(s, tenant, None, c, invalid, receipt, now_ms)
+                    .await?;
+                Ok::<_, ApiError>((s, outcomes))
+            }
+        });
         // Every call runs to its end (none is cancelled when another fails), so each shard's
         // part is either wholly taken or not at all, as the retry expects.
         let answers: Result<Vec<_>, ApiError> = join_all(calls).await.into_iter().collect();
@@ -433,7 +435,9 @@ impl Deduplicator {
 /// Names one shard's part of a request by what makes its events the same events on a retry:
 /// their intents, event ids, stream chunks and timestamps (the client's, when it sent them;
 /// the server's otherwise, which no retry repeats, so such a part gets no second chance).
-fn part_hash(claims: &[Claim<'_>]) -> String {
+/// Invalid records count too (by their text and error), so that a retry does not list them
+/// twice.
+fn part_hash(claims: &[Claim<'_>], invalid: &[InvalidRecord]) -> String {
     use sha2::{Digest, Sha256};
     let mut hasher = Sha256::new();
     for claim in claims {
@@ -445,6 +449,13 @@ fn part_hash(claims: &[Claim<'_>]) -> String {
         hasher.update(r.chunk_index.map_or(-1, i64::from).to_be_bytes());
         hasher.update([u8::from(r.is_final)]);
         hasher.update(r.timestamp_ms.to_be_bytes());
+    }
+    for record in invalid {
+        hasher.update(b"invalid|");
+        hasher.update(record.field.as_bytes());
+        hasher.update(b"|");
+        hasher.update(record.raw.len().to_be_bytes());
+        hasher.update(record.raw.as_bytes());
     }
     hex::encode(hasher.finalize())
 }
