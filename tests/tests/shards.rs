@@ -185,11 +185,6 @@ async fn a_shard_server_going_away_loses_and_doubles_nothing() -> Result<()> {
     assert_eq!(w.send("acme", &events[1..400]).await?, 399);
     w.wait_for_events(400).await?;
 
-    // Shard 1's server stops: a batch with events for both shards is answered 503, although
-    // shard 0 took its events; the client's retry after the server is back, and after the
-    // semantic window, gets shard 0's part answered from its receipt and the rest taken.
-    // The batch holds shard 1's events and an invalid event, which shard 0 lists: shard 0
-    // takes its part, shard 1 fails; the retry must not list the invalid event twice.
     let tenant: String = clickhouse_query(&format!(
         "SELECT any(tenant_id) FROM {}",
         w.table("ai_events")
@@ -197,47 +192,35 @@ async fn a_shard_server_going_away_loses_and_doubles_nothing() -> Result<()> {
     .await?
     .trim()
     .to_owned();
-    let (mut batch, rest): (Vec<Value>, Vec<Value>) = events[400..]
+    let (on_1, on_0): (Vec<Value>, Vec<Value>) = events[400..]
         .iter()
         .cloned()
         .partition(|e| shard_of(&tenant, e) == 1);
-    ensure!(
-        !batch.is_empty() && !rest.is_empty(),
-        "both shards get events"
-    );
-    let on_shard_1 = batch.len() as u64;
-    batch.push(json!({"event_type": "ai_request", "note": "no session, no model"}));
-    let batch = &batch[..];
-    servers[1].stop();
-    let response = w
-        .http
-        .post(w.ingest.url("/v1/ai/events/batch"))
-        .bearer_auth(&w.keys["acme"])
-        .json(&batch)
-        .send()
-        .await?;
-    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert!(response.headers().contains_key("retry-after"));
-    servers[1].restart().await?;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let started = Instant::now();
-    let accepted = loop {
-        match w.send("acme", batch).await {
-            Ok(n) => break n,
-            Err(error) => {
-                ensure!(
-                    started.elapsed() < Duration::from_secs(20),
-                    "retries kept failing: {error}"
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    };
+    ensure!(on_1.len() > 20 && on_0.len() > 20, "both shards get events");
+    let (half_1, half_0) = (on_1.len() / 2, on_0.len() / 2);
+
+    // Shard 1's server stops: a batch with events for both shards is answered 503, although
+    // shard 0 took its events; the client's retry after the server is back, and after the
+    // semantic window, gets shard 0's part answered from its receipt and the rest taken.
+    let batch = [&on_1[..half_1], &on_0[..half_0]].concat();
+    let accepted = fail_shard_1_then_retry(&w, &mut servers, &batch).await?;
     assert_eq!(
-        accepted, on_shard_1,
-        "shard 1's events are taken on the retry"
+        accepted, half_1 as u64,
+        "shard 1's events taken on the retry"
     );
-    assert_eq!(w.send("acme", &rest).await?, rest.len() as u64);
+
+    // (A stopped server keeps nothing: its part must be in ClickHouse before it stops again.)
+    w.wait_for_events((400 + half_1 + half_0) as u64).await?;
+
+    // Again with shard 0's part only an invalid event, which shard 0 lists: the retry must
+    // not list it twice.
+    let mut batch = on_1[half_1..].to_vec();
+    batch.push(json!({"event_type": "ai_request", "note": "no session, no model"}));
+    let accepted = fail_shard_1_then_retry(&w, &mut servers, &batch).await?;
+    assert_eq!(accepted, (on_1.len() - half_1) as u64);
+
+    let rest = &on_0[half_0..];
+    assert_eq!(w.send("acme", rest).await?, rest.len() as u64);
     w.wait_for_events(600).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(rows_and_distinct(&w).await?, (600, 600));
@@ -251,6 +234,40 @@ async fn a_shard_server_going_away_loses_and_doubles_nothing() -> Result<()> {
         "the invalid event is listed once after the retry"
     );
     w.cleanup().await
+}
+
+/// Sends `batch` while shard 1's server is stopped (503), then again once it is back and the
+/// semantic window has passed, until it is taken; returns how many the retry accepted.
+async fn fail_shard_1_then_retry(
+    w: &World,
+    servers: &mut [PrivateRedis; 2],
+    batch: &[Value],
+) -> Result<u64> {
+    servers[1].stop();
+    let response = w
+        .http
+        .post(w.ingest.url("/v1/ai/events/batch"))
+        .bearer_auth(&w.keys["acme"])
+        .json(&batch)
+        .send()
+        .await?;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.headers().contains_key("retry-after"));
+    servers[1].restart().await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let started = Instant::now();
+    loop {
+        match w.send("acme", batch).await {
+            Ok(n) => return Ok(n),
+            Err(error) => {
+                ensure!(
+                    started.elapsed() < Duration::from_secs(20),
+                    "retries kept failing: {error}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
 }
 
 /// The shard of 2 that the ingest API sends `event` of `tenant` to.
