@@ -85,8 +85,8 @@ redis_up() {
     local dir="$SIFT_LOCAL_DIR/redis-$port"
     mkdir -p "$dir"
     rm -f "$dir/redis.pid"
-    # The queue must never be evicted: noeviction. Nothing is kept on disk (local use only).
-    redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --save "" --appendonly no \
+    # The queue must never be evicted (noeviction) nor lost on a restart (append-only file).
+    redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --save "" --appendonly yes \
         --maxmemory-policy noeviction --dir "$dir" --logfile "$dir/redis.log" --pidfile "$dir/redis.pid" \
         >>"$SIFT_LOG_DIR/redis-$port.out" 2>&1 9>&- || {
         sift_tail_log "$dir/redis.log"
