@@ -9,8 +9,8 @@
 #   status: exit 0 if our server runs and answers, 3 if it is not running, 1 if it is unhealthy.
 # Env: SIFT_LOCAL_DIR, SIFT_CLICKHOUSE_HTTP_PORT (8123), SIFT_CLICKHOUSE_TCP_PORT (9000),
 #      SIFT_CLICKHOUSE_DIR (run dir), SIFT_CLICKHOUSE_VENV, SIFT_PYTHON (python3), SIFT_WAIT_SECS.
-# Differences from clickhouse-server: see /work/shared/notes/clickhouse-from-pypi.md (no Keeper,
-# user default only, one server per data dir, system.query_log not kept across restarts).
+# Differences from clickhouse-server (see clickhouse_server.py): no Keeper,
+# user default only, one server per data dir, system.query_log not kept across restarts.
 set -euo pipefail
 
 # shellcheck source=deploy/local/common.sh

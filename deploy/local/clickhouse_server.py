@@ -2,7 +2,7 @@
 """Run a real ClickHouse server (the engine in the PyPI wheel chdb-core) with HTTP and native TCP
 listeners, for local development and tests on machines without Docker.
 
-Started by deploy/local/clickhouse.sh; see /work/shared/notes/clickhouse-from-pypi.md.
+Started by deploy/local/clickhouse.sh.
 
 How: chdir into RUN_DIR (which holds config.xml: listen_host, ports, display_name), then run
     SYSTEM START LISTEN HTTP; SYSTEM START LISTEN TCP;

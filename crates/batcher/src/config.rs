@@ -1,4 +1,5 @@
-//! The command line of `sift-batcher`: one clap struct, every flag also read from `SIFT_*`.
+//! The command line of `sift-batcher`: one clap struct, every flag also read from `SIFT_*`
+//! (but `dlq purge --yes`: a confirmation is given on the command line, not inherited).
 
 use clap::{Args, Parser, Subcommand};
 
@@ -166,7 +167,7 @@ pub enum Command {
     /// Apply the schema migrations that are not applied yet (idempotent).
     Migrate {
         /// Which stores to migrate.
-        #[arg(long, value_enum, default_value = "all")]
+        #[arg(long, env = "SIFT_MIGRATE_TARGET", value_enum, default_value = "all")]
         target: MigrateTarget,
         /// Days raw events are kept in ClickHouse (TTL of ai_events).
         #[arg(long, env = "SIFT_RAW_TTL_DAYS", default_value_t = 30)]
@@ -206,14 +207,15 @@ pub enum TenantCommand {
         /// Tenant id: lowercase letters, digits, `-` and `_`, up to 63 characters.
         id: String,
         /// A name for people; defaults to the id.
-        #[arg(long)]
+        #[arg(long, env = "SIFT_TENANT_NAME")]
         name: Option<String>,
         /// Events per second the tenant may send (default: no limit).
-        #[arg(long)]
+        #[arg(long, env = "SIFT_TENANT_RATE_LIMIT")]
         rate_limit: Option<u32>,
     },
     /// Set or remove a tenant's rate limit (applies within the ingest API's key cache TTL).
     SetRateLimit {
+        /// The tenant's id.
         id: String,
         /// Events per second, or `none`.
         limit: String,
@@ -245,13 +247,13 @@ pub enum KeyCommand {
 #[derive(Debug, Clone, Default, Args)]
 pub struct DlqFilter {
     /// Only entries whose error contains this text.
-    #[arg(long)]
+    #[arg(long, env = "SIFT_DLQ_ERROR")]
     pub error: Option<String>,
     /// Only entries dead-lettered at least this many seconds ago.
-    #[arg(long)]
+    #[arg(long, env = "SIFT_DLQ_OLDER_THAN_SECS")]
     pub older_than_secs: Option<u64>,
     /// Work on the invalid-events list (events the API refused) instead of `ai:dlq`.
-    #[arg(long)]
+    #[arg(long, env = "SIFT_DLQ_INVALID")]
     pub invalid: bool,
 }
 
@@ -262,16 +264,18 @@ pub enum DlqCommand {
         #[command(flatten)]
         filter: DlqFilter,
         /// Show at most this many.
-        #[arg(long, default_value_t = 50)]
+        #[arg(long, env = "SIFT_DLQ_LIMIT", default_value_t = 50)]
         limit: usize,
     },
     /// Show one entry whole, by its position in `list`.
     Show {
+        /// The entry's position, as `list` shows it (0 is the newest).
         position: usize,
-        #[arg(long)]
+        /// Show an entry of the invalid-events list instead of `ai:dlq`.
+        #[arg(long, env = "SIFT_DLQ_INVALID")]
         invalid: bool,
         /// The shard whose list `position` is in (as `list` shows it with several shards).
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, env = "SIFT_DLQ_SHARD", default_value_t = 0)]
         shard: usize,
     },
     /// Put matching records back on the queue (safe to repeat: a replayed entry is gone).
@@ -284,7 +288,7 @@ pub enum DlqCommand {
         filter: DlqFilter,
         /// Also replay exhausted chunks some of whose records were purged. Such a chunk gets a
         /// new token, so check first that ClickHouse does not hold it (see the README).
-        #[arg(long)]
+        #[arg(long, env = "SIFT_DLQ_PARTIAL_CHUNKS")]
         partial_chunks: bool,
         /// The rules `--invalid` entries are validated again with (set them as the API's).
         #[command(flatten)]
@@ -305,23 +309,23 @@ pub enum BackfillCommand {
     /// Recompute `ai_sessions` for the sessions with events in [from, to).
     Sessions {
         /// Start (RFC 3339 or epoch seconds).
-        #[arg(long)]
+        #[arg(long, env = "SIFT_BACKFILL_FROM")]
         from: String,
         /// End, exclusive (RFC 3339 or epoch seconds).
-        #[arg(long)]
+        #[arg(long, env = "SIFT_BACKFILL_TO")]
         to: String,
         /// Size of one step in minutes (bounds the work of one query).
-        #[arg(long, default_value_t = 60)]
+        #[arg(long, env = "SIFT_BACKFILL_STEP_MINUTES", default_value_t = 60)]
         step_minutes: u64,
     },
     /// Finalize the hourly rollups of [from, to) into `ai_events_hourly_final` (after a bulk
     /// import, say), one day per step.
     Rollups {
         /// Start (RFC 3339 or epoch seconds).
-        #[arg(long)]
+        #[arg(long, env = "SIFT_BACKFILL_FROM")]
         from: String,
         /// End, exclusive (RFC 3339 or epoch seconds).
-        #[arg(long)]
+        #[arg(long, env = "SIFT_BACKFILL_TO")]
         to: String,
     },
 }

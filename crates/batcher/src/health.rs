@@ -43,7 +43,10 @@ async fn readyz(state: web::Data<HealthState>) -> HttpResponse {
     }
     let postgres = ping_postgres(&state.postgres).await;
     let clickhouse = ping_clickhouse(&state.clickhouse).await;
-    let show = |r: &Result<(), String>| r.as_ref().map_or_else(Clone::clone, |()| "ok".to_owned());
+    let show = |r: &Result<(), sift_service::pools::Unreachable>| {
+        r.as_ref()
+            .map_or_else(ToString::to_string, |()| "ok".to_owned())
+    };
     let ready = redis.is_ok() && postgres.is_ok() && clickhouse.is_ok();
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },

@@ -55,7 +55,7 @@ impl Ledger {
             )
             .await
             .map_err(|e| LedgerError(e.to_string()))?;
-        let status: String = row.get(0);
+        let status: String = row.try_get(0).map_err(|e| LedgerError(e.to_string()))?;
         Ok(if status == "inserted" {
             ChunkState::Inserted
         } else {

@@ -37,8 +37,10 @@ pub async fn ensure_database(url: &str) -> Result<(), PostgresError> {
     let Some(name) = config.get_dbname().map(str::to_owned) else {
         return Ok(());
     };
-    if connect(url).await.is_ok() {
-        return Ok(());
+    match connect(url).await {
+        Ok(_) => return Ok(()),
+        // Most often: the database does not exist yet. Any other cause shows again below.
+        Err(error) => tracing::info!(%error, "creating the database if it is missing"),
     }
     let mut admin = config.clone();
     admin.dbname("postgres");
@@ -50,7 +52,11 @@ pub async fn ensure_database(url: &str) -> Result<(), PostgresError> {
                 url: redact(url),
                 source,
             })?;
-    tokio::spawn(connection);
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::warn!(%error, "PostgreSQL connection (database creation) closed");
+        }
+    });
     let exists = client
         .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
         .await?

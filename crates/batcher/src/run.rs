@@ -157,16 +157,30 @@ async fn heartbeat(
         // Every shard at once, each within a third of the TTL: a shard that hangs must not
         // let this worker's heartbeat on the healthy ones expire.
         let beats = workers.iter().map(|worker| async move {
-            let beat = tokio::time::timeout(ttl / 3, worker.queue.heartbeat(ttl)).await;
-            if !matches!(beat, Ok(Ok(()))) {
-                m::retry("redis", "heartbeat");
-                tracing::warn!(shard = %worker.queue.keys().prefix(), "heartbeat failed");
-                return None;
+            let shard = worker.queue.keys().prefix();
+            match tokio::time::timeout(ttl / 3, worker.queue.heartbeat(ttl)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    m::retry("redis", "heartbeat");
+                    tracing::warn!(%shard, %error, "heartbeat failed");
+                    return None;
+                }
+                Err(_) => {
+                    m::retry("redis", "heartbeat");
+                    tracing::warn!(%shard, "heartbeat timed out");
+                    return None;
+                }
             }
             match tokio::time::timeout(ttl / 3, worker.queue.depths()).await {
                 Ok(Ok(depths)) => Some(depths),
-                _ => {
-                    tracing::warn!(shard = %worker.queue.keys().prefix(), "cannot read queue depths");
+                Ok(Err(error)) => {
+                    m::retry("redis", "queue_depths");
+                    tracing::warn!(%shard, %error, "cannot read queue depths");
+                    None
+                }
+                Err(_) => {
+                    m::retry("redis", "queue_depths");
+                    tracing::warn!(%shard, "reading queue depths timed out");
                     None
                 }
             }

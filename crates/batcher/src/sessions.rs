@@ -183,7 +183,7 @@ pub async fn run(lock: FlusherLock, client: Client, db: String, every: Duration,
         }
         // Released early is fine: the next run is a period away.
         if let Err(error) = lock.release().await {
-            tracing::debug!(%error, "session flusher: lock not released (it expires)");
+            tracing::warn!(%error, "session flusher: lock not released (it expires)");
         }
     }
 }

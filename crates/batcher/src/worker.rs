@@ -286,7 +286,7 @@ impl Worker {
                     retry("clickhouse", "failed");
                     tracing::warn!(%error, chunk = %chunk.id, attempt = failed_attempts, "insert failed");
                     if let Err(e) = self.ledger.record_error(&chunk.id, &error).await {
-                        tracing::debug!(error = %e, "cannot note the error in the ledger");
+                        tracing::warn!(error = %e, "cannot note the error in the ledger");
                     }
                     if failed_attempts >= self.args.max_attempts {
                         return Some(Inserted::Exhausted(error));

@@ -109,12 +109,17 @@ impl KeyCache {
             )
             .await
             .map_err(|e| unavailable(&e))?;
-        Ok(row.map(|r| Caller {
-            tenant: r.get(0),
-            rate_limit: r
-                .get::<_, Option<i32>>(1)
-                .and_then(|n| u32::try_from(n).ok()),
-        }))
+        // try_get: a schema that drifted is an error to report, not a panic.
+        row.map(|r| {
+            Ok(Caller {
+                tenant: r.try_get(0).map_err(|e| unavailable(&e))?,
+                rate_limit: r
+                    .try_get::<_, Option<i32>>(1)
+                    .map_err(|e| unavailable(&e))?
+                    .and_then(|n| u32::try_from(n).ok()),
+            })
+        })
+        .transpose()
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Entry>> {

@@ -55,10 +55,6 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub fn is_accepted(self) -> bool {
-        self == Self::Accepted
-    }
-
     /// The `reason` of a collapsed answer.
     pub fn reason(self) -> Option<&'static str> {
         match self {

@@ -27,8 +27,12 @@ pub fn spawn(state: Arc<AppState>) -> JoinHandle<()> {
                     tracing::warn!(%error, "cannot read the queue depth");
                 }
             }
-            if let Ok(ratio) = state.dedup.memory_ratio().await {
-                metrics::gauge!(REDIS_MEMORY_RATIO).set(ratio);
+            match state.dedup.memory_ratio().await {
+                Ok(ratio) => metrics::gauge!(REDIS_MEMORY_RATIO).set(ratio),
+                Err(error) => {
+                    metrics::counter!(DEPENDENCY_ERRORS, "dependency" => "redis").increment(1);
+                    tracing::warn!(%error, "cannot read Redis memory use");
+                }
             }
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

@@ -84,31 +84,42 @@ pub fn clickhouse(url: &str, user: &str, password: &str) -> clickhouse::Client {
     }
 }
 
-/// `PING` on a pooled connection, for readiness probes; the error as text for the answer.
-pub async fn ping_redis(pool: &deadpool_redis::Pool) -> Result<(), String> {
-    let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+/// A dependency that did not answer a readiness probe, and why (shown in `/readyz`).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct Unreachable(pub String);
+
+impl Unreachable {
+    fn from(error: impl std::fmt::Display) -> Self {
+        Self(error.to_string())
+    }
+}
+
+/// `PING` on a pooled connection, for readiness probes.
+pub async fn ping_redis(pool: &deadpool_redis::Pool) -> Result<(), Unreachable> {
+    let mut conn = pool.get().await.map_err(Unreachable::from)?;
     redis::cmd("PING")
         .query_async::<String>(&mut conn)
         .await
         .map(|_| ())
-        .map_err(|e| e.to_string())
+        .map_err(Unreachable::from)
 }
 
 /// `SELECT 1` on a pooled connection, for readiness probes.
-pub async fn ping_postgres(pool: &deadpool_postgres::Pool) -> Result<(), String> {
-    let client = pool.get().await.map_err(|e| e.to_string())?;
+pub async fn ping_postgres(pool: &deadpool_postgres::Pool) -> Result<(), Unreachable> {
+    let client = pool.get().await.map_err(Unreachable::from)?;
     client
         .simple_query("SELECT 1")
         .await
         .map(|_| ())
-        .map_err(|e| e.to_string())
+        .map_err(Unreachable::from)
 }
 
 /// `SELECT 1` on ClickHouse, for readiness probes.
-pub async fn ping_clickhouse(client: &clickhouse::Client) -> Result<(), String> {
+pub async fn ping_clickhouse(client: &clickhouse::Client) -> Result<(), Unreachable> {
     client
         .query("SELECT 1")
         .execute()
         .await
-        .map_err(|e| e.to_string())
+        .map_err(Unreachable::from)
 }

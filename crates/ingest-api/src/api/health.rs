@@ -16,7 +16,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },
         "redis": redis.as_ref().map_or_else(|e| e.to_string(), |_| "ok".to_owned()),
-        "postgres": postgres.as_ref().map_or_else(Clone::clone, |()| "ok".to_owned()),
+        "postgres": postgres.as_ref().map_or_else(ToString::to_string, |()| "ok".to_owned()),
         "queue_depth": redis.ok(),
     });
     if ready {

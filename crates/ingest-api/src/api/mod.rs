@@ -6,7 +6,8 @@ mod health;
 mod stats;
 
 use actix_web::{web, HttpResponse};
-use serde_json::json;
+
+use crate::error::ApiError;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/ai/events", web::post().to(events::ingest_one))
@@ -23,6 +24,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/readyz", web::get().to(health::readyz))
         .route("/metrics", web::get().to(health::metrics))
         .default_service(web::to(|| async {
-            HttpResponse::NotFound().json(json!({"error": "not_found", "message": "no such route"}))
+            Err::<HttpResponse, _>(ApiError::NotFound("no such route".into()))
         }));
 }
