@@ -543,15 +543,27 @@ async fn a_chunk_that_keeps_failing_goes_whole_to_the_dead_letters() -> Result<(
 
 #[tokio::test]
 async fn an_exhausted_chunk_that_clickhouse_had_written_replays_without_doubling() -> Result<()> {
+    exhausted_chunk_replays_once("throwIf(length(session_id) > 0, 'trap')").await
+}
+
+/// The same with a view that refuses the rows as data (Code 6, cannot parse): the batcher
+/// must not take the chunk for refused by `ai_events` and write its rows again one by one.
+#[tokio::test]
+async fn a_chunk_that_only_a_view_refuses_is_not_written_twice() -> Result<()> {
+    exhausted_chunk_replays_once("toUInt8(session_id)").await
+}
+
+/// A materialized view whose SELECT is `trap`, which fails on every row: ClickHouse writes
+/// the chunk into `ai_events`, then answers every insert with an error. The batcher retries,
+/// then dead-letters the chunk whole, although its rows are already in; its replay after the
+/// view is gone leaves one copy.
+async fn exhausted_chunk_replays_once(trap: &str) -> Result<()> {
     let p = Pipeline::new().await?;
-    // A materialized view that throws: ClickHouse writes the chunk into `ai_events`, then
-    // answers every insert with an error. The batcher retries, then dead-letters the chunk
-    // whole, although its rows are already in.
     let db = &p.db.name;
     clickhouse_query(&format!("CREATE TABLE {db}.trap (x UInt8) ENGINE = Null")).await?;
     clickhouse_query(&format!(
         "CREATE MATERIALIZED VIEW {db}.trap_mv TO {db}.trap AS
-         SELECT throwIf(length(session_id) > 0, 'trap') AS x FROM {db}.ai_events"
+         SELECT {trap} AS x FROM {db}.ai_events"
     ))
     .await?;
     let batcher = p.batcher("w-trap", &["--max-attempts", "3"]).await?;

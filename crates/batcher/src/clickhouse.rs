@@ -1,9 +1,10 @@
 //! The ClickHouse side of the batcher: the client, the row written for each event, and the
 //! insert of one chunk with its deduplication token (dedup layer 3).
 //!
-//! Errors are sorted the way the worker must react to them: ClickHouse unreachable (wait and
-//! retry without limit), ClickHouse refusing the data (the records go to the dead letters), or
-//! anything else ClickHouse answers (retry, then dead-letter the chunk past a limit).
+//! Errors are sorted the way the worker must react to them: ClickHouse unreachable or too busy
+//! (wait and retry without limit), ClickHouse refusing the data (the records go to the dead
+//! letters), or anything else ClickHouse answers (retry, then dead-letter the chunk past a
+//! limit).
 
 use std::time::Duration;
 
@@ -76,7 +77,8 @@ impl EventRow {
 /// How an insert failed, from the worker's point of view.
 #[derive(Debug, thiserror::Error)]
 pub enum InsertError {
-    /// ClickHouse could not be reached or did not answer in time: wait and retry.
+    /// ClickHouse could not be reached, did not answer in time, or is overloaded: wait and
+    /// retry, without limit (dead-lettering would only move the load to an operator).
     #[error("ClickHouse unreachable: {0}")]
     Unreachable(String),
     /// ClickHouse refused the data itself: retrying cannot help.
@@ -91,6 +93,12 @@ pub enum InsertError {
 /// 469: VIOLATED_CONSTRAINT (a CHECK constraint of the table refuses the row).
 const DATA_ERROR_CODES: &[u32] = &[6, 26, 27, 32, 38, 41, 53, 69, 70, 72, 117, 321, 407, 469];
 
+/// Error codes with which ClickHouse says it cannot take the insert now, whatever the data:
+/// 159 TIMEOUT_EXCEEDED, 202 TOO_MANY_SIMULTANEOUS_QUERIES, 209 SOCKET_TIMEOUT,
+/// 210 NETWORK_ERROR, 225 NO_ZOOKEEPER, 241 MEMORY_LIMIT_EXCEEDED, 242 TABLE_IS_READ_ONLY,
+/// 252 TOO_MANY_PARTS, 319 UNKNOWN_STATUS_OF_INSERT, 999 KEEPER_EXCEPTION.
+const BUSY_CODES: &[u32] = &[159, 202, 209, 210, 225, 241, 242, 252, 319, 999];
+
 impl From<clickhouse::error::Error> for InsertError {
     fn from(error: clickhouse::error::Error) -> Self {
         use clickhouse::error::Error as E;
@@ -99,6 +107,7 @@ impl From<clickhouse::error::Error> for InsertError {
             E::Network(_) | E::TimedOut => Self::Unreachable(text),
             E::BadResponse(reason) => match exception_code(reason) {
                 Some(code) if DATA_ERROR_CODES.contains(&code) => Self::Refused(text),
+                Some(code) if BUSY_CODES.contains(&code) => Self::Unreachable(text),
                 _ => Self::Failed(text),
             },
             // A value our row type cannot carry is the data's fault; a schema that does not
@@ -157,9 +166,58 @@ pub async fn insert_chunk(
     Ok(())
 }
 
+/// Rows of `ai_events` written by the chunk `chunk_id` (its rows carry the id). Used when an
+/// insert was refused: a materialized view can refuse a block after the table took it, and
+/// then the rows must not be written again one by one.
+pub async fn rows_of_chunk(
+    client: &Client,
+    database: &str,
+    chunk_id: &str,
+) -> Result<u64, InsertError> {
+    let client = client.clone().with_database(database);
+    let rows = client
+        .query(&format!(
+            "SELECT count() FROM {EVENTS_TABLE} WHERE chunk_id = ?"
+        ))
+        .bind(chunk_id)
+        .with_setting("max_execution_time", "30")
+        .fetch_one::<u64>()
+        .await?;
+    Ok(rows)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::exception_code;
+    use super::{exception_code, InsertError};
+
+    fn classify(answer: &str) -> InsertError {
+        clickhouse::error::Error::BadResponse(answer.to_owned()).into()
+    }
+
+    #[test]
+    fn errors_are_sorted_by_what_the_worker_must_do() {
+        for busy in [
+            "Code: 252. DB::Exception: Too many parts (300). Merges are processing significantly slower than inserts",
+            "Code: 241. DB::Exception: Memory limit (total) exceeded",
+            "Code: 202. DB::Exception: Too many simultaneous queries",
+            "Code: 242. DB::Exception: Table is in readonly mode",
+        ] {
+            assert!(matches!(classify(busy), InsertError::Unreachable(_)), "{busy}");
+        }
+        for refused in [
+            "Code: 53. DB::Exception: Type mismatch",
+            "Code: 469. DB::Exception: Constraint `sane` is violated",
+        ] {
+            assert!(
+                matches!(classify(refused), InsertError::Refused(_)),
+                "{refused}"
+            );
+        }
+        assert!(matches!(
+            classify("Code: 395. DB::Exception: Value passed to 'throwIf' function is non-zero"),
+            InsertError::Failed(_)
+        ));
+    }
 
     #[test]
     fn exception_codes_are_read_from_the_answer() {

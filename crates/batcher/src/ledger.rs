@@ -2,7 +2,15 @@
 //! insert and as inserted after it, so a chunk already inserted is acknowledged without
 //! touching ClickHouse again, whatever retried it.
 
+use std::future::Future;
+use std::time::Duration;
+
 use deadpool_postgres::Pool;
+
+/// How long one ledger call may take. The pool's timeouts bound getting a connection, not a
+/// query: a PostgreSQL that vanished without closing the connection would hang the worker (its
+/// heartbeat still beating, so nobody takes its chunk over) without this.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 #[error("PostgreSQL (chunk ledger): {0}")]
@@ -34,6 +42,15 @@ impl Ledger {
             .map_err(|e| LedgerError(e.to_string()))
     }
 
+    /// `call` within [`CALL_TIMEOUT`].
+    async fn bounded<T>(
+        call: impl Future<Output = Result<T, LedgerError>>,
+    ) -> Result<T, LedgerError> {
+        tokio::time::timeout(CALL_TIMEOUT, call)
+            .await
+            .map_err(|_| LedgerError(format!("no answer within {CALL_TIMEOUT:?}")))?
+    }
+
     /// Records the chunk as pending (counting the attempt) and returns its state.
     pub async fn begin(
         &self,
@@ -42,10 +59,10 @@ impl Ledger {
         rows: usize,
     ) -> Result<ChunkState, LedgerError> {
         let rows = i32::try_from(rows).unwrap_or(i32::MAX);
-        let row = self
-            .client()
-            .await?
-            .query_one(
+        let row = Self::bounded(async {
+            self.client()
+                .await?
+                .query_one(
                 "INSERT INTO chunk_ledger (chunk_id, status, worker, row_count, attempts)
                  VALUES ($1, 'pending', $2, $3, 1)
                  ON CONFLICT (chunk_id) DO UPDATE
@@ -54,7 +71,9 @@ impl Ledger {
                 &[&chunk_id, &worker, &rows],
             )
             .await
-            .map_err(|e| LedgerError(e.to_string()))?;
+            .map_err(|e| LedgerError(e.to_string()))
+        })
+        .await?;
         let status: String = row.try_get(0).map_err(|e| LedgerError(e.to_string()))?;
         Ok(if status == "inserted" {
             ChunkState::Inserted
@@ -64,6 +83,7 @@ impl Ledger {
     }
 
     pub async fn mark_inserted(&self, chunk_id: &str) -> Result<(), LedgerError> {
+        Self::bounded(async {
         self.client()
             .await?
             .execute(
@@ -72,20 +92,25 @@ impl Ledger {
                 &[&chunk_id],
             )
             .await
-            .map_err(|e| LedgerError(e.to_string()))?;
+            .map_err(|e| LedgerError(e.to_string()))
+        })
+        .await?;
         Ok(())
     }
 
     /// Notes the last error of a chunk, for operators (best effort: the error is also logged).
     pub async fn record_error(&self, chunk_id: &str, error: &str) -> Result<(), LedgerError> {
-        self.client()
+        Self::bounded(async {
+            self.client()
             .await?
             .execute(
                 "UPDATE chunk_ledger SET last_error = $2, updated_at = now() WHERE chunk_id = $1",
                 &[&chunk_id, &error],
             )
             .await
-            .map_err(|e| LedgerError(e.to_string()))?;
+            .map_err(|e| LedgerError(e.to_string()))
+        })
+        .await?;
         Ok(())
     }
 

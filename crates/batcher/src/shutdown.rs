@@ -46,6 +46,24 @@ impl Shutdown {
         tokio::time::sleep_until(until.into()).await;
     }
 
+    /// Runs `work` to its end, or until the deadline passes (`None`): a call that hangs on a
+    /// dependency must not keep the worker past it. Dropping the call is safe wherever it is
+    /// used: the chunk stays in its processing list, and the ledger and the token keep its
+    /// retry single.
+    pub async fn race<F: std::future::Future>(&self, work: F) -> Option<F::Output> {
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                out = &mut work => return Some(out),
+                () = tokio::time::sleep(Duration::from_millis(200)) => {
+                    if self.past_deadline() {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
     /// Requests shutdown on the first SIGTERM or SIGINT.
     pub fn listen_for_signals(&self, grace: Duration) -> std::io::Result<()> {
         use tokio::signal::unix::{signal, SignalKind};

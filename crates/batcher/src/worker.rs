@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use clickhouse::Client;
 
 use crate::chunk::Chunk;
-use crate::clickhouse::{insert_chunk, EventRow, InsertError};
+use crate::clickhouse::{insert_chunk, rows_of_chunk, EventRow, InsertError};
 use crate::config::RunArgs;
 use crate::dlq::{now_ms, DeadLetter};
 use crate::ledger::{ChunkState, Ledger};
@@ -171,13 +171,14 @@ impl Worker {
         if !chunk.rows.is_empty() {
             let mut failures = 0;
             let state = loop {
-                match self
-                    .ledger
-                    .begin(&chunk.id, &worker, chunk.rows.len())
-                    .await
-                {
-                    Ok(state) => break state,
-                    Err(error) => {
+                let begun = self
+                    .shutdown
+                    .race(self.ledger.begin(&chunk.id, &worker, chunk.rows.len()))
+                    .await;
+                match begun {
+                    None => return self.abandon(&chunk),
+                    Some(Ok(state)) => break state,
+                    Some(Err(error)) => {
                         failures += 1;
                         retry("postgres", "unreachable");
                         tracing::warn!(%error, chunk = %chunk.id, "cannot record the chunk; waiting for PostgreSQL");
@@ -217,7 +218,16 @@ impl Worker {
                 }
                 if result == "inserted" {
                     let mut failures = 0;
-                    while let Err(error) = self.ledger.mark_inserted(&chunk.id).await {
+                    loop {
+                        let error = match self
+                            .shutdown
+                            .race(self.ledger.mark_inserted(&chunk.id))
+                            .await
+                        {
+                            None => return self.abandon(&chunk),
+                            Some(Ok(())) => break,
+                            Some(Err(error)) => error,
+                        };
                         // The rows are in ClickHouse; a retry after a crash here is dropped
                         // by the token, so waiting is safe.
                         failures += 1;
@@ -265,32 +275,59 @@ impl Worker {
         let mut waits = 0;
         loop {
             let started = Instant::now();
-            match insert_chunk(&self.clickhouse, &self.database, &chunk.id, &chunk.rows).await {
+            let answer = self
+                .shutdown
+                .race(insert_chunk(
+                    &self.clickhouse,
+                    &self.database,
+                    &chunk.id,
+                    &chunk.rows,
+                ))
+                .await?;
+            let failure = match answer {
                 Ok(()) => {
                     metrics::histogram!(m::INSERT_DURATION).record(started.elapsed().as_secs_f64());
                     metrics::counter!(m::ROWS_INSERTED).increment(chunk.rows.len() as u64);
                     return Some(Inserted::All);
                 }
                 Err(InsertError::Unreachable(error)) => {
-                    waits += 1;
                     retry("clickhouse", "unreachable");
                     tracing::warn!(%error, chunk = %chunk.id, "ClickHouse unreachable; waiting");
+                    None
                 }
-                Err(InsertError::Refused(error)) => {
-                    tracing::warn!(%error, chunk = %chunk.id, "ClickHouse refused the chunk; inserting its rows one by one");
-                    return self.insert_rows_alone(chunk).await;
+                // A materialized view can refuse a block that the table already took: its
+                // rows must not be written again one by one, under new tokens. Such a chunk
+                // is retried whole, with its token, like any other failure.
+                Err(InsertError::Refused(error)) => match self
+                    .shutdown
+                    .race(rows_of_chunk(&self.clickhouse, &self.database, &chunk.id))
+                    .await?
+                {
+                    // Not all there: the table refused it (rows of an earlier pass one by
+                    // one that was cut short keep their own tokens).
+                    Ok(rows) if rows < chunk.rows.len() as u64 => {
+                        tracing::warn!(%error, chunk = %chunk.id, "ClickHouse refused the chunk; inserting its rows one by one");
+                        return self.insert_rows_alone(chunk).await;
+                    }
+                    Ok(_) => Some(("view_refused", error)),
+                    Err(check) => {
+                        retry("clickhouse", "unreachable");
+                        tracing::warn!(%error, %check, chunk = %chunk.id, "ClickHouse refused the chunk and cannot say whether it holds it; retrying");
+                        None
+                    }
+                },
+                Err(InsertError::Failed(error)) => Some(("failed", error)),
+            };
+            waits += 1;
+            if let Some((reason, error)) = failure {
+                failed_attempts += 1;
+                retry("clickhouse", reason);
+                tracing::warn!(%error, chunk = %chunk.id, attempt = failed_attempts, reason, "insert failed");
+                if let Err(e) = self.ledger.record_error(&chunk.id, &error).await {
+                    tracing::warn!(error = %e, "cannot note the error in the ledger");
                 }
-                Err(InsertError::Failed(error)) => {
-                    failed_attempts += 1;
-                    waits += 1;
-                    retry("clickhouse", "failed");
-                    tracing::warn!(%error, chunk = %chunk.id, attempt = failed_attempts, "insert failed");
-                    if let Err(e) = self.ledger.record_error(&chunk.id, &error).await {
-                        tracing::warn!(error = %e, "cannot note the error in the ledger");
-                    }
-                    if failed_attempts >= self.args.max_attempts {
-                        return Some(Inserted::Exhausted(error));
-                    }
+                if failed_attempts >= self.args.max_attempts {
+                    return Some(Inserted::Exhausted(error));
                 }
             }
             if self.wait_or_abandon(waits).await {
@@ -303,17 +340,19 @@ impl Worker {
     async fn insert_rows_alone(&self, chunk: &Chunk) -> Option<Inserted> {
         let mut refused = Vec::new();
         for (i, row) in chunk.rows.iter().enumerate() {
-            let mut waits = 0;
+            let (mut waits, mut failed_attempts) = (0, 0);
             loop {
                 let token = chunk.row_token(i);
-                match insert_chunk(
-                    &self.clickhouse,
-                    &self.database,
-                    &token,
-                    std::slice::from_ref::<EventRow>(row),
-                )
-                .await
-                {
+                let answer = self
+                    .shutdown
+                    .race(insert_chunk(
+                        &self.clickhouse,
+                        &self.database,
+                        &token,
+                        std::slice::from_ref::<EventRow>(row),
+                    ))
+                    .await?;
+                match answer {
                     Ok(()) => {
                         metrics::counter!(m::ROWS_INSERTED).increment(1);
                         break;
@@ -322,14 +361,25 @@ impl Worker {
                         refused.push((i, error));
                         break;
                     }
-                    Err(error) => {
-                        waits += 1;
-                        retry("clickhouse", "unreachable");
-                        tracing::warn!(%error, "row insert failed; retrying");
-                        if self.wait_or_abandon(waits).await {
-                            return None;
+                    Err(InsertError::Failed(error)) => {
+                        // Counted like a chunk's attempts: a row that keeps failing goes to
+                        // the dead letters rather than holding the worker forever.
+                        failed_attempts += 1;
+                        retry("clickhouse", "failed");
+                        tracing::warn!(%error, attempt = failed_attempts, "row insert failed");
+                        if failed_attempts >= self.args.max_attempts {
+                            refused.push((i, error));
+                            break;
                         }
                     }
+                    Err(InsertError::Unreachable(error)) => {
+                        retry("clickhouse", "unreachable");
+                        tracing::warn!(%error, "ClickHouse unreachable; waiting");
+                    }
+                }
+                waits += 1;
+                if self.wait_or_abandon(waits).await {
+                    return None;
                 }
             }
         }
