@@ -41,6 +41,20 @@ impl Proxy {
         Ok(())
     }
 
+    /// Cuts the open connections, then takes new ones and never answers: a host gone
+    /// without a word (a failover, a dropped network), which only a timeout notices.
+    pub async fn stall(&mut self) -> Result<()> {
+        self.down().await;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await?;
+        self.task = Some(tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((inbound, _)) = listener.accept().await {
+                held.push(inbound);
+            }
+        }));
+        Ok(())
+    }
+
     /// Refuses new connections and cuts the open ones.
     pub async fn down(&mut self) {
         if let Some(task) = self.task.take() {

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, ensure, Result};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sift_e2e::{
@@ -189,11 +189,17 @@ async fn kill_9_during_load_loses_and_doubles_nothing() -> Result<()> {
     };
     // Small chunks, so that kills land between and inside many of them.
     let small = ["--chunk-size", "50"];
+    let mut in_hand = 0;
     for round in 0..6 {
         let batcher = p.batcher("w-kill", &small).await?;
         tokio::time::sleep(Duration::from_millis(150 + 70 * round)).await;
         batcher.kill9().await?;
+        if p.redis_len("processing:w-kill").await? > 0 {
+            in_hand += 1;
+        }
     }
+    // Else the test would not test recovery at all.
+    assert!(in_hand > 0, "no kill landed with a chunk in hand");
     // A worker under another id takes over the dead one's list once its heartbeat expires.
     let other = p.batcher("w-other", &small).await?;
     let accepted = sender.await??;
@@ -231,6 +237,47 @@ async fn two_and_three_batchers_share_one_queue() -> Result<()> {
         .filter(|&&c| c > 0.0)
         .count() as u64;
     assert!(chunks >= 2, "the work was shared between workers");
+    p.cleanup().await
+}
+
+/// Dedup layer 2 on its own: a chunk the ledger knows as inserted is acknowledged without
+/// touching ClickHouse (here its rows were deleted since, so an insert would show).
+#[tokio::test]
+async fn a_chunk_the_ledger_knows_as_inserted_is_acknowledged_without_an_insert() -> Result<()> {
+    let p = Pipeline::new().await?;
+    assert_eq!(p.send(&unique_events("ledger", 50)).await?, 50);
+    let mut conn = redis_connection(&p.redis).await?;
+    let prefix = &p.ingest.key_prefix;
+    let records = take_queue_as(&p.redis, prefix, "w-ledger").await?;
+    let batcher = p.batcher("w-ledger", &[]).await?;
+    assert_eq!(p.settle(50, Duration::from_secs(30)).await?, 50);
+    assert_eq!(batcher.terminate().await?.code(), Some(0));
+
+    // As after a crash between marking the chunk inserted and acknowledging it.
+    clickhouse_query(&format!("TRUNCATE TABLE {}", p.table())).await?;
+    redis::cmd("RPUSH")
+        .arg(format!("{prefix}:processing:w-ledger"))
+        .arg(&records)
+        .query_async::<()>(&mut conn)
+        .await?;
+    let batcher = p.batcher("w-ledger", &[]).await?;
+    let started = Instant::now();
+    while p.redis_len("processing:w-ledger").await? > 0 {
+        ensure!(
+            started.elapsed() < Duration::from_secs(30),
+            "the recovered chunk was not processed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        batcher
+            .metric("sift_batcher_chunks_total{result=\"skipped\"}")
+            .await?,
+        1.0
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(p.rows().await?, 0, "the chunk was inserted again");
+    drop(batcher);
     p.cleanup().await
 }
 
@@ -472,6 +519,55 @@ async fn sigterm_finishes_the_chunk_in_hand_and_exits_0() -> Result<()> {
         "the chunk in hand was finished before exit"
     );
     assert_eq!(p.redis_len("processing:w-term").await?, 0);
+    p.cleanup().await
+}
+
+/// SIGTERM while ClickHouse hangs without answering: the batcher gives up the chunk at its
+/// deadline (it does not wait out the insert's own timeouts), exits 0, and leaves the chunk
+/// in its processing list, where its restart finds it.
+#[tokio::test]
+async fn sigterm_while_clickhouse_hangs_leaves_the_chunk_for_recovery() -> Result<()> {
+    let p = Pipeline::new().await?;
+    let target = reqwest::Url::parse(&sift_e2e::clickhouse_url())?;
+    let addr = format!(
+        "{}:{}",
+        target.host_str().unwrap_or("127.0.0.1"),
+        target.port().unwrap_or(8123)
+    );
+    let mut proxy = Proxy::start(addr.parse()?).await?;
+    let env = [(
+        "SIFT_CLICKHOUSE_URL",
+        format!("http://127.0.0.1:{}", proxy.port),
+    )];
+    let args = ["--shutdown-deadline-secs", "2"];
+    let start =
+        || Batcher::start_with_env(&p.db, &p.redis, &p.ingest.key_prefix, "w-hang", &args, &env);
+    let batcher = start().await?;
+    proxy.stall().await?;
+    assert_eq!(p.send(&unique_events("hang", 80)).await?, 80);
+    let started = Instant::now();
+    while p.redis_len("queue").await? > 0 {
+        ensure!(started.elapsed() < Duration::from_secs(10), "not claimed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await; // the chunk's insert hangs
+    let asked = Instant::now();
+    let status = batcher.terminate().await?;
+    assert_eq!(status.code(), Some(0));
+    // The insert's own timeouts are 30 s and 60 s; the deadline is 2 s.
+    assert!(
+        asked.elapsed() < Duration::from_secs(20),
+        "exited after {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(p.redis_len("processing:w-hang").await?, 80);
+    assert_eq!(p.rows().await?, 0);
+
+    proxy.down().await;
+    proxy.up().await?;
+    let _batcher = start().await?;
+    assert_eq!(p.settle(80, Duration::from_secs(30)).await?, 80);
+    assert_eq!(p.distinct().await?, 80);
     p.cleanup().await
 }
 
