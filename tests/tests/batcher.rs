@@ -734,8 +734,10 @@ async fn refused_events_replay_from_the_invalid_list_once_the_cause_is_fixed() -
     let db = Database::create_with_clickhouse().await?;
     let key = db.tenant_with_key("acme").await?;
     let redis = redis_url();
-    // An ingest node whose clock tolerance is too strict: events a minute ahead are refused.
-    let ingest = Ingest::start(&db, &redis, &["--max-future-skew-secs", "1"]).await?;
+    // An ingest node whose clock tolerance is too strict: events a minute ahead are refused;
+    // and whose prompt limit is too strict: a long prompt (sent without a timestamp) too.
+    let strict = ["--max-future-skew-secs", "1", "--max-prompt-bytes", "40"];
+    let ingest = Ingest::start(&db, &redis, &strict).await?;
     let ahead = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs()
@@ -752,38 +754,39 @@ async fn refused_events_replay_from_the_invalid_list_once_the_cause_is_fixed() -
             .await?;
         assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
     }
+    let long = event(6, "A prompt longer than the forty bytes this node allows");
+    let response = http
+        .post(ingest.url("/v1/ai/events"))
+        .bearer_auth(&key)
+        .json(&long)
+        .send()
+        .await?;
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let received_by = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis();
     let prefix = ingest.key_prefix.clone();
     let _batcher = Batcher::start(&db, &redis, &prefix, "w-invalid", &[]).await?;
     let listed = db
         .batcher(&["--key-prefix", &prefix, "dlq", "list", "--invalid"])
         .await?;
     assert!(
-        listed.starts_with("2 entries")
+        listed.starts_with("3 entries")
             && listed.contains("timestamp: is more than 1 s in the future"),
         "{listed}"
     );
 
-    // Replayed under the same strict rule, they are still refused and stay listed.
-    let out = db
-        .batcher(&[
-            "--key-prefix",
-            &prefix,
-            "dlq",
-            "replay",
-            "--invalid",
-            "--max-future-skew-secs",
-            "1",
-        ])
-        .await?;
+    // Replayed under the same strict rules, they are still refused and stay listed.
+    let replay = ["--key-prefix", &prefix, "dlq", "replay", "--invalid"];
+    let out = db.batcher(&[&replay[..], &strict[..]].concat()).await?;
     assert!(out.contains("requeued 0 entries"), "{out}");
     assert!(out.contains("kept: still invalid: timestamp"), "{out}");
 
-    // With the default tolerance (5 min), the cause fixed: both entries pass, and the two
-    // copies of one event are one intent.
-    let out = db
-        .batcher(&["--key-prefix", &prefix, "dlq", "replay", "--invalid"])
-        .await?;
-    assert!(out.contains("requeued 1 entries"), "{out}");
+    // With the default rules (5 min, 32 KiB), the causes fixed, later: every entry passes,
+    // and the two copies of one event are one intent.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let out = db.batcher(&replay).await?;
+    assert!(out.contains("requeued 2 entries"), "{out}");
     assert!(out.contains("1 entries were duplicates"), "{out}");
     let out = db
         .batcher(&["--key-prefix", &prefix, "dlq", "replay", "--invalid"])
@@ -791,7 +794,7 @@ async fn refused_events_replay_from_the_invalid_list_once_the_cause_is_fixed() -
     assert!(out.contains("requeued 0 entries"), "{out}");
     let table = format!("{}.ai_events", db.name);
     let started = Instant::now();
-    while clickhouse_query(&format!("SELECT count() FROM {table}")).await? != "1"
+    while clickhouse_query(&format!("SELECT count() FROM {table}")).await? != "2"
         && started.elapsed() < Duration::from_secs(20)
     {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -799,7 +802,14 @@ async fn refused_events_replay_from_the_invalid_list_once_the_cause_is_fixed() -
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         clickhouse_query(&format!("SELECT count() FROM {table}")).await?,
-        "1"
+        "2"
     );
+    // The event sent without a timestamp happened when the API received it, not at replay.
+    let at: u128 = clickhouse_query(&format!(
+        "SELECT toUnixTimestamp64Milli(event_time) FROM {table} WHERE session_id = 'session-000006'"
+    ))
+    .await?
+    .parse()?;
+    assert!(at <= received_by, "event time {at} is after {received_by}");
     delete_prefix(&redis, &prefix).await
 }

@@ -406,15 +406,17 @@ fn revalidate(raw: &[u8], limits: &sift_core::Limits) -> Result<sift_core::Queue
     let invalid = sift_core::InvalidRecord::decode(raw).map_err(|e| e.to_string())?;
     let value: serde_json::Value =
         serde_json::from_str(&invalid.raw).map_err(|e| format!("still not JSON: {e}"))?;
-    let now = now_ms();
-    let event = sift_core::validate::validate(&value, limits, now)
+    // Judged as of when the API received it: its clock skew is the skew it had then, and an
+    // event without a timestamp happened then, not at the replay.
+    let received = invalid.received_at_ms;
+    let event = sift_core::validate::validate(&value, limits, received)
         .map_err(|e| format!("still invalid: {e}"))?;
     let hash = sift_core::SemanticHash::of(&invalid.tenant_id, &event);
     Ok(sift_core::QueueRecord::new(
         &invalid.tenant_id,
         &event,
         &hash,
-        now,
+        received,
     ))
 }
 
