@@ -156,6 +156,11 @@ impl Batcher {
     pub async fn metric(&self, series: &str) -> Result<f64> {
         metric(&self.metrics_url, series).await
     }
+
+    /// The whole /metrics page.
+    pub async fn metrics_text(&self) -> Result<String> {
+        Ok(reqwest::get(&self.metrics_url).await?.text().await?)
+    }
 }
 
 /// The value of one metric line (`name{labels}`) of a Prometheus text page, 0 when absent.

@@ -565,9 +565,21 @@ async fn sigterm_while_clickhouse_hangs_leaves_the_chunk_for_recovery() -> Resul
 
     proxy.down().await;
     proxy.up().await?;
-    let _batcher = start().await?;
+    let batcher = start().await?;
     assert_eq!(p.settle(80, Duration::from_secs(30)).await?, 80);
     assert_eq!(p.distinct().await?, 80);
+    // Nothing in hand any more: the gauge of processing lists holding records falls to 0
+    // (the worker stays registered).
+    let lists = "sift_batcher_processing_lists";
+    let started = Instant::now();
+    while batcher.metric(lists).await? != 0.0 || !batcher.metrics_text().await?.contains(lists) {
+        ensure!(
+            started.elapsed() < Duration::from_secs(20),
+            "{lists} stays at {}",
+            batcher.metric(lists).await?
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     p.cleanup().await
 }
 

@@ -78,6 +78,15 @@ end
 redis.call('SREM', KEYS[4], ARGV[1])
 return taken";
 
+/// Processing lists that hold records: those of the registered workers (live, dead, or
+/// rebuilt by `dlq replay`). KEYS[1]: the worker set; ARGV[1]: the processing lists' prefix.
+const HELD_LISTS: &str = r"
+local n = 0
+for _, w in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  n = n + redis.call('EXISTS', ARGV[1] .. w)
+end
+return n";
+
 pub struct Queue {
     pool: Pool,
     keys: KeySpace,
@@ -85,6 +94,7 @@ pub struct Queue {
     claim: Script,
     ack: Script,
     take_over: Script,
+    held_lists: Script,
 }
 
 impl Queue {
@@ -96,6 +106,7 @@ impl Queue {
             claim: Script::new(CLAIM),
             ack: Script::new(ACK),
             take_over: Script::new(TAKE_OVER),
+            held_lists: Script::new(HELD_LISTS),
         }
     }
 
@@ -245,18 +256,23 @@ impl Queue {
         Ok(None)
     }
 
-    /// Queue length, dead-letter length, and the number of workers with a processing list.
+    /// Queue length, dead-letter length, and the number of processing lists holding records
+    /// (chunks in hand, or left by dead workers until taken over).
     pub async fn depths(&self) -> Result<(u64, u64, u64), QueueError> {
         let mut conn = self.conn().await?;
-        let (queue, dlq, workers): (u64, u64, u64) = redis::pipe()
+        let (queue, dlq): (u64, u64) = redis::pipe()
             .cmd("LLEN")
             .arg(self.keys.queue())
             .cmd("LLEN")
             .arg(self.keys.dlq())
-            .cmd("SCARD")
-            .arg(self.keys.workers())
             .query_async(&mut conn)
             .await?;
-        Ok((queue, dlq, workers))
+        let held: u64 = self
+            .held_lists
+            .key(self.keys.workers())
+            .arg(self.keys.processing(""))
+            .invoke_async(&mut conn)
+            .await?;
+        Ok((queue, dlq, held))
     }
 }
