@@ -9,7 +9,9 @@ use unicode_normalization::UnicodeNormalization;
 use unicode_properties::{GeneralCategoryGroup, UnicodeGeneralCategory};
 
 /// Bump whenever [`normalize`] can map some input to a different output.
-pub const NORMALIZER_VERSION: u16 = 1;
+/// 2: ASCII symbols (`$ + < = > ^ ` | ~`) are kept, as Unicode's are: only punctuation goes
+/// (1 removed them, so "is a < b" and "is a > b" were one intent).
+pub const NORMALIZER_VERSION: u16 = 2;
 
 /// Special tokens of common chat templates, matched after lowercasing.
 const SPECIAL_TOKENS: [&str; 4] = ["[inst]", "[/inst]", "<s>", "</s>"];
@@ -27,12 +29,24 @@ pub fn normalize(prompt: &str) -> String {
     }
 }
 
-/// The same result as [`general`] for ASCII text, in one cheap pass: NFKC leaves ASCII as it
-/// is, lowercasing is bytewise, and since every special token holds punctuation, nothing the
-/// pass leaves can form a token or a change for another pass. The hot path of ingest (most
-/// prompts are ASCII), checked against [`general`] by a property test.
+/// The same result as [`general`] for ASCII text, cheaply: NFKC leaves ASCII as it is and
+/// lowercasing is bytewise. Removing punctuation can form a token anew (`<.s>`); only `<s>`
+/// and `<|...|>` can be formed (the others hold punctuation), so another pass is needed only
+/// when a `<` is left. The hot path of ingest (most prompts are ASCII), checked against
+/// [`general`] by property tests.
 fn ascii(prompt: &str) -> String {
-    strip_and_collapse(&remove_special_tokens(&prompt.to_ascii_lowercase()))
+    let mut current = strip_and_collapse(&remove_special_tokens(&prompt.to_ascii_lowercase()));
+    for _ in 1..MAX_PASSES {
+        if !current.contains('<') {
+            break;
+        }
+        let next = strip_and_collapse(&remove_special_tokens(&current));
+        if next == current {
+            break;
+        }
+        current = next;
+    }
+    current
 }
 
 fn general(prompt: &str) -> String {
@@ -103,12 +117,13 @@ fn remove_special_tokens(s: &str) -> String {
     out
 }
 
-/// Unicode punctuation (general category P*) and all ASCII punctuation, which includes the
-/// ASCII symbols (`|`, `$`, `+`, ...): none of them changes what a prompt asks.
+/// Unicode punctuation (general category P*). Symbols (S*) stay: `<` and `>`, `+` and `=`
+/// change what a prompt asks.
 fn is_punctuation(c: char) -> bool {
     if c.is_ascii() {
-        // Every ASCII P* character is ASCII punctuation; spares the table lookup.
+        // ASCII punctuation but its symbols, which is ASCII's P*; spares the table lookup.
         c.is_ascii_punctuation()
+            && !matches!(c, '$' | '+' | '<' | '=' | '>' | '^' | '`' | '|' | '~')
     } else {
         c.general_category_group() == GeneralCategoryGroup::Punctuation
     }
@@ -117,6 +132,26 @@ fn is_punctuation(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
+
+    #[test]
+    fn ascii_punctuation_is_exactly_unicode_p() {
+        use unicode_properties::{GeneralCategoryGroup, UnicodeGeneralCategory};
+        for c in (0u8..128).map(char::from) {
+            let p = c.general_category_group() == GeneralCategoryGroup::Punctuation;
+            assert_eq!(super::is_punctuation(c), p, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn symbols_keep_intents_apart() {
+        assert_ne!(super::normalize("is a < b?"), super::normalize("is a > b?"));
+        assert_ne!(
+            super::normalize("what is 2+2"),
+            super::normalize("what is 2=2")
+        );
+        assert_eq!(super::normalize("Is a < b?!"), "is a < b");
+        assert_eq!(super::normalize("<.s>hello"), "hello");
+    }
 
     proptest! {
         #[test]
@@ -129,7 +164,8 @@ mod tests {
             text in prop::collection::vec(prop::sample::select(vec![
                 "a", "B", " ", "\t", "\u{b}", "\u{c}", "\r\n", "\u{0}", "\u{7f}", ".", "!", "|",
                 "<", ">", "[", "]", "/", "<|", "|>", "<s>", "</s>", "[INST]", "[/inst]", "<S>",
-                "[Inst]", "<<s>s>", "x]", "$", "~",
+                "[Inst]", "<<s>s>", "x]", "$", "~", "<.s>", "<|", "<!|x|!>", "+", "=", "^",
+                "`",
             ]), 0..30).prop_map(|parts| parts.concat())
         ) {
             prop_assert_eq!(super::ascii(&text), super::general(&text));
