@@ -333,18 +333,56 @@ async fn health_readiness_and_metrics() -> Result<()> {
     f.cleanup().await
 }
 
+/// SIGTERM lets the request in flight finish: its body is still arriving (two parts 1.5 s
+/// apart) when the signal comes, yet it is answered 202, its event is queued once, and the
+/// process exits 0. (The server checks its connections once a second after the signal: a
+/// body that finishes later than that shows whether it waits, `--shutdown-timeout-secs 0`
+/// does not.)
 #[tokio::test]
-async fn sigterm_stops_the_server_cleanly() -> Result<()> {
-    let f = Fixture::new(&[]).await?;
-    assert_eq!(
-        f.event(&event("session-sigterm", "Last one")).await?.0,
-        StatusCode::ACCEPTED
-    );
-    f.cleanup().await?;
-    let Fixture { ingest, .. } = f;
-    let status = ingest.terminate().await?;
-    assert!(status.success(), "exit status {status}");
-    Ok(())
+async fn sigterm_finishes_the_request_in_flight_then_exits_0() -> Result<()> {
+    let mut f = Fixture::new(&[]).await?;
+    let body = event("session-sigterm", "Last one").to_string();
+    let (head, tail) = body.split_at(body.len() / 2);
+    let parts = [head.to_owned(), tail.to_owned()];
+    let (first_sent, first_sent_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut first_sent = Some(first_sent);
+    let stream = futures_util::stream::unfold(0, move |part| {
+        let chunk = parts.get(part).cloned();
+        let notify = (part == 1).then(|| first_sent.take()).flatten();
+        async move {
+            if let Some(notify) = notify {
+                let _ = notify.send(());
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+            }
+            chunk.map(|c| (Ok::<_, std::io::Error>(c), part + 1))
+        }
+    });
+    let request = f
+        .http
+        .post(f.ingest.url("/v1/ai/events"))
+        .bearer_auth(&f.key)
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(stream))
+        .send();
+    let response = tokio::spawn(async move {
+        let response = request.await?;
+        let status = response.status();
+        anyhow::Ok((status, response.json::<Value>().await?))
+    });
+
+    first_sent_rx.await?;
+    // The first half is on its way; the second comes in 1.5 s.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    f.ingest.sigterm()?;
+    let (status, body) = response.await??;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["status"], "accepted");
+    let queue = f.queue().await?;
+    assert_eq!(queue.len(), 1, "exactly one record for the request");
+    assert_eq!(queue[0].session_id, "session-sigterm");
+    let exit = f.ingest.wait().await?;
+    assert!(exit.success(), "exit status {exit}");
+    f.cleanup().await
 }
 
 #[tokio::test]
