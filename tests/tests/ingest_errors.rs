@@ -297,6 +297,10 @@ async fn health_readiness_and_metrics() -> Result<()> {
     let f = Fixture::new(&[]).await?;
     f.event(&event("session-metrics", "Count me")).await?;
     f.event(&event("session-metrics", "count me")).await?;
+    f.event(&event("session-metrics", "And me")).await?;
+    let mut invalid = event("session-metrics", "Not me");
+    invalid["latency_ms"] = json!(0);
+    assert_eq!(f.event(&invalid).await?.0, StatusCode::UNPROCESSABLE_ENTITY);
     let health = f.http.get(f.ingest.url("/healthz")).send().await?;
     assert_eq!(health.status(), StatusCode::OK);
     let ready: Value = f
@@ -318,8 +322,9 @@ async fn health_readiness_and_metrics() -> Result<()> {
         .text()
         .await?;
     for line in [
-        r#"sift_ingest_events_total{tenant="acme",outcome="accepted"} 1"#,
+        r#"sift_ingest_events_total{tenant="acme",outcome="accepted"} 2"#,
         r#"sift_ingest_events_total{tenant="acme",outcome="collapsed"} 1"#,
+        r#"sift_ingest_events_total{tenant="acme",outcome="rejected"} 1"#,
     ] {
         assert!(
             text.lines().any(|l| l == line),
@@ -329,7 +334,23 @@ async fn health_readiness_and_metrics() -> Result<()> {
     assert!(text.contains(
         "sift_ingest_request_duration_seconds_bucket{route=\"/v1/ai/events\",status=\"202\""
     ));
-    assert!(text.contains("sift_queue_depth"));
+
+    // The gauge is refreshed once a second: it reaches the queue's real length.
+    let mut conn = redis_connection(&f.redis).await?;
+    let length: u64 = redis::cmd("LLEN")
+        .arg(format!("{}:queue", f.ingest.key_prefix))
+        .query_async(&mut conn)
+        .await?;
+    assert_eq!(length, 2, "the two accepted events");
+    let mut depth = f64::NAN;
+    for _ in 0..50 {
+        depth = f.ingest.metric("sift_queue_depth ").await?;
+        if depth == length as f64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(depth, length as f64, "sift_queue_depth against LLEN");
     f.cleanup().await
 }
 
