@@ -163,20 +163,43 @@ async fn the_queue_high_water_mark_answers_429_with_retry_after() -> Result<()> 
     f.cleanup().await
 }
 
+/// `tenant list` counts the tenant's active keys: 1, then 0 once the key is revoked, which
+/// the API refuses from then on.
 #[tokio::test]
-async fn a_revoked_key_is_refused() -> Result<()> {
+async fn a_revoked_key_is_refused_and_no_longer_counted_active() -> Result<()> {
     let f = Fixture::new(&["--key-cache-ttl-ms", "200"]).await?;
     assert_eq!(
         f.event(&event("session-revoke", "Hi")).await?.0,
         StatusCode::ACCEPTED
     );
+    assert_eq!(active_keys(&f.db, "acme").await?, 1);
     f.db.batcher(&["key", "revoke", &f.key]).await?;
+    assert_eq!(active_keys(&f.db, "acme").await?, 0);
     tokio::time::sleep(Duration::from_millis(400)).await;
     let (status, body) = f.event(&event("session-revoke", "Hi again")).await?;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(body["message"], "the API key is not valid or was revoked");
     assert_eq!(f.queue().await?.len(), 1);
     f.cleanup().await
+}
+
+/// The `active_keys` column of `sift-batcher tenant list` for `tenant`.
+async fn active_keys(db: &Database, tenant: &str) -> Result<u64> {
+    let out = db.batcher(&["tenant", "list"]).await?;
+    let mut lines = out.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(header, ["id", "name", "events/s", "active_keys"], "{out}");
+    let line = lines
+        .find(|l| l.split_whitespace().next() == Some(tenant))
+        .with_context(|| format!("no line for {tenant} in\n{out}"))?;
+    let count = line.split_whitespace().last().unwrap_or_default();
+    count
+        .parse()
+        .with_context(|| format!("active_keys {count:?} in {line:?}"))
 }
 
 #[tokio::test]
