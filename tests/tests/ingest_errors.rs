@@ -1,7 +1,7 @@
 //! End-to-end tests of the ingest API's refusals and failures: every rejection code with its
-//! body, the high-water mark, revoked keys, Redis stopped or out of memory, health and
-//! metrics, SIGTERM, a Redis too old to run the scripts. Real binaries, real Redis and
-//! PostgreSQL.
+//! body, the high-water mark, revoked keys, keys stored hashed, Redis stopped or out of
+//! memory, health and metrics, SIGTERM, a Redis too old to run the scripts. Real binaries,
+//! real Redis and PostgreSQL.
 
 use std::time::Duration;
 
@@ -200,6 +200,49 @@ async fn active_keys(db: &Database, tenant: &str) -> Result<u64> {
     count
         .parse()
         .with_context(|| format!("active_keys {count:?} in {line:?}"))
+}
+
+/// PostgreSQL keeps a key's SHA-256 (hex), computed here by PostgreSQL itself, and nowhere
+/// in the database the key or its secret part.
+#[tokio::test]
+async fn keys_are_stored_as_their_sha256_only() -> Result<()> {
+    let f = Fixture::new(&[]).await?;
+    let (client, connection) = tokio_postgres::connect(&f.db.url, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    let rows = client
+        .query(
+            "SELECT key_hash, encode(sha256(convert_to($1, 'UTF8')), 'hex')
+             FROM api_keys WHERE tenant_id = 'acme'",
+            &[&f.key],
+        )
+        .await?;
+    assert_eq!(rows.len(), 1);
+    let (stored, sha256): (String, String) = (rows[0].try_get(0)?, rows[0].try_get(1)?);
+    assert_eq!(stored, sha256, "key_hash is the SHA-256 hex of the key");
+
+    let secret = f.key.strip_prefix("sk_").context("keys start with sk_")?;
+    let tables = client
+        .query(
+            "SELECT quote_ident(table_name) FROM information_schema.tables
+             WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
+            &[],
+        )
+        .await?;
+    assert!(tables.len() >= 2, "tenants and api_keys at least");
+    for table in &tables {
+        let table: String = table.try_get(0)?;
+        for row in client
+            .query(&format!("SELECT t::text FROM {table} t"), &[])
+            .await?
+        {
+            let text: String = row.try_get(0)?;
+            assert!(
+                !text.contains(&f.key) && !text.contains(secret),
+                "{table} holds the key: {text}"
+            );
+        }
+    }
+    f.cleanup().await
 }
 
 #[tokio::test]
