@@ -58,6 +58,29 @@ redis_policy_note() { # policy
     esac
 }
 
+redis_version() { # port
+    if command -v redis-cli >/dev/null 2>&1; then
+        redis_cmd "$1" info server 2>/dev/null | tr -d '\r' | sed -n 's/^redis_version://p'
+    fi
+}
+
+# sift's Lua scripts need Redis 7.0 or later (the `#!lua` shebang); the binaries refuse older.
+redis_version_note() { # version
+    local major="${1%%.*}"
+    if [[ -z "$1" ]]; then
+        echo "Redis version unknown"
+    elif [[ "$major" =~ ^[0-9]+$ ]] && ((major < 7)); then
+        echo "Redis $1 -- WARNING: sift needs Redis 7.0 or later; sift-ingest and sift-batcher refuse to start"
+    else
+        echo "Redis $1"
+    fi
+}
+
+# "Redis 7.0.15, maxmemory-policy noeviction" for the status line of the server on PORT.
+redis_notes() { # port
+    echo "$(redis_version_note "$(redis_version "$1")"), $(redis_policy_note "$(redis_policy "$1")")"
+}
+
 redis_up() {
     local port="$SIFT_REDIS_PORT"
     local state="$SIFT_STATE_DIR/redis-$port"
@@ -65,10 +88,10 @@ redis_up() {
         local pid
         pid="$(sift_state_get "$state" pid)"
         if [[ -f "$state" ]] && sift_pid_alive "$pid"; then
-            echo "redis: running on 127.0.0.1:$port (started by up.sh, pid $pid, $(redis_policy_note "$(redis_policy "$port")"))"
+            echo "redis: running on 127.0.0.1:$port (started by up.sh, pid $pid, $(redis_notes "$port"))"
         else
             rm -f "$state"
-            echo "redis: using existing server on 127.0.0.1:$port ($(redis_policy_note "$(redis_policy "$port")"))"
+            echo "redis: using existing server on 127.0.0.1:$port ($(redis_notes "$port"))"
         fi
         return 0
     fi
@@ -77,7 +100,7 @@ redis_up() {
     if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
         sift_apt_install redis-server redis-tools
         if redis_ping "$port"; then # the package's own service came up on this port
-            echo "redis: using server started by the redis-server package on 127.0.0.1:$port ($(redis_policy_note "$(redis_policy "$port")"))"
+            echo "redis: using server started by the redis-server package on 127.0.0.1:$port ($(redis_notes "$port"))"
             return 0
         fi
     fi
@@ -100,7 +123,7 @@ redis_up() {
     local pid
     pid="$(cat "$dir/redis.pid")"
     printf 'pid=%s\nport=%s\ndir=%s\n' "$pid" "$port" "$dir" >"$state"
-    echo "redis: started Redis $(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p') on 127.0.0.1:$port (pid $pid, $(redis_policy_note "$(redis_policy "$port")"), log $dir/redis.log)"
+    echo "redis: started on 127.0.0.1:$port (pid $pid, $(redis_notes "$port"), log $dir/redis.log)"
 }
 
 # ---------------------------------------------------------------- PostgreSQL

@@ -62,6 +62,12 @@ impl Ingest {
 
     /// Sends SIGTERM and waits for the exit status.
     pub async fn terminate(mut self) -> Result<std::process::ExitStatus> {
+        self.sigterm()?;
+        self.wait().await
+    }
+
+    /// Sends SIGTERM, without waiting.
+    pub fn sigterm(&self) -> Result<()> {
         let pid = self.child.id().context("already exited")?;
         let status = std::process::Command::new("kill")
             .args(["-TERM", &pid.to_string()])
@@ -69,6 +75,11 @@ impl Ingest {
         if !status.success() {
             bail!("kill -TERM failed");
         }
+        Ok(())
+    }
+
+    /// Waits (20 s at most) for the process to exit; its exit status.
+    pub async fn wait(&mut self) -> Result<std::process::ExitStatus> {
         Ok(tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await??)
     }
 }

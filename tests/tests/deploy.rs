@@ -1,14 +1,14 @@
 //! The deployment files against the code they describe, so that they cannot drift apart: the
 //! Grafana dashboard and the alert rules name only metrics that sift exports (and the dashboard
 //! shows every one of them), the Kubernetes manifests and the Dockerfile set only environment
-//! variables that the binaries read, and the cluster DDL parses and has the single node's
-//! columns and rollup query.
+//! variables that the binaries read, the cluster DDL parses and has the single node's columns
+//! and rollup query, and `deploy/local/up.sh` finds the services that already run.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use sift_e2e::{bin, clickhouse_query};
+use sift_e2e::{bin, clickhouse_query, clickhouse_url, postgres_base, redis_connection, redis_url};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -229,5 +229,105 @@ async fn the_cluster_ddl_parses_and_matches_the_single_node_schema() -> Result<(
         statements += 1;
     }
     assert_eq!(statements, 10);
+    Ok(())
+}
+
+/// The port of a service URL on this machine (`redis://127.0.0.1:6379` gives 6379).
+fn local_port(url: &str) -> Result<u16> {
+    let authority = url.split("://").nth(1).unwrap_or(url);
+    let authority = authority.split('/').next().unwrap_or_default();
+    let host_port = authority.rsplit('@').next().unwrap_or_default();
+    let (host, port) = host_port
+        .rsplit_once(':')
+        .with_context(|| format!("{url} names no port"))?;
+    anyhow::ensure!(
+        host == "127.0.0.1" || host == "localhost",
+        "{url} is not on this machine: up.sh only looks at 127.0.0.1"
+    );
+    port.parse().with_context(|| format!("port of {url}"))
+}
+
+/// Whether Redis, PostgreSQL and ClickHouse answer as the tests use them.
+async fn services_answer() -> Result<()> {
+    let mut redis = redis_connection(&redis_url()).await?;
+    redis::cmd("PING").query_async::<String>(&mut redis).await?;
+    let (client, connection) = tokio_postgres::connect(
+        &format!("{}/postgres", postgres_base()),
+        tokio_postgres::NoTls,
+    )
+    .await?;
+    tokio::spawn(connection);
+    client.simple_query("SELECT 1").await?;
+    clickhouse_query("SELECT 1").await?;
+    Ok(())
+}
+
+/// `deploy/local/up.sh`, run twice while the services run (as they do for every test), only
+/// finds them: exit 0 both times, and a line per service saying it uses the server that runs.
+/// It never stops anything (this test never runs down.sh), and it must not start or install
+/// anything either: the test refuses to run it unless all three answer and the clients it
+/// would otherwise install are there. Its state and logs go to a directory of the test's own.
+#[tokio::test]
+async fn up_sh_uses_the_running_services_and_runs_twice() -> Result<()> {
+    services_answer()
+        .await
+        .context("the services must run before up.sh is tried (else it would start them)")?;
+    for tool in ["redis-cli", "pg_isready", "psql", "curl"] {
+        let found = std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()?;
+        anyhow::ensure!(
+            found.status.success(),
+            "{tool} is missing: up.sh would install it"
+        );
+    }
+    let ports = [
+        ("redis", local_port(&redis_url())?),
+        ("postgresql", local_port(&postgres_base())?),
+        ("clickhouse", local_port(&clickhouse_url())?),
+    ];
+    let local = tempfile::tempdir()?;
+    for run in 1..=2 {
+        let out = tokio::time::timeout(
+            std::time::Duration::from_secs(120),
+            tokio::process::Command::new(root().join("deploy/local/up.sh"))
+                .env("SIFT_LOCAL_DIR", local.path())
+                .env("SIFT_REDIS_PORT", ports[0].1.to_string())
+                .env("SIFT_PG_PORT", ports[1].1.to_string())
+                .env("SIFT_CLICKHOUSE_HTTP_PORT", ports[2].1.to_string())
+                .env("SIFT_WAIT_SECS", "10")
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .context("up.sh ran for more than 120 s")??;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "run {run}: up.sh {}\n{stdout}{stderr}",
+            out.status
+        );
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(lines.len(), 3, "run {run}: one line per service\n{stdout}");
+        for ((service, port), line) in ports.iter().zip(&lines) {
+            let found = [
+                format!("{service}: using existing server on 127.0.0.1:{port} "),
+                format!("{service}: running"),
+            ];
+            assert!(
+                found.iter().any(|f| line.starts_with(f.as_str())),
+                "run {run}: {service} not found running: {line}"
+            );
+        }
+        assert!(
+            lines[0].contains("(Redis "),
+            "the Redis version: {}",
+            lines[0]
+        );
+    }
+    services_answer()
+        .await
+        .context("a service stopped answering after up.sh")?;
     Ok(())
 }

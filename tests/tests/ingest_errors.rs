@@ -1,13 +1,16 @@
 //! End-to-end tests of the ingest API's refusals and failures: every rejection code with its
-//! body, the high-water mark, revoked keys, Redis stopped or out of memory, health and
-//! metrics, SIGTERM. Real binaries, real Redis and PostgreSQL.
+//! body, the high-water mark, revoked keys, keys stored hashed, Redis stopped or out of
+//! memory, health and metrics, SIGTERM, a Redis too old to run the scripts. Real binaries,
+//! real Redis and PostgreSQL.
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use sift_e2e::{event, gzip, redis_connection, Fixture, PrivateRedis};
+use sift_e2e::{
+    bin, event, gzip, redis_connection, unique, Database, FakeRedis, Fixture, Ingest, PrivateRedis,
+};
 
 #[tokio::test]
 async fn rejections_have_their_codes_and_bodies() -> Result<()> {
@@ -160,19 +163,85 @@ async fn the_queue_high_water_mark_answers_429_with_retry_after() -> Result<()> 
     f.cleanup().await
 }
 
+/// `tenant list` counts the tenant's active keys: 1, then 0 once the key is revoked, which
+/// the API refuses from then on.
 #[tokio::test]
-async fn a_revoked_key_is_refused() -> Result<()> {
+async fn a_revoked_key_is_refused_and_no_longer_counted_active() -> Result<()> {
     let f = Fixture::new(&["--key-cache-ttl-ms", "200"]).await?;
     assert_eq!(
         f.event(&event("session-revoke", "Hi")).await?.0,
         StatusCode::ACCEPTED
     );
+    assert_eq!(active_keys(&f.db, "acme").await?, 1);
     f.db.batcher(&["key", "revoke", &f.key]).await?;
+    assert_eq!(active_keys(&f.db, "acme").await?, 0);
     tokio::time::sleep(Duration::from_millis(400)).await;
     let (status, body) = f.event(&event("session-revoke", "Hi again")).await?;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(body["message"], "the API key is not valid or was revoked");
     assert_eq!(f.queue().await?.len(), 1);
+    f.cleanup().await
+}
+
+/// The `active_keys` column of `sift-batcher tenant list` for `tenant`.
+async fn active_keys(db: &Database, tenant: &str) -> Result<u64> {
+    let out = db.batcher(&["tenant", "list"]).await?;
+    let mut lines = out.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(header, ["id", "name", "events/s", "active_keys"], "{out}");
+    let line = lines
+        .find(|l| l.split_whitespace().next() == Some(tenant))
+        .with_context(|| format!("no line for {tenant} in\n{out}"))?;
+    let count = line.split_whitespace().last().unwrap_or_default();
+    count
+        .parse()
+        .with_context(|| format!("active_keys {count:?} in {line:?}"))
+}
+
+/// PostgreSQL keeps a key's SHA-256 (hex), computed here by PostgreSQL itself, and nowhere
+/// in the database the key or its secret part.
+#[tokio::test]
+async fn keys_are_stored_as_their_sha256_only() -> Result<()> {
+    let f = Fixture::new(&[]).await?;
+    let (client, connection) = tokio_postgres::connect(&f.db.url, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    let rows = client
+        .query(
+            "SELECT key_hash, encode(sha256(convert_to($1, 'UTF8')), 'hex')
+             FROM api_keys WHERE tenant_id = 'acme'",
+            &[&f.key],
+        )
+        .await?;
+    assert_eq!(rows.len(), 1);
+    let (stored, sha256): (String, String) = (rows[0].try_get(0)?, rows[0].try_get(1)?);
+    assert_eq!(stored, sha256, "key_hash is the SHA-256 hex of the key");
+
+    let secret = f.key.strip_prefix("sk_").context("keys start with sk_")?;
+    let tables = client
+        .query(
+            "SELECT quote_ident(table_name) FROM information_schema.tables
+             WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
+            &[],
+        )
+        .await?;
+    assert!(tables.len() >= 2, "tenants and api_keys at least");
+    for table in &tables {
+        let table: String = table.try_get(0)?;
+        for row in client
+            .query(&format!("SELECT t::text FROM {table} t"), &[])
+            .await?
+        {
+            let text: String = row.try_get(0)?;
+            assert!(
+                !text.contains(&f.key) && !text.contains(secret),
+                "{table} holds the key: {text}"
+            );
+        }
+    }
     f.cleanup().await
 }
 
@@ -294,6 +363,10 @@ async fn health_readiness_and_metrics() -> Result<()> {
     let f = Fixture::new(&[]).await?;
     f.event(&event("session-metrics", "Count me")).await?;
     f.event(&event("session-metrics", "count me")).await?;
+    f.event(&event("session-metrics", "And me")).await?;
+    let mut invalid = event("session-metrics", "Not me");
+    invalid["latency_ms"] = json!(0);
+    assert_eq!(f.event(&invalid).await?.0, StatusCode::UNPROCESSABLE_ENTITY);
     let health = f.http.get(f.ingest.url("/healthz")).send().await?;
     assert_eq!(health.status(), StatusCode::OK);
     let ready: Value = f
@@ -315,8 +388,9 @@ async fn health_readiness_and_metrics() -> Result<()> {
         .text()
         .await?;
     for line in [
-        r#"sift_ingest_events_total{tenant="acme",outcome="accepted"} 1"#,
+        r#"sift_ingest_events_total{tenant="acme",outcome="accepted"} 2"#,
         r#"sift_ingest_events_total{tenant="acme",outcome="collapsed"} 1"#,
+        r#"sift_ingest_events_total{tenant="acme",outcome="rejected"} 1"#,
     ] {
         assert!(
             text.lines().any(|l| l == line),
@@ -326,22 +400,76 @@ async fn health_readiness_and_metrics() -> Result<()> {
     assert!(text.contains(
         "sift_ingest_request_duration_seconds_bucket{route=\"/v1/ai/events\",status=\"202\""
     ));
-    assert!(text.contains("sift_queue_depth"));
+
+    // The gauge is refreshed once a second: it reaches the queue's real length.
+    let mut conn = redis_connection(&f.redis).await?;
+    let length: u64 = redis::cmd("LLEN")
+        .arg(format!("{}:queue", f.ingest.key_prefix))
+        .query_async(&mut conn)
+        .await?;
+    assert_eq!(length, 2, "the two accepted events");
+    let mut depth = f64::NAN;
+    for _ in 0..50 {
+        depth = f.ingest.metric("sift_queue_depth ").await?;
+        if depth == length as f64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(depth, length as f64, "sift_queue_depth against LLEN");
     f.cleanup().await
 }
 
+/// SIGTERM lets the request in flight finish: its body is still arriving (two parts 1.5 s
+/// apart) when the signal comes, yet it is answered 202, its event is queued once, and the
+/// process exits 0. (The server checks its connections once a second after the signal: a
+/// body that finishes later than that shows whether it waits, `--shutdown-timeout-secs 0`
+/// does not.)
 #[tokio::test]
-async fn sigterm_stops_the_server_cleanly() -> Result<()> {
-    let f = Fixture::new(&[]).await?;
-    assert_eq!(
-        f.event(&event("session-sigterm", "Last one")).await?.0,
-        StatusCode::ACCEPTED
-    );
-    f.cleanup().await?;
-    let Fixture { ingest, .. } = f;
-    let status = ingest.terminate().await?;
-    assert!(status.success(), "exit status {status}");
-    Ok(())
+async fn sigterm_finishes_the_request_in_flight_then_exits_0() -> Result<()> {
+    let mut f = Fixture::new(&[]).await?;
+    let body = event("session-sigterm", "Last one").to_string();
+    let (head, tail) = body.split_at(body.len() / 2);
+    let parts = [head.to_owned(), tail.to_owned()];
+    let (first_sent, first_sent_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut first_sent = Some(first_sent);
+    let stream = futures_util::stream::unfold(0, move |part| {
+        let chunk = parts.get(part).cloned();
+        let notify = (part == 1).then(|| first_sent.take()).flatten();
+        async move {
+            if let Some(notify) = notify {
+                let _ = notify.send(());
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+            }
+            chunk.map(|c| (Ok::<_, std::io::Error>(c), part + 1))
+        }
+    });
+    let request = f
+        .http
+        .post(f.ingest.url("/v1/ai/events"))
+        .bearer_auth(&f.key)
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(stream))
+        .send();
+    let response = tokio::spawn(async move {
+        let response = request.await?;
+        let status = response.status();
+        anyhow::Ok((status, response.json::<Value>().await?))
+    });
+
+    first_sent_rx.await?;
+    // The first half is on its way; the second comes in 1.5 s.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    f.ingest.sigterm()?;
+    let (status, body) = response.await??;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["status"], "accepted");
+    let queue = f.queue().await?;
+    assert_eq!(queue.len(), 1, "exactly one record for the request");
+    assert_eq!(queue[0].session_id, "session-sigterm");
+    let exit = f.ingest.wait().await?;
+    assert!(exit.success(), "exit status {exit}");
+    f.cleanup().await
 }
 
 #[tokio::test]
@@ -409,4 +537,46 @@ async fn a_tenant_over_its_rate_gets_429_with_retry_after() -> Result<()> {
     );
     assert_eq!(f.queue().await?.len(), 6);
     f.cleanup().await
+}
+
+/// A Redis older than 7.0 answers PING but refuses every script: both binaries refuse to start
+/// against it, saying why. A Redis that does not answer at start-up is no reason to refuse:
+/// the API starts and answers 503 until it can reach it.
+#[tokio::test]
+async fn a_redis_older_than_7_is_refused_at_start_up() -> Result<()> {
+    let old = FakeRedis::start("6.2.6").await?;
+    let db = Database::create().await?;
+    for (binary, args) in [
+        ("sift-ingest", vec!["--listen", "127.0.0.1:0"]),
+        ("sift-batcher", vec!["run", "--listen", "127.0.0.1:0"]),
+    ] {
+        let out = tokio::time::timeout(
+            Duration::from_secs(20),
+            tokio::process::Command::new(bin(binary))
+                .args(&args)
+                .envs(db.env())
+                .env("SIFT_REDIS_URL", old.url())
+                .env("SIFT_KEY_PREFIX", unique("e2e"))
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .with_context(|| {
+            format!("{binary} still runs after 20 s: it should refuse the old Redis")
+        })??;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{binary} started: {stderr}");
+        assert!(
+            stderr.contains("is version 6.2.6; sift needs Redis 7.0.0 or later"),
+            "{binary}: {stderr}"
+        );
+    }
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let ingest = Ingest::start(&db, &format!("redis://127.0.0.1:{port}"), &[]).await?;
+    let ready = reqwest::get(ingest.url("/readyz")).await?;
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    Ok(())
 }

@@ -124,7 +124,7 @@ pub struct RunArgs {
     pub flush_interval_ms: u64,
 
     /// A worker whose heartbeat is older than this is dead; its chunk is taken over.
-    #[arg(long, env = "SIFT_HEARTBEAT_TTL_MS", default_value_t = 10_000)]
+    #[arg(long, env = "SIFT_HEARTBEAT_TTL_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub heartbeat_ttl_ms: u64,
 
     /// Attempts at a chunk that ClickHouse keeps refusing before it goes whole to `ai:dlq`
@@ -338,4 +338,22 @@ pub fn parse_time(text: &str) -> Result<i64, String> {
     time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
         .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
         .map_err(|e| format!("{text:?} is neither RFC 3339 nor epoch seconds: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Cli;
+
+    /// A heartbeat that lives 0 ms is `SET ... PX 0`, which Redis refuses: the flag says so.
+    #[test]
+    fn a_zero_heartbeat_ttl_is_refused_naming_the_flag() {
+        let error = Cli::try_parse_from(["sift-batcher", "run", "--heartbeat-ttl-ms", "0"])
+            .expect_err("0 must be refused");
+        assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
+        assert!(error.to_string().contains("--heartbeat-ttl-ms"), "{error}");
+        let cli = Cli::try_parse_from(["sift-batcher", "run", "--heartbeat-ttl-ms", "1"]);
+        assert!(cli.is_ok(), "{cli:?}");
+    }
 }

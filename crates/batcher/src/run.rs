@@ -20,6 +20,8 @@ use crate::worker::Worker;
 pub enum RunError {
     #[error(transparent)]
     Pool(#[from] sift_service::pools::PoolError),
+    #[error(transparent)]
+    RedisTooOld(#[from] sift_service::redis_version::TooOld),
     #[error("metrics: {0}")]
     Metrics(String),
     #[error("cannot listen on {addr}: {source}")]
@@ -67,6 +69,9 @@ pub async fn run(
         2 + 2 * shards,
         Duration::from_secs(5),
     )?;
+    // Refuse a Redis that cannot run the scripts; one that does not answer yet is waited for
+    // by the workers, as always.
+    sift_service::redis_version::require_supported(&redis_pools).await?;
     let pg_pool = sift_service::pools::postgres(postgres_url, 4, Duration::from_secs(5))?;
     let clickhouse = crate::clickhouse::client(ch);
     let worker_id = args.worker_id.clone().unwrap_or_else(default_worker_id);

@@ -36,7 +36,7 @@ pub struct Config {
     pub redis_pool_size: usize,
 
     /// Give up on a Redis call after this many milliseconds (answered 503).
-    #[arg(long, env = "SIFT_REDIS_TIMEOUT_MS", default_value_t = 1000)]
+    #[arg(long, env = "SIFT_REDIS_TIMEOUT_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pub redis_timeout_ms: u64,
 
     /// PostgreSQL URL (tenants and API keys).
@@ -88,7 +88,7 @@ pub struct Config {
     pub key_prefix: String,
 
     /// Semantic dedup window in milliseconds (30000 suits long conversations).
-    #[arg(long, env = "SIFT_DEDUP_WINDOW_MS", default_value_t = 5000)]
+    #[arg(long, env = "SIFT_DEDUP_WINDOW_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
     pub dedup_window_ms: u64,
 
     /// `fixed`: the window starts at the first event; `sliding`: each duplicate extends it.
@@ -96,16 +96,16 @@ pub struct Config {
     pub dedup_mode: WindowMode,
 
     /// How long a client `event_id` is remembered, in milliseconds (default 30 min).
-    #[arg(long, env = "SIFT_EVENT_ID_WINDOW_MS", default_value_t = 1_800_000)]
+    #[arg(long, env = "SIFT_EVENT_ID_WINDOW_MS", default_value_t = 1_800_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub event_id_window_ms: u64,
 
     /// With several Redis shards: how long each shard keeps its answer to its part of a
     /// batch, so that a retry after another shard failed is answered the same (see README).
-    #[arg(long, env = "SIFT_BATCH_RECEIPT_WINDOW_MS", default_value_t = 300_000)]
+    #[arg(long, env = "SIFT_BATCH_RECEIPT_WINDOW_MS", default_value_t = 300_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch_receipt_window_ms: u64,
 
     /// A stream without its final chunk for this long is written with its latest chunk.
-    #[arg(long, env = "SIFT_STREAM_TIMEOUT_MS", default_value_t = 60_000)]
+    #[arg(long, env = "SIFT_STREAM_TIMEOUT_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub stream_timeout_ms: u64,
 
     /// Queue length from which new events are answered 429 (0: no limit).
@@ -167,6 +167,37 @@ impl Config {
             high_water: self.queue_high_water,
             invalid_max: self.invalid_max.max(1),
             timeout: Duration::from_millis(self.redis_timeout_ms),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Config;
+
+    /// Durations that Redis or the timeouts cannot take as 0 (`SET ... PX 0` fails inside
+    /// the claim script; a 0 ms timeout fails every call) are refused when parsing.
+    #[test]
+    fn zero_durations_are_refused_naming_the_flag() {
+        for flag in [
+            "--dedup-window-ms",
+            "--event-id-window-ms",
+            "--batch-receipt-window-ms",
+            "--stream-timeout-ms",
+            "--redis-timeout-ms",
+        ] {
+            let error =
+                Config::try_parse_from(["sift-ingest", flag, "0"]).expect_err("0 must be refused");
+            assert_eq!(
+                error.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{flag}"
+            );
+            assert!(error.to_string().contains(flag), "{flag}: {error}");
+            let config = Config::try_parse_from(["sift-ingest", flag, "1"]);
+            assert!(config.is_ok(), "{flag} 1: {config:?}");
         }
     }
 }

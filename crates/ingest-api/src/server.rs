@@ -19,6 +19,8 @@ use crate::{api, metrics, tasks};
 pub enum StartError {
     #[error(transparent)]
     Pool(#[from] sift_service::pools::PoolError),
+    #[error(transparent)]
+    RedisTooOld(#[from] sift_service::redis_version::TooOld),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -31,19 +33,23 @@ pub enum StartError {
 /// Runs until SIGTERM or SIGINT. Prints `listening on http://ADDR` once bound.
 pub async fn serve(config: Config, metrics_handle: PrometheusHandle) -> Result<(), StartError> {
     let timeout = Duration::from_millis(config.redis_timeout_ms);
-    let shards: Vec<Shard> = sift_service::pools::redis_shards(
+    let pools = sift_service::pools::redis_shards(
         &config.redis_url,
         usize::from(config.redis_shards),
         config.redis_pool_size,
         timeout,
-    )?
-    .into_iter()
-    .zip(KeySpace::shards(
-        &config.key_prefix,
-        usize::from(config.redis_shards),
-    ))
-    .map(|(pool, keys)| Shard { pool, keys })
-    .collect();
+    )?;
+    // Refuse a Redis that cannot run the scripts (a PING would still pass); one that does not
+    // answer yet is not waited for (503 until it does).
+    sift_service::redis_version::require_supported(&pools).await?;
+    let shards: Vec<Shard> = pools
+        .into_iter()
+        .zip(KeySpace::shards(
+            &config.key_prefix,
+            usize::from(config.redis_shards),
+        ))
+        .map(|(pool, keys)| Shard { pool, keys })
+        .collect();
     let postgres = sift_service::pools::postgres(&config.postgres_url, 8, Duration::from_secs(2))?;
 
     let state = web::Data::new(AppState {

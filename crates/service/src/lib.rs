@@ -4,7 +4,9 @@
 //! - [`pools`]: Redis and PostgreSQL pools with bounded waits, the ClickHouse client, and the
 //!   readiness probes.
 //! - [`limits`]: the validation limits as flags, the same for the API and for replays.
+//! - [`redis_version`]: the oldest Redis sift runs on (7.0), checked at start-up.
 
 pub mod limits;
 pub mod logging;
 pub mod pools;
+pub mod redis_version;
