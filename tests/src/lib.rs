@@ -5,16 +5,13 @@
 //! - [`services`]: the stores, a database per test, a private Redis.
 //! - [`processes`]: `sift-ingest` and `sift-batcher run` as child processes.
 //! - [`proxy`]: a TCP proxy to cut a dependency and bring it back.
-//! - [`fake_redis`]: a server that answers as a Redis of another version.
 //! - [`fixtures`]: ready-made worlds and the data they send.
 
-pub mod fake_redis;
 pub mod fixtures;
 pub mod processes;
 pub mod proxy;
 pub mod services;
 
-pub use fake_redis::FakeRedis;
 pub use fixtures::{dataset, event, f, gzip, Fixture, World, MODELS};
 pub use processes::{Batcher, Ingest};
 pub use proxy::Proxy;
