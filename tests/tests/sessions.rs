@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use reqwest::StatusCode;
 use serde_json::json;
-use sift_e2e::{clickhouse_query, dataset, f, World};
+use sift_e2e::{clickhouse_query, dataset, f, Batcher, World};
 
 #[tokio::test]
 async fn the_flusher_writes_session_metrics_equal_to_a_direct_computation() -> Result<()> {
@@ -93,5 +93,45 @@ async fn the_flusher_writes_session_metrics_equal_to_a_direct_computation() -> R
         .await?;
     assert!(out.contains("sessions recomputed in 7 steps"), "{out}");
     assert_eq!(w.query_json(&flushed_sql).await?, direct);
+    w.cleanup().await
+}
+
+/// Flusher runs of one batcher, whatever their result.
+async fn flusher_runs(batcher: &Batcher) -> Result<f64> {
+    let mut runs = 0.0;
+    for result in ["ok", "error"] {
+        runs += batcher
+            .metric(&format!("sift_flusher_runs_total{{result=\"{result}\"}}"))
+            .await?;
+    }
+    Ok(runs)
+}
+
+#[tokio::test]
+async fn two_batchers_run_the_flusher_once_per_period_between_them() -> Result<()> {
+    let w = World::new(&["acme"]).await?;
+    let sent = w.send("acme", &dataset("lock", 200, 2, 31)).await?;
+    let started = Instant::now();
+    let a = w
+        .batcher("w-lock-a", &["--session-flush-secs", "1"])
+        .await?;
+    // Timers in another phase: b's ticks fall between a's.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let b = w
+        .batcher("w-lock-b", &["--session-flush-secs", "1"])
+        .await?;
+    w.wait_for_events(sent).await?;
+    while started.elapsed() < Duration::from_secs(6) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (runs_a, runs_b) = (flusher_runs(&a).await?, flusher_runs(&b).await?);
+    // Read after the counters, so that it bounds the time they counted in.
+    let elapsed = started.elapsed().as_secs_f64();
+    let total = runs_a + runs_b;
+    assert!(total >= 1.0, "the flusher never ran");
+    assert!(
+        total <= elapsed + 2.0,
+        "{total} runs ({runs_a} + {runs_b}) in {elapsed:.1} s of a 1 s period"
+    );
     w.cleanup().await
 }

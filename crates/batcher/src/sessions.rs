@@ -5,7 +5,7 @@
 //! only. Older ranges are recomputed by `sift-batcher backfill sessions`, in bounded steps.
 //! The same run finalizes the hourly rollups of recently touched hours (see [`crate::rollups`]).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clickhouse::Client;
 use deadpool_redis::Pool;
@@ -20,6 +20,8 @@ pub enum FlushError {
     ClickHouse(#[from] clickhouse::error::Error),
     #[error("Redis: {0}")]
     Redis(String),
+    #[error("the run did not finish within its time budget (4/5 of the period)")]
+    TimedOut,
 }
 
 /// The recomputation of the sessions picked by `selector`, a query returning
@@ -99,8 +101,21 @@ pub struct FlusherLock {
     pool: Pool,
     key: String,
     token: String,
+    acquire: Script,
     release: Script,
 }
+
+/// Takes the lock if it is free, or renews it if this holder has it: a flusher that holds the
+/// lock keeps its turn at its next tick even if that tick comes a hair before the lock expires.
+const ACQUIRE: &str = r"
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if holder then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1";
 
 const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -112,29 +127,31 @@ impl FlusherLock {
             pool,
             key: format!("{}:flusher:lock", keys.prefix()),
             token: holder.to_owned(),
+            acquire: Script::new(ACQUIRE),
             release: Script::new(RELEASE),
         }
     }
 
-    /// Takes the lock for `ttl` if nobody holds it; returns whether this worker holds it.
+    /// Takes the lock for `ttl` if nobody holds it, or renews it for `ttl` if this holder
+    /// does; returns whether this holder has it now.
     pub async fn acquire(&self, ttl: Duration) -> Result<bool, FlushError> {
         let mut conn = self
             .pool
             .get()
             .await
             .map_err(|e| FlushError::Redis(e.to_string()))?;
-        let taken: Option<String> = redis::cmd("SET")
-            .arg(&self.key)
+        let held: i64 = self
+            .acquire
+            .key(&self.key)
             .arg(&self.token)
-            .arg("NX")
-            .arg("PX")
-            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
-            .query_async(&mut conn)
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
+            .invoke_async(&mut conn)
             .await
             .map_err(|e| FlushError::Redis(e.to_string()))?;
-        Ok(taken.is_some())
+        Ok(held == 1)
     }
 
+    /// Gives the lock up if this holder has it.
     pub async fn release(&self) -> Result<(), FlushError> {
         let mut conn = self
             .pool
@@ -152,10 +169,24 @@ impl FlusherLock {
     }
 }
 
-/// Runs the flusher every `every` until the task is aborted. Each run holds the lock for at
-/// most `every`, so runs of different batchers never overlap and a crashed holder's lock is
-/// free by the next period.
+/// The share of the period a run may take: the rest is margin before the lock expires, so a
+/// run (and its queries in ClickHouse, cut by `max_execution_time`) is over before any other
+/// batcher can take the lock.
+pub fn run_budget(every: Duration) -> Duration {
+    every * 4 / 5
+}
+
+/// Runs the flusher every `every` until the task is aborted, in whichever batcher holds the
+/// lock. The lock is taken for one period and kept (renewed by its holder at its next tick),
+/// never released after a run: another batcher can take it only once it has expired, a period
+/// after this run began, so there is at most one run per period across all batchers. Each run
+/// is cut at [`run_budget`] (its queries carry `max_execution_time` for the time left, so
+/// ClickHouse stops them too), so runs never overlap. A failed run keeps the lock as well:
+/// releasing it would let every other batcher retry within the same period against a
+/// ClickHouse that is failing, and a run cut by its timeout may still be finishing there. The
+/// next run recomputes the same sessions (the active window spans many periods).
 pub async fn run(lock: FlusherLock, client: Client, db: String, every: Duration, active: Duration) {
+    let budget = run_budget(every);
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -168,22 +199,46 @@ pub async fn run(lock: FlusherLock, client: Client, db: String, every: Duration,
                 continue;
             }
         }
-        let started = std::time::Instant::now();
-        let mut result = flush_active(&client, &db, active).await;
-        if result.is_ok() {
-            result = crate::rollups::finalize_recent(&client, &db, FINALIZE_WINDOW.max(every * 3))
-                .await
-                .map_err(FlushError::from);
-        }
+        let started = Instant::now();
+        let deadline = started + budget;
+        let result = tokio::time::timeout(budget, run_once(&client, &db, every, active, deadline))
+            .await
+            .unwrap_or(Err(FlushError::TimedOut));
         let outcome = if result.is_ok() { "ok" } else { "error" };
         metrics::counter!(m::FLUSHER_RUNS, "result" => outcome).increment(1);
         metrics::histogram!(m::FLUSHER_DURATION).record(started.elapsed().as_secs_f64());
         if let Err(error) = result {
             tracing::warn!(%error, "session flusher run failed; the next run recomputes the same sessions");
         }
-        // Released early is fine: the next run is a period away.
-        if let Err(error) = lock.release().await {
-            tracing::warn!(%error, "session flusher: lock not released (it expires)");
-        }
     }
+}
+
+/// One run: the active sessions, then the recently touched hours, within `deadline`.
+async fn run_once(
+    client: &Client,
+    db: &str,
+    every: Duration,
+    active: Duration,
+    deadline: Instant,
+) -> Result<(), FlushError> {
+    flush_active(&until(client, deadline)?, db, active).await?;
+    crate::rollups::finalize_recent(
+        &until(client, deadline)?,
+        db,
+        FINALIZE_WINDOW.max(every * 3),
+    )
+    .await?;
+    Ok(())
+}
+
+/// `client` with `max_execution_time` set to the time left until `deadline`.
+fn until(client: &Client, deadline: Instant) -> Result<Client, FlushError> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    // Whole milliseconds, at least one: 0 would mean no limit at all.
+    if left < Duration::from_millis(1) {
+        return Err(FlushError::TimedOut);
+    }
+    Ok(client
+        .clone()
+        .with_setting("max_execution_time", format!("{:.3}", left.as_secs_f64())))
 }
