@@ -254,6 +254,12 @@ async fn ttl_clauses_are_set_at_migrate_time() -> Result<()> {
     assert!(show("ai_sessions")
         .await?
         .contains("TTL toDateTime(last_seen) + toIntervalDay(400)"));
+    assert!(
+        show("ai_events")
+            .await?
+            .contains("INDEX inserted_at_minmax inserted_at TYPE minmax GRANULARITY 1"),
+        "the flusher's skip index on inserted_at"
+    );
     let hourly = show("ai_events_hourly").await?;
     assert!(
         hourly.contains("ENGINE = AggregatingMergeTree")

@@ -135,3 +135,64 @@ async fn two_batchers_run_the_flusher_once_per_period_between_them() -> Result<(
     );
     w.cleanup().await
 }
+
+#[tokio::test]
+async fn the_flusher_reads_events_no_older_than_the_session_span() -> Result<()> {
+    let w = World::new(&["acme"]).await?;
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs_f64();
+    // Sessions with events over the last 3 hours; the flusher reads 1 hour and 1 minute back.
+    let sent = w.send("acme", &dataset("span", 600, 3, 41)).await?;
+    let _batcher = w
+        .batcher(
+            "w-span",
+            &[
+                "--session-flush-secs",
+                "1",
+                "--session-active-minutes",
+                "1",
+                "--session-max-span-hours",
+                "1",
+            ],
+        )
+        .await?;
+    w.wait_for_events(sent).await?;
+    let oldest = |table: &str, column: &str| {
+        let sql = format!(
+            "SELECT count(), toUnixTimestamp64Milli(min({column})) / 1000 FROM {} FINAL",
+            w.table(table)
+        );
+        async move {
+            let text = clickhouse_query(&sql).await?;
+            let (n, t) = text.split_once('\t').context("two columns")?;
+            Ok::<_, anyhow::Error>((n.parse::<u64>()?, t.parse::<f64>()?))
+        }
+    };
+    let (_, oldest_event) = oldest("ai_events", "event_time").await?;
+    assert!(
+        oldest_event < started - 2.0 * 3600.0,
+        "the data reaches back 3 hours"
+    );
+    // A run that saw every event writes at least the sessions of the last hour.
+    let recent: u64 = clickhouse_query(&format!(
+        "SELECT uniqExact(session_id) FROM {} WHERE event_time >= fromUnixTimestamp64Milli({})",
+        w.table("ai_events"),
+        (started * 1000.0) as i64 - 3_600_000
+    ))
+    .await?
+    .parse()?;
+    let watch = Instant::now();
+    let mut flushed = oldest("ai_sessions", "first_seen").await?;
+    while flushed.0 < recent && watch.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        flushed = oldest("ai_sessions", "first_seen").await?;
+    }
+    assert!(flushed.0 >= recent.max(1), "{flushed:?}, {recent} sessions");
+    assert!(
+        flushed.1 >= started - 3660.0 - 5.0,
+        "a session counts events {:.0} s old, beyond the span of 3660 s",
+        started - flushed.1
+    );
+    w.cleanup().await
+}

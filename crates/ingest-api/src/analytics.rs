@@ -126,7 +126,12 @@ pub async fn hourly(
             .param("to", to)
             .param("model", model)
     };
-    let rows: Vec<HourlyRow> = query(HOURLY).fetch_all().await.map_err(unavailable)?;
+    // Copies of a finalized row share its hour, hence its monthly partition.
+    let rows: Vec<HourlyRow> = query(HOURLY)
+        .with_setting("do_not_merge_across_partitions_select_final", "1")
+        .fetch_all()
+        .await
+        .map_err(unavailable)?;
     // A finalized row counts only while no event has come for its hour since.
     let stale: Vec<(u32, String)> = rows
         .iter()
