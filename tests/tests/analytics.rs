@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use sift_e2e::{clickhouse_query, dataset, f, redis_connection, take_queue_as, Database, World};
+use sift_e2e::{
+    clickhouse_query, dataset, delete_prefix, f, redis_connection, redis_url, take_queue_as,
+    Database, Ingest, World,
+};
 
 #[tokio::test]
 async fn hourly_api_equals_a_direct_computation_and_tenants_stay_apart() -> Result<()> {
@@ -418,5 +421,77 @@ async fn the_read_cache_fetches_only_the_hours_that_changed() -> Result<()> {
         expected
     );
     assert_eq!(counts().await?, (23.0, 9.0));
+    w.cleanup().await
+}
+
+#[tokio::test]
+async fn a_slow_or_silent_clickhouse_is_answered_504_not_waited_for() -> Result<()> {
+    // ClickHouse stops every query after 1 ms (planning alone takes longer).
+    let w = World::sharded(
+        &["acme"],
+        &redis_url(),
+        1,
+        &[
+            "--clickhouse-query-timeout-ms",
+            "1",
+            "--stats-cache-secs",
+            "0",
+        ],
+    )
+    .await?;
+    clickhouse_query(&format!(
+        "INSERT INTO {} (tenant_id, event_time, semantic_hash, session_id, model_version, latency_ms)
+         SELECT 'acme', now64(3) - toIntervalSecond(number), toString(number), 'slow-session-0001', 'v1.0.0', 10
+         FROM numbers(1000)",
+        w.table("ai_events")
+    ))
+    .await?;
+    let expected = json!({
+        "error": "timeout",
+        "message": "the query took longer than the read timeout; ask for a shorter range or retry later",
+    });
+    let (status, body) = w.get("acme", "/v1/ai/stats/hourly").await?;
+    assert_eq!(
+        (status, &body),
+        (StatusCode::GATEWAY_TIMEOUT, &expected),
+        "stopped by ClickHouse"
+    );
+
+    // A ClickHouse that takes the connection and never answers: given up on, not waited for.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let silent_url = format!("http://{}", silent.local_addr()?);
+    let _held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            open.push(socket);
+        }
+    });
+    let ingest = Ingest::start(
+        &w.db,
+        &w.redis,
+        &[
+            "--clickhouse-url",
+            &silent_url,
+            "--clickhouse-query-timeout-ms",
+            "500",
+            "--stats-cache-secs",
+            "0",
+        ],
+    )
+    .await?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    for path in ["/v1/ai/stats/hourly", "/v1/ai/sessions/slow-session-0001"] {
+        let response = client
+            .get(ingest.url(path))
+            .bearer_auth(&w.keys["acme"])
+            .send()
+            .await
+            .with_context(|| format!("{path} was not answered"))?;
+        assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT, "{path}");
+        assert_eq!(response.json::<Value>().await?, expected, "{path}");
+    }
+    delete_prefix(&w.redis, &ingest.key_prefix).await?;
     w.cleanup().await
 }
