@@ -12,32 +12,10 @@ use sift_e2e::{
     Database, Ingest, World,
 };
 
-#[tokio::test]
-async fn hourly_api_equals_a_direct_computation_and_tenants_stay_apart() -> Result<()> {
-    let w = World::new(&["acme", "globex"]).await?;
-    let _batcher = w
-        .batcher("w-hourly", &["--session-flush-secs", "0"])
-        .await?;
-    let acme = w.send("acme", &dataset("acme", 2500, 5, 7)).await?;
-    let globex = w.send("globex", &dataset("globex", 700, 3, 11)).await?;
-    w.wait_for_events(acme + globex).await?;
-
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs();
-    let (from, to) = (now - 8 * 3600, now + 3600);
-    let (status, body) = w
-        .get("acme", &format!("/v1/ai/stats/hourly?from={from}&to={to}"))
-        .await?;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(body["tenant"], "acme");
-    let rows = body["rows"].as_array().context("rows")?;
-    assert!(
-        rows.len() >= 15,
-        "5 hours (or 6) × 3 models, got {}",
-        rows.len()
-    );
-
+/// Asserts that `rows` (an hourly answer for `tenant`, every hour with events) are the figures
+/// computed straight from `ai_events`: the same counts, sums and exact unique sessions, and
+/// percentiles within the exact quantiles a few ranks to either side (t-digest).
+async fn assert_equals_raw(w: &World, tenant: &str, rows: &[Value]) -> Result<()> {
     let direct = w
         .query_json(&format!(
             "SELECT formatDateTime(toStartOfHour(event_time), '%Y-%m-%dT%H:00:00Z') AS hour, model_version,
@@ -46,7 +24,7 @@ async fn hourly_api_equals_a_direct_computation_and_tenants_stay_apart() -> Resu
                     avg(latency_ms) AS avg_latency, uniqExact(session_id) AS sessions,
                     countIf(length(fallback_chain) > 1) AS fallbacks,
                     quantilesExact(0.47, 0.53, 0.92, 0.98, 0.97, 1.0)(latency_ms) AS bounds
-             FROM {} WHERE tenant_id = 'acme' GROUP BY hour, model_version ORDER BY hour, model_version",
+             FROM {} WHERE tenant_id = '{tenant}' GROUP BY hour, model_version ORDER BY hour, model_version",
             w.table("ai_events")
         ))
         .await?;
@@ -94,6 +72,36 @@ async fn hourly_api_equals_a_direct_computation_and_tenants_stay_apart() -> Resu
             );
         }
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn hourly_api_equals_a_direct_computation_and_tenants_stay_apart() -> Result<()> {
+    let w = World::new(&["acme", "globex"]).await?;
+    let _batcher = w
+        .batcher("w-hourly", &["--session-flush-secs", "0"])
+        .await?;
+    let acme = w.send("acme", &dataset("acme", 2500, 5, 7)).await?;
+    let globex = w.send("globex", &dataset("globex", 700, 3, 11)).await?;
+    w.wait_for_events(acme + globex).await?;
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let (from, to) = (now - 8 * 3600, now + 3600);
+    let (status, body) = w
+        .get("acme", &format!("/v1/ai/stats/hourly?from={from}&to={to}"))
+        .await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["tenant"], "acme");
+    let rows = body["rows"].as_array().context("rows")?;
+    assert!(
+        rows.len() >= 15,
+        "5 hours (or 6) × 3 models, got {}",
+        rows.len()
+    );
+
+    assert_equals_raw(&w, "acme", rows).await?;
     let total: f64 = rows.iter().map(|r| f(&r["events"])).sum();
     assert_eq!(total as u64, acme);
 
@@ -274,8 +282,12 @@ async fn ttl_clauses_are_set_at_migrate_time() -> Result<()> {
 #[tokio::test]
 async fn finalized_rollups_answer_the_same_and_late_events_show_at_once() -> Result<()> {
     let w = World::new(&["acme"]).await?;
+    // Beside the cached ingest API, one without a cache: every request of a long range goes
+    // through the finalized rollups, merging the states of the stale hours only (the common
+    // path in production once the newest hour has changed).
+    let uncached = Ingest::start(&w.db, &w.redis, &["--stats-cache-secs", "0"]).await?;
     let flushing = w.batcher("w-final", &["--session-flush-secs", "1"]).await?;
-    let sent = w.send("acme", &dataset("final", 1500, 4, 23)).await?;
+    let sent = w.send("acme", &dataset("final", 1500, 8, 23)).await?;
     w.wait_for_events(sent).await?;
     // The flusher finalizes every touched hour; wait for a run that saw all events.
     let finalized_sql = format!(
@@ -317,7 +329,9 @@ async fn finalized_rollups_answer_the_same_and_late_events_show_at_once() -> Res
             {
                 assert!(
                     (f(&a[*name]) - f(&s["q"][i])).abs() < 1e-9,
-                    "{name}: {} vs {}",
+                    "{name} of {} {}: {} vs {}",
+                    a["hour"],
+                    a["model_version"],
                     a[*name],
                     s["q"][i]
                 );
@@ -328,30 +342,73 @@ async fn finalized_rollups_answer_the_same_and_late_events_show_at_once() -> Res
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
+    // Ten hours: more than the cache merges from states in one query.
     let path = format!(
         "/v1/ai/stats/hourly?from={}&to={}",
-        now - 6 * 3600,
+        now - 9 * 3600,
         now + 3600
     );
+    let get_uncached = || async {
+        let response = w
+            .http
+            .get(uncached.url(&path))
+            .bearer_auth(&w.keys["acme"])
+            .send()
+            .await?;
+        assert_eq!(response.status(), StatusCode::OK);
+        Ok::<Value, anyhow::Error>(response.json().await?)
+    };
     let (_, before) = w.get("acme", &path).await?;
-    check(&before, &w.query_json(&from_states(&w.db.name)).await?)?;
+    let states = w.query_json(&from_states(&w.db.name)).await?;
+    check(&before, &states)?;
+    check(&get_uncached().await?, &states)?;
+    let rows = before["rows"].as_array().context("rows")?;
+    assert!(
+        rows.len() >= 24,
+        "8 hours (or 9) × 3 models, got {}",
+        rows.len()
+    );
 
-    // A late event for an hour already finalized, with no flusher running: the answer
-    // includes it at once (the finalized row no longer matches, so the states are merged).
+    // Late events for hours already finalized, with no flusher running: one two hours back and
+    // one in the newest hour. The answer includes them at once (their finalized rows no longer
+    // match, so those groups are merged from their states, and only those).
     let _writer = w.batcher("w-late", &["--session-flush-secs", "0"]).await?;
-    let mut late = dataset("late", 1, 1, 99).remove(0);
-    late["timestamp"] = json!(now - 3 * 3600 - 600);
-    late["latency_ms"] = json!(99_999.0);
-    assert_eq!(w.send("acme", &[late]).await?, 1);
-    w.wait_for_events(sent + 1).await?;
-    let (_, after) = w.get("acme", &path).await?;
+    let mut late = dataset("late", 2, 1, 99);
+    late[0]["timestamp"] = json!(now - 3 * 3600 - 600);
+    late[0]["latency_ms"] = json!(99_999.0);
+    late[1]["timestamp"] = json!(now);
+    late[1]["latency_ms"] = json!(88_888.0);
+    assert_eq!(w.send("acme", &late).await?, 2);
+    w.wait_for_events(sent + 2).await?;
     let total = |v: &Value| -> f64 {
         v["rows"]
             .as_array()
             .map_or(0.0, |r| r.iter().map(|x| f(&x["events"])).sum())
     };
-    assert_eq!(total(&after), total(&before) + 1.0);
-    check(&after, &w.query_json(&from_states(&w.db.name)).await?)?;
+    let stale: u64 = clickhouse_query(&format!(
+        "SELECT count() FROM (SELECT hour, model_version, sum(events) AS n FROM {} GROUP BY ALL) AS live
+         LEFT JOIN (SELECT hour, model_version, events FROM {} FINAL) AS fin USING (hour, model_version)
+         WHERE live.n != fin.events",
+        w.table("ai_events_hourly"),
+        w.table("ai_events_hourly_final")
+    ))
+    .await?
+    .parse()?;
+    assert_eq!(stale, 2, "two groups are stale, the others finalized");
+    let states = w.query_json(&from_states(&w.db.name)).await?;
+    let (_, after) = w.get("acme", &path).await?;
+    assert_eq!(total(&after), total(&before) + 2.0);
+    check(&after, &states)?;
+    let after_uncached = get_uncached().await?;
+    assert_eq!(total(&after_uncached), total(&before) + 2.0);
+    check(&after_uncached, &states)?;
+    assert_equals_raw(
+        &w,
+        "acme",
+        after_uncached["rows"].as_array().context("rows")?,
+    )
+    .await?;
+    delete_prefix(&w.redis, &uncached.key_prefix).await?;
     w.cleanup().await
 }
 
