@@ -196,3 +196,42 @@ async fn the_flusher_reads_events_no_older_than_the_session_span() -> Result<()>
     );
     w.cleanup().await
 }
+
+#[tokio::test]
+async fn a_batcher_whose_runs_fail_leaves_the_flusher_to_another() -> Result<()> {
+    let w = World::new(&["acme"]).await?;
+    // A batcher that cannot reach ClickHouse takes the lock first; its runs fail.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let failing = Batcher::start_with_env(
+        &w.db,
+        &w.redis,
+        &w.ingest.key_prefix,
+        "w-cut-off",
+        &["--session-flush-secs", "1"],
+        &[("SIFT_CLICKHOUSE_URL", format!("http://{closed}"))],
+    )
+    .await?;
+    let started = Instant::now();
+    while flusher_runs(&failing).await? < 1.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the first batcher never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let healthy = w
+        .batcher("w-healthy", &["--session-flush-secs", "1"])
+        .await?;
+    let series = "sift_flusher_runs_total{result=\"ok\"}";
+    let watch = Instant::now();
+    while healthy.metric(series).await? < 1.0 && watch.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        healthy.metric(series).await? >= 1.0,
+        "the healthy batcher never ran the flusher: {} failed runs elsewhere",
+        flusher_runs(&failing).await?
+    );
+    assert_eq!(failing.metric(series).await?, 0.0);
+    w.cleanup().await
+}

@@ -241,8 +241,10 @@ pub fn run_budget(every: Duration) -> Duration {
 /// is cut at [`run_budget`] (its queries carry `max_execution_time` for the time left, so
 /// ClickHouse stops them too), so runs never overlap. A failed run keeps the lock as well:
 /// releasing it would let every other batcher retry within the same period against a
-/// ClickHouse that is failing, and a run cut by its timeout may still be finishing there. The
-/// next run recomputes the same sessions (the active window spans many periods).
+/// ClickHouse that is failing, and a run cut by its timeout may still be finishing there. But
+/// its batcher does not renew it at its next tick, so a batcher that keeps failing (cut off
+/// from ClickHouse, say) cannot keep the flusher from the others. The next run recomputes the
+/// same sessions (the active window spans many periods).
 pub async fn run(
     lock: FlusherLock,
     client: Client,
@@ -253,8 +255,14 @@ pub async fn run(
     let budget = run_budget(every);
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failed = false;
     loop {
         tick.tick().await;
+        if std::mem::take(&mut failed) {
+            // After a failed run, sit one tick out: the lock expires untouched and another
+            // batcher (one that reaches ClickHouse, say) can take the flusher over.
+            continue;
+        }
         match lock.acquire(every).await {
             Ok(true) => {}
             Ok(false) => continue,
@@ -273,6 +281,7 @@ pub async fn run(
         metrics::histogram!(m::FLUSHER_DURATION).record(started.elapsed().as_secs_f64());
         if let Err(error) = result {
             tracing::warn!(%error, "session flusher run failed; the next run recomputes the same sessions");
+            failed = true;
         }
     }
 }
