@@ -55,6 +55,10 @@ ORDER BY (tenant_id, toStartOfHour(event_time), semantic_hash, event_time)
 TTL toDateTime(event_time) + INTERVAL {raw_ttl_days} DAY
 SETTINGS replicated_deduplication_window = 100000;
 
+-- As sql/clickhouse/0005: the flusher selects recent rows by inserted_at.
+ALTER TABLE {database}.ai_events_local ON CLUSTER '{cluster}'
+ADD INDEX IF NOT EXISTS inserted_at_minmax inserted_at TYPE minmax GRANULARITY 1;
+
 CREATE TABLE IF NOT EXISTS {database}.ai_events ON CLUSTER '{cluster}'
 AS {database}.ai_events_local
 ENGINE = Distributed('{cluster}', '{database}', 'ai_events_local', cityHash64(tenant_id));

@@ -7,34 +7,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use sift_e2e::{clickhouse_query, dataset, f, redis_connection, take_queue_as, Database, World};
+use sift_e2e::{
+    clickhouse_query, dataset, delete_prefix, f, redis_connection, redis_url, take_queue_as,
+    Database, Ingest, World,
+};
 
-#[tokio::test]
-async fn hourly_api_equals_a_direct_computation_and_tenants_stay_apart() -> Result<()> {
-    let w = World::new(&["acme", "globex"]).await?;
-    let _batcher = w
-        .batcher("w-hourly", &["--session-flush-secs", "0"])
-        .await?;
-    let acme = w.send("acme", &dataset("acme", 2500, 5, 7)).await?;
-    let globex = w.send("globex", &dataset("globex", 700, 3, 11)).await?;
-    w.wait_for_events(acme + globex).await?;
-
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs();
-    let (from, to) = (now - 8 * 3600, now + 3600);
-    let (status, body) = w
-        .get("acme", &format!("/v1/ai/stats/hourly?from={from}&to={to}"))
-        .await?;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(body["tenant"], "acme");
-    let rows = body["rows"].as_array().context("rows")?;
-    assert!(
-        rows.len() >= 15,
-        "5 hours (or 6) × 3 models, got {}",
-        rows.len()
-    );
-
+/// Asserts that `rows` (an hourly answer for `tenant`, every hour with events) are the figures
+/// computed straight from `ai_events`: the same counts, sums and exact unique sessions, and
+/// percentiles within the exact quantiles a few ranks to either side (t-digest).
+async fn assert_equals_raw(w: &World, tenant: &str, rows: &[Value]) -> Result<()> {
     let direct = w
         .query_json(&format!(
             "SELECT formatDateTime(toStartOfHour(event_time), '%Y-%m-%dT%H:00:00Z') AS hour, model_version,
@@ -43,7 +24,7 @@ async fn hourly_api_equals_a_direct_computation_and_tenants_stay_apart() -> Resu
                     avg(latency_ms) AS avg_latency, uniqExact(session_id) AS sessions,
                     countIf(length(fallback_chain) > 1) AS fallbacks,
                     quantilesExact(0.47, 0.53, 0.92, 0.98, 0.97, 1.0)(latency_ms) AS bounds
-             FROM {} WHERE tenant_id = 'acme' GROUP BY hour, model_version ORDER BY hour, model_version",
+             FROM {} WHERE tenant_id = '{tenant}' GROUP BY hour, model_version ORDER BY hour, model_version",
             w.table("ai_events")
         ))
         .await?;
@@ -91,6 +72,36 @@ async fn hourly_api_equals_a_direct_computation_and_tenants_stay_apart() -> Resu
             );
         }
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn hourly_api_equals_a_direct_computation_and_tenants_stay_apart() -> Result<()> {
+    let w = World::new(&["acme", "globex"]).await?;
+    let _batcher = w
+        .batcher("w-hourly", &["--session-flush-secs", "0"])
+        .await?;
+    let acme = w.send("acme", &dataset("acme", 2500, 5, 7)).await?;
+    let globex = w.send("globex", &dataset("globex", 700, 3, 11)).await?;
+    w.wait_for_events(acme + globex).await?;
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let (from, to) = (now - 8 * 3600, now + 3600);
+    let (status, body) = w
+        .get("acme", &format!("/v1/ai/stats/hourly?from={from}&to={to}"))
+        .await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["tenant"], "acme");
+    let rows = body["rows"].as_array().context("rows")?;
+    assert!(
+        rows.len() >= 15,
+        "5 hours (or 6) × 3 models, got {}",
+        rows.len()
+    );
+
+    assert_equals_raw(&w, "acme", rows).await?;
     let total: f64 = rows.iter().map(|r| f(&r["events"])).sum();
     assert_eq!(total as u64, acme);
 
@@ -254,6 +265,12 @@ async fn ttl_clauses_are_set_at_migrate_time() -> Result<()> {
     assert!(show("ai_sessions")
         .await?
         .contains("TTL toDateTime(last_seen) + toIntervalDay(400)"));
+    assert!(
+        show("ai_events")
+            .await?
+            .contains("INDEX inserted_at_minmax inserted_at TYPE minmax GRANULARITY 1"),
+        "the flusher's skip index on inserted_at"
+    );
     let hourly = show("ai_events_hourly").await?;
     assert!(
         hourly.contains("ENGINE = AggregatingMergeTree")
@@ -265,8 +282,12 @@ async fn ttl_clauses_are_set_at_migrate_time() -> Result<()> {
 #[tokio::test]
 async fn finalized_rollups_answer_the_same_and_late_events_show_at_once() -> Result<()> {
     let w = World::new(&["acme"]).await?;
+    // Beside the cached ingest API, one without a cache: every request of a long range goes
+    // through the finalized rollups, merging the states of the stale hours only (the common
+    // path in production once the newest hour has changed).
+    let uncached = Ingest::start(&w.db, &w.redis, &["--stats-cache-secs", "0"]).await?;
     let flushing = w.batcher("w-final", &["--session-flush-secs", "1"]).await?;
-    let sent = w.send("acme", &dataset("final", 1500, 4, 23)).await?;
+    let sent = w.send("acme", &dataset("final", 1500, 8, 23)).await?;
     w.wait_for_events(sent).await?;
     // The flusher finalizes every touched hour; wait for a run that saw all events.
     let finalized_sql = format!(
@@ -308,7 +329,9 @@ async fn finalized_rollups_answer_the_same_and_late_events_show_at_once() -> Res
             {
                 assert!(
                     (f(&a[*name]) - f(&s["q"][i])).abs() < 1e-9,
-                    "{name}: {} vs {}",
+                    "{name} of {} {}: {} vs {}",
+                    a["hour"],
+                    a["model_version"],
                     a[*name],
                     s["q"][i]
                 );
@@ -319,30 +342,73 @@ async fn finalized_rollups_answer_the_same_and_late_events_show_at_once() -> Res
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
+    // Ten hours: more than the cache merges from states in one query.
     let path = format!(
         "/v1/ai/stats/hourly?from={}&to={}",
-        now - 6 * 3600,
+        now - 9 * 3600,
         now + 3600
     );
+    let get_uncached = || async {
+        let response = w
+            .http
+            .get(uncached.url(&path))
+            .bearer_auth(&w.keys["acme"])
+            .send()
+            .await?;
+        assert_eq!(response.status(), StatusCode::OK);
+        Ok::<Value, anyhow::Error>(response.json().await?)
+    };
     let (_, before) = w.get("acme", &path).await?;
-    check(&before, &w.query_json(&from_states(&w.db.name)).await?)?;
+    let states = w.query_json(&from_states(&w.db.name)).await?;
+    check(&before, &states)?;
+    check(&get_uncached().await?, &states)?;
+    let rows = before["rows"].as_array().context("rows")?;
+    assert!(
+        rows.len() >= 24,
+        "8 hours (or 9) × 3 models, got {}",
+        rows.len()
+    );
 
-    // A late event for an hour already finalized, with no flusher running: the answer
-    // includes it at once (the finalized row no longer matches, so the states are merged).
+    // Late events for hours already finalized, with no flusher running: one two hours back and
+    // one in the newest hour. The answer includes them at once (their finalized rows no longer
+    // match, so those groups are merged from their states, and only those).
     let _writer = w.batcher("w-late", &["--session-flush-secs", "0"]).await?;
-    let mut late = dataset("late", 1, 1, 99).remove(0);
-    late["timestamp"] = json!(now - 3 * 3600 - 600);
-    late["latency_ms"] = json!(99_999.0);
-    assert_eq!(w.send("acme", &[late]).await?, 1);
-    w.wait_for_events(sent + 1).await?;
-    let (_, after) = w.get("acme", &path).await?;
+    let mut late = dataset("late", 2, 1, 99);
+    late[0]["timestamp"] = json!(now - 3 * 3600 - 600);
+    late[0]["latency_ms"] = json!(99_999.0);
+    late[1]["timestamp"] = json!(now);
+    late[1]["latency_ms"] = json!(88_888.0);
+    assert_eq!(w.send("acme", &late).await?, 2);
+    w.wait_for_events(sent + 2).await?;
     let total = |v: &Value| -> f64 {
         v["rows"]
             .as_array()
             .map_or(0.0, |r| r.iter().map(|x| f(&x["events"])).sum())
     };
-    assert_eq!(total(&after), total(&before) + 1.0);
-    check(&after, &w.query_json(&from_states(&w.db.name)).await?)?;
+    let stale: u64 = clickhouse_query(&format!(
+        "SELECT count() FROM (SELECT hour, model_version, sum(events) AS n FROM {} GROUP BY ALL) AS live
+         LEFT JOIN (SELECT hour, model_version, events FROM {} FINAL) AS fin USING (hour, model_version)
+         WHERE live.n != fin.events",
+        w.table("ai_events_hourly"),
+        w.table("ai_events_hourly_final")
+    ))
+    .await?
+    .parse()?;
+    assert_eq!(stale, 2, "two groups are stale, the others finalized");
+    let states = w.query_json(&from_states(&w.db.name)).await?;
+    let (_, after) = w.get("acme", &path).await?;
+    assert_eq!(total(&after), total(&before) + 2.0);
+    check(&after, &states)?;
+    let after_uncached = get_uncached().await?;
+    assert_eq!(total(&after_uncached), total(&before) + 2.0);
+    check(&after_uncached, &states)?;
+    assert_equals_raw(
+        &w,
+        "acme",
+        after_uncached["rows"].as_array().context("rows")?,
+    )
+    .await?;
+    delete_prefix(&w.redis, &uncached.key_prefix).await?;
     w.cleanup().await
 }
 
@@ -412,5 +478,77 @@ async fn the_read_cache_fetches_only_the_hours_that_changed() -> Result<()> {
         expected
     );
     assert_eq!(counts().await?, (23.0, 9.0));
+    w.cleanup().await
+}
+
+#[tokio::test]
+async fn a_slow_or_silent_clickhouse_is_answered_504_not_waited_for() -> Result<()> {
+    // ClickHouse stops every query after 1 ms (planning alone takes longer).
+    let w = World::sharded(
+        &["acme"],
+        &redis_url(),
+        1,
+        &[
+            "--clickhouse-query-timeout-ms",
+            "1",
+            "--stats-cache-secs",
+            "0",
+        ],
+    )
+    .await?;
+    clickhouse_query(&format!(
+        "INSERT INTO {} (tenant_id, event_time, semantic_hash, session_id, model_version, latency_ms)
+         SELECT 'acme', now64(3) - toIntervalSecond(number), toString(number), 'slow-session-0001', 'v1.0.0', 10
+         FROM numbers(1000)",
+        w.table("ai_events")
+    ))
+    .await?;
+    let expected = json!({
+        "error": "timeout",
+        "message": "the query took longer than the read timeout; ask for a shorter range or retry later",
+    });
+    let (status, body) = w.get("acme", "/v1/ai/stats/hourly").await?;
+    assert_eq!(
+        (status, &body),
+        (StatusCode::GATEWAY_TIMEOUT, &expected),
+        "stopped by ClickHouse"
+    );
+
+    // A ClickHouse that takes the connection and never answers: given up on, not waited for.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let silent_url = format!("http://{}", silent.local_addr()?);
+    let _held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            open.push(socket);
+        }
+    });
+    let ingest = Ingest::start(
+        &w.db,
+        &w.redis,
+        &[
+            "--clickhouse-url",
+            &silent_url,
+            "--clickhouse-query-timeout-ms",
+            "500",
+            "--stats-cache-secs",
+            "0",
+        ],
+    )
+    .await?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    for path in ["/v1/ai/stats/hourly", "/v1/ai/sessions/slow-session-0001"] {
+        let response = client
+            .get(ingest.url(path))
+            .bearer_auth(&w.keys["acme"])
+            .send()
+            .await
+            .with_context(|| format!("{path} was not answered"))?;
+        assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT, "{path}");
+        assert_eq!(response.json::<Value>().await?, expected, "{path}");
+    }
+    delete_prefix(&w.redis, &ingest.key_prefix).await?;
     w.cleanup().await
 }

@@ -4,7 +4,7 @@
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
-use sift_e2e::{dataset, World, MODELS};
+use sift_e2e::{dataset, f, World, MODELS};
 
 /// Formats like the dashboard (en-US thousands separators).
 fn thousands(n: u64) -> String {
@@ -17,6 +17,57 @@ fn thousands(n: u64) -> String {
         out.push(c);
     }
     out
+}
+
+/// The texts of the cells of the models table's row for `model`.
+fn table_row(dom: &str, model: &str) -> Option<Vec<String>> {
+    let start = dom.find(&format!(r#"<tr data-model="{model}">"#))?;
+    let row = &dom[start..start + dom[start..].find("</tr>")?];
+    Some(
+        row.split("<td>")
+            .skip(1)
+            .map(|cell| cell.split("</td>").next().unwrap_or_default().to_owned())
+            .collect(),
+    )
+}
+
+/// The value of attribute `name` in a start tag's text.
+fn attribute<'a>(tag: &'a str, name: &str) -> &'a str {
+    let key = format!(" {name}=\"");
+    tag.find(&key)
+        .and_then(|at| {
+            let rest = &tag[at + key.len()..];
+            rest.find('"').map(|end| &rest[..end])
+        })
+        .unwrap_or_default()
+}
+
+/// A chart's point as the page writes it: series, hour, value.
+type Point = (String, String, String);
+
+/// Each chart of the page: its title and its points.
+fn charts(dom: &str) -> Vec<(String, Vec<Point>)> {
+    dom.split(r#"<div class="chart">"#)
+        .skip(1)
+        .map(|chart| {
+            let title = chart
+                .split("<h3>")
+                .nth(1)
+                .and_then(|t| t.split("</h3>").next())
+                .unwrap_or_default()
+                .to_owned();
+            let points = chart
+                .split("<circle ")
+                .skip(1)
+                .map(|c| {
+                    let tag = c.split('>').next().unwrap_or_default();
+                    let get = |name| attribute(tag, name).to_owned();
+                    (get("data-series"), get("data-hour"), get("data-value"))
+                })
+                .collect();
+            (title, points)
+        })
+        .collect()
 }
 
 fn chromium() -> Result<String> {
@@ -83,35 +134,116 @@ async fn the_dashboard_shows_what_the_data_says() -> Result<()> {
         "1250 received per 1000 kept"
     );
 
-    // Each model's row: the same events and tokens as the hourly API.
+    // Each model's row: the same figures as the hourly API (rates and percentiles as the
+    // page rounds them; percentiles of the model's busiest hour, the first of equals).
     let (_, hourly) = w.get("acme", "/v1/ai/stats/hourly").await?;
+    let all_rows = hourly["rows"].as_array().context("rows")?;
     for model in MODELS {
-        let rows: Vec<&Value> = hourly["rows"]
-            .as_array()
-            .context("rows")?
+        let rows: Vec<&Value> = all_rows
             .iter()
             .filter(|r| r["model_version"] == model)
             .collect();
-        let events: u64 = rows.iter().map(|r| r["events"].as_u64().unwrap_or(0)).sum();
-        let tokens: u64 = rows
+        let sum = |field: &str| -> f64 { rows.iter().map(|r| f(&r[field])).sum() };
+        let events = sum("events");
+        let busiest = rows
             .iter()
-            .map(|r| r["total_tokens"].as_u64().unwrap_or(0))
-            .sum();
-        let row = format!(
-            r#"<tr data-model="{model}"><td>{model}</td><td>{}</td>"#,
-            thousands(events)
+            .copied()
+            .reduce(|a, b| {
+                if f(&b["events"]) > f(&a["events"]) {
+                    b
+                } else {
+                    a
+                }
+            })
+            .context("a row of the model")?;
+        let cells = table_row(&dom, model).with_context(|| format!("no row for {model}"))?;
+        assert_eq!(cells.len(), 8, "{model}: {cells:?}");
+        assert_eq!(
+            (cells[0].as_str(), cells[1].as_str(), cells[3].as_str()),
+            (
+                model,
+                thousands(events as u64).as_str(),
+                thousands(sum("total_tokens") as u64).as_str()
+            ),
+            "{model}: model, events, tokens"
         );
-        assert!(dom.contains(&row), "{row} not in the page");
-        assert!(
-            dom.contains(&format!("<td>{}</td>", thousands(tokens))),
-            "tokens of {model}"
-        );
+        for (cell, name, expected) in [
+            (2, "success rate", 100.0 * sum("successes") / events),
+            (4, "fallback rate", 100.0 * sum("fallbacks") / events),
+            (5, "p50", f(&busiest["p50_latency_ms"])),
+            (6, "p95", f(&busiest["p95_latency_ms"])),
+            (7, "p99", f(&busiest["p99_latency_ms"])),
+        ] {
+            let shown: f64 = cells[cell]
+                .trim_end_matches(" %")
+                .parse()
+                .with_context(|| format!("{model} {name}: {:?}", cells[cell]))?;
+            assert!(
+                (shown - expected).abs() <= 0.05 + 1e-9,
+                "{model} {name}: the page shows {shown}, the API says {expected}"
+            );
+        }
     }
-    assert_eq!(
-        dom.matches(r#"<div class="chart">"#).count(),
-        4,
-        "four charts"
-    );
+
+    // Each chart: one point per hour and model (per percentile for latency), with the API's
+    // value, and nothing else.
+    let point = |series: String, r: &Value, field: &str| {
+        (
+            series,
+            r["hour"].as_str().unwrap_or_default().to_owned(),
+            f(&r[field]),
+        )
+    };
+    let by_model = |field: &'static str| {
+        all_rows
+            .iter()
+            .map(|r| {
+                point(
+                    r["model_version"].as_str().unwrap_or_default().to_owned(),
+                    r,
+                    field,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let latency: Vec<_> = all_rows
+        .iter()
+        .flat_map(|r| {
+            let model = r["model_version"].as_str().unwrap_or_default();
+            ["p50", "p95", "p99"]
+                .map(|q| point(format!("{model} {q}"), r, &format!("{q}_latency_ms")))
+        })
+        .collect();
+    let expected = [
+        ("Events per hour", by_model("events")),
+        ("Success rate", by_model("success_rate")),
+        ("Tokens per hour", by_model("total_tokens")),
+        ("Latency p50 / p95 / p99 (ms)", latency),
+    ];
+    let shown = charts(&dom);
+    assert_eq!(shown.len(), expected.len(), "four charts");
+    for ((title, points), (expected_title, mut expected_points)) in shown.into_iter().zip(expected)
+    {
+        assert_eq!(title, expected_title);
+        assert_eq!(points.len(), expected_points.len(), "points of {title}");
+        let mut points: Vec<(String, String, f64)> = points
+            .into_iter()
+            .map(|(series, hour, value)| (series, hour, value.parse().unwrap_or(f64::NAN)))
+            .collect();
+        points.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        expected_points.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        for (p, e) in points.iter().zip(&expected_points) {
+            assert_eq!((&p.0, &p.1), (&e.0, &e.1), "{title}");
+            assert!(
+                (p.2 - e.2).abs() <= 1e-9 * e.2.abs().max(1.0),
+                "{title}, {} at {}: the page plots {}, the API says {}",
+                p.0,
+                p.1,
+                p.2,
+                e.2
+            );
+        }
+    }
 
     // A screenshot, kept as a test artifact.
     let dir = sift_e2e::bin("sift-ingest")

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use reqwest::StatusCode;
 use serde_json::json;
-use sift_e2e::{clickhouse_query, dataset, f, World};
+use sift_e2e::{clickhouse_query, dataset, f, Batcher, World};
 
 #[tokio::test]
 async fn the_flusher_writes_session_metrics_equal_to_a_direct_computation() -> Result<()> {
@@ -93,5 +93,145 @@ async fn the_flusher_writes_session_metrics_equal_to_a_direct_computation() -> R
         .await?;
     assert!(out.contains("sessions recomputed in 7 steps"), "{out}");
     assert_eq!(w.query_json(&flushed_sql).await?, direct);
+    w.cleanup().await
+}
+
+/// Flusher runs of one batcher, whatever their result.
+async fn flusher_runs(batcher: &Batcher) -> Result<f64> {
+    let mut runs = 0.0;
+    for result in ["ok", "error"] {
+        runs += batcher
+            .metric(&format!("sift_flusher_runs_total{{result=\"{result}\"}}"))
+            .await?;
+    }
+    Ok(runs)
+}
+
+#[tokio::test]
+async fn two_batchers_run_the_flusher_once_per_period_between_them() -> Result<()> {
+    let w = World::new(&["acme"]).await?;
+    let sent = w.send("acme", &dataset("lock", 200, 2, 31)).await?;
+    let started = Instant::now();
+    let a = w
+        .batcher("w-lock-a", &["--session-flush-secs", "1"])
+        .await?;
+    // Timers in another phase: b's ticks fall between a's.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let b = w
+        .batcher("w-lock-b", &["--session-flush-secs", "1"])
+        .await?;
+    w.wait_for_events(sent).await?;
+    while started.elapsed() < Duration::from_secs(6) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (runs_a, runs_b) = (flusher_runs(&a).await?, flusher_runs(&b).await?);
+    // Read after the counters, so that it bounds the time they counted in.
+    let elapsed = started.elapsed().as_secs_f64();
+    let total = runs_a + runs_b;
+    assert!(total >= 1.0, "the flusher never ran");
+    assert!(
+        total <= elapsed + 2.0,
+        "{total} runs ({runs_a} + {runs_b}) in {elapsed:.1} s of a 1 s period"
+    );
+    w.cleanup().await
+}
+
+#[tokio::test]
+async fn the_flusher_reads_events_no_older_than_the_session_span() -> Result<()> {
+    let w = World::new(&["acme"]).await?;
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs_f64();
+    // Sessions with events over the last 3 hours; the flusher reads 1 hour and 1 minute back.
+    let sent = w.send("acme", &dataset("span", 600, 3, 41)).await?;
+    let _batcher = w
+        .batcher(
+            "w-span",
+            &[
+                "--session-flush-secs",
+                "1",
+                "--session-active-minutes",
+                "1",
+                "--session-max-span-hours",
+                "1",
+            ],
+        )
+        .await?;
+    w.wait_for_events(sent).await?;
+    let oldest = |table: &str, column: &str| {
+        let sql = format!(
+            "SELECT count(), toUnixTimestamp64Milli(min({column})) / 1000 FROM {} FINAL",
+            w.table(table)
+        );
+        async move {
+            let text = clickhouse_query(&sql).await?;
+            let (n, t) = text.split_once('\t').context("two columns")?;
+            Ok::<_, anyhow::Error>((n.parse::<u64>()?, t.parse::<f64>()?))
+        }
+    };
+    let (_, oldest_event) = oldest("ai_events", "event_time").await?;
+    assert!(
+        oldest_event < started - 2.0 * 3600.0,
+        "the data reaches back 3 hours"
+    );
+    // A run that saw every event writes at least the sessions of the last hour.
+    let recent: u64 = clickhouse_query(&format!(
+        "SELECT uniqExact(session_id) FROM {} WHERE event_time >= fromUnixTimestamp64Milli({})",
+        w.table("ai_events"),
+        (started * 1000.0) as i64 - 3_600_000
+    ))
+    .await?
+    .parse()?;
+    let watch = Instant::now();
+    let mut flushed = oldest("ai_sessions", "first_seen").await?;
+    while flushed.0 < recent && watch.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        flushed = oldest("ai_sessions", "first_seen").await?;
+    }
+    assert!(flushed.0 >= recent.max(1), "{flushed:?}, {recent} sessions");
+    assert!(
+        flushed.1 >= started - 3660.0 - 5.0,
+        "a session counts events {:.0} s old, beyond the span of 3660 s",
+        started - flushed.1
+    );
+    w.cleanup().await
+}
+
+#[tokio::test]
+async fn a_batcher_whose_runs_fail_leaves_the_flusher_to_another() -> Result<()> {
+    let w = World::new(&["acme"]).await?;
+    // A batcher that cannot reach ClickHouse takes the lock first; its runs fail.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let failing = Batcher::start_with_env(
+        &w.db,
+        &w.redis,
+        &w.ingest.key_prefix,
+        "w-cut-off",
+        &["--session-flush-secs", "1"],
+        &[("SIFT_CLICKHOUSE_URL", format!("http://{closed}"))],
+    )
+    .await?;
+    let started = Instant::now();
+    while flusher_runs(&failing).await? < 1.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the first batcher never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let healthy = w
+        .batcher("w-healthy", &["--session-flush-secs", "1"])
+        .await?;
+    let series = "sift_flusher_runs_total{result=\"ok\"}";
+    let watch = Instant::now();
+    while healthy.metric(series).await? < 1.0 && watch.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        healthy.metric(series).await? >= 1.0,
+        "the healthy batcher never ran the flusher: {} failed runs elsewhere",
+        flusher_runs(&failing).await?
+    );
+    assert_eq!(failing.metric(series).await?, 0.0);
     w.cleanup().await
 }

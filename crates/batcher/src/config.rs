@@ -157,6 +157,12 @@ pub struct RunArgs {
     #[arg(long, env = "SIFT_SESSION_ACTIVE_MINUTES", default_value_t = 40)]
     pub session_active_minutes: u64,
 
+    /// The longest session, in hours: the flusher reads events no older than this plus the
+    /// active minutes (a longer session counts only its events in that span; an older late
+    /// event waits for `backfill sessions`).
+    #[arg(long, env = "SIFT_SESSION_MAX_SPAN_HOURS", default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..=8784))]
+    pub session_max_span_hours: u64,
+
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "SIFT_BATCHER_LISTEN", default_value = "127.0.0.1:9090")]
     pub listen: std::net::SocketAddr,
@@ -317,6 +323,10 @@ pub enum BackfillCommand {
         /// Size of one step in minutes (bounds the work of one query).
         #[arg(long, env = "SIFT_BACKFILL_STEP_MINUTES", default_value_t = 60)]
         step_minutes: u64,
+        /// The longest session, in hours: a step reads the events of its sessions within
+        /// this span before and after it (as the flusher's `--session-max-span-hours`).
+        #[arg(long, env = "SIFT_SESSION_MAX_SPAN_HOURS", default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..=8784))]
+        session_max_span_hours: u64,
     },
     /// Finalize the hourly rollups of [from, to) into `ai_events_hourly_final` (after a bulk
     /// import, say), one day per step.

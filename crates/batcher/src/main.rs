@@ -172,10 +172,12 @@ async fn backfill(
             from,
             to,
             step_minutes,
+            session_max_span_hours,
         } => {
             let (from, to) = range(&from, &to)?;
             let step = std::time::Duration::from_secs(step_minutes.max(1) * 60);
-            let steps = sessions::backfill(&client, db, from, to, step).await?;
+            let span = std::time::Duration::from_secs(session_max_span_hours * 3600);
+            let steps = sessions::backfill(&client, db, from, to, step, span).await?;
             println!("sessions recomputed in {steps} steps");
         }
         BackfillCommand::Rollups { from, to } => {

@@ -61,6 +61,11 @@ pub const CLICKHOUSE: &[Migration] = &[
         name: "ai_events_hourly_final",
         sql: include_str!("../../../sql/clickhouse/0004_ai_events_hourly_final.sql"),
     },
+    Migration {
+        version: 5,
+        name: "ai_events_inserted_at_index",
+        sql: include_str!("../../../sql/clickhouse/0005_ai_events_inserted_at_index.sql"),
+    },
 ];
 
 /// Values filled into the ClickHouse migrations.

@@ -26,16 +26,21 @@ FROM
 )";
 
 /// Finalizes every hour of every tenant that received rows in the last `window` (by insertion
-/// into ClickHouse). The window is wider than the flusher's period, so one failed run is covered by the
-/// next; an hour left out is still answered right by the API, from its states.
+/// into ClickHouse), among the hours of the last `lookback` (by event time: the bound keeps the
+/// scan of `ai_events` to recent partitions and hours). The window is wider than the flusher's
+/// period, so one failed run is covered by the next; an hour left out (a late event older than
+/// the lookback) is still answered right by the API, from its states.
 pub async fn finalize_recent(
     client: &Client,
     db: &str,
     window: Duration,
+    lookback: Duration,
 ) -> Result<(), clickhouse::error::Error> {
+    let since = format!("now64(3) - toIntervalSecond({})", lookback.as_secs());
     let filter = format!(
-        "(tenant_id, hour) IN (SELECT DISTINCT tenant_id, toStartOfHour(event_time) FROM {db}.ai_events \
-         WHERE inserted_at >= now64(3) - toIntervalSecond({}))",
+        "hour >= toStartOfHour({since}) AND (tenant_id, hour) IN (SELECT DISTINCT tenant_id, toStartOfHour(event_time) \
+         FROM {db}.ai_events WHERE {} AND inserted_at >= now64(3) - toIntervalSecond({}))",
+        crate::sessions::events_since(&since),
         window.as_secs()
     );
     finalize(client, db, &filter).await

@@ -129,7 +129,10 @@ pub async fn run(
             clickhouse.clone().with_database(&ch.clickhouse_database),
             ch.clickhouse_database.clone(),
             Duration::from_secs(args.session_flush_secs),
-            Duration::from_secs(args.session_active_minutes * 60),
+            crate::sessions::FlushWindow {
+                active: Duration::from_secs(args.session_active_minutes * 60),
+                max_span: Duration::from_secs(args.session_max_span_hours * 3600),
+            },
         ))
     });
     tracing::info!(worker = %worker_id, shards, "sift-batcher running");

@@ -5,7 +5,7 @@
 //! only. Older ranges are recomputed by `sift-batcher backfill sessions`, in bounded steps.
 //! The same run finalizes the hourly rollups of recently touched hours (see [`crate::rollups`]).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clickhouse::Client;
 use deadpool_redis::Pool;
@@ -20,10 +20,15 @@ pub enum FlushError {
     ClickHouse(#[from] clickhouse::error::Error),
     #[error("Redis: {0}")]
     Redis(String),
+    #[error("the run did not finish within its time budget (4/5 of the period)")]
+    TimedOut,
 }
 
-/// The recomputation of the sessions picked by `selector`, a query returning
-/// `(tenant_id, session_id)` pairs; `{db}` is the database.
+/// The recomputation of the sessions picked by `{selector}`, a query returning
+/// `(tenant_id, session_id)` pairs, from their events that `{bound}` (a condition on
+/// `event_time`) keeps; `{db}` is the database. The bound keeps `FINAL` to the partitions and
+/// hours it names, and since every copy of an event has the same `event_time` (it is in the
+/// sort key) and so the same monthly partition, `FINAL` need not merge across partitions.
 const RECOMPUTE: &str = "
 INSERT INTO {db}.ai_sessions
 SELECT
@@ -42,48 +47,94 @@ SELECT
     toInt64(dateDiff('millisecond', min(event_time), max(event_time))) AS duration_ms,
     now64(3) AS computed_at
 FROM {db}.ai_events FINAL
-WHERE (tenant_id, session_id) IN ({selector})
-GROUP BY tenant_id, session_id";
+WHERE {bound} AND (tenant_id, session_id) IN ({selector})
+GROUP BY tenant_id, session_id
+SETTINGS do_not_merge_across_partitions_select_final = 1";
 
-/// Recomputes the sessions that received rows in the last `active` (by insertion into
-/// ClickHouse, so rows that arrived late, after a backlog or a replay, count too).
-pub async fn flush_active(client: &Client, db: &str, active: Duration) -> Result<(), FlushError> {
+/// Recomputes the sessions that received rows in the last `window.active` (by insertion into
+/// ClickHouse, so rows that arrived late, after a backlog or a replay, count too), from their
+/// events of the last `window.active + window.max_span`. Rows older than that (a session
+/// longer than the span, a backlog older than it) are left to `backfill sessions`.
+pub async fn flush_active(
+    client: &Client,
+    db: &str,
+    window: FlushWindow,
+) -> Result<(), FlushError> {
+    let bound = events_since(&format!(
+        "now64(3) - toIntervalSecond({})",
+        (window.active + window.max_span).as_secs()
+    ));
     let selector = format!(
-        "SELECT DISTINCT tenant_id, session_id FROM {db}.ai_events WHERE inserted_at >= now64(3) - toIntervalSecond({})",
-        active.as_secs()
+        "SELECT DISTINCT tenant_id, session_id FROM {db}.ai_events \
+         WHERE {bound} AND inserted_at >= now64(3) - toIntervalSecond({})",
+        window.active.as_secs()
     );
-    recompute(client, db, &selector).await
+    recompute(client, db, &bound, &selector).await
 }
 
-/// Recomputes the sessions that `selector` (a query of `(tenant_id, session_id)`) returns.
-async fn recompute(client: &Client, db: &str, selector: &str) -> Result<(), FlushError> {
+/// `event_time >= {since}`, written on the sort key's `toStartOfHour(event_time)` too:
+/// ClickHouse skips granules by the key only for a condition on the key's own expression (on
+/// `event_time` alone it reads every granule; measured on 26.9).
+pub(crate) fn events_since(since: &str) -> String {
+    format!("toStartOfHour(event_time) >= toStartOfHour({since}) AND event_time >= {since}")
+}
+
+/// `{from} <= event_time < {to}`, written on the sort key too (see [`events_since`]).
+fn events_between(from: &str, to: &str) -> String {
+    format!(
+        "{} AND toStartOfHour(event_time) <= toStartOfHour({to}) AND event_time < {to}",
+        events_since(from)
+    )
+}
+
+/// Recomputes the sessions that `selector` returns from their events that `bound` keeps.
+async fn recompute(
+    client: &Client,
+    db: &str,
+    bound: &str,
+    selector: &str,
+) -> Result<(), FlushError> {
     let sql = RECOMPUTE
         .replace("{db}", db)
+        .replace("{bound}", bound)
         .replace("{selector}", selector);
     client.query(&sql).execute().await?;
     Ok(())
 }
 
-/// Recomputes the sessions with events in `[from_ms, to_ms)`, one step at a time.
+/// Recomputes the sessions with events in `[from_ms, to_ms)`, one step at a time, each from
+/// its events within `max_span` of the step.
 pub async fn backfill(
     client: &Client,
     db: &str,
     from_ms: i64,
     to_ms: i64,
     step: Duration,
+    max_span: Duration,
 ) -> Result<u32, FlushError> {
     let step_ms = i64::try_from(step.as_millis())
         .unwrap_or(i64::MAX)
         .max(1000);
+    let span_ms = i64::try_from(max_span.as_millis()).unwrap_or(i64::MAX);
     let mut start = from_ms;
     let mut steps = 0;
     while start < to_ms {
-        let end = (start + step_ms).min(to_ms);
+        let end = start.saturating_add(step_ms).min(to_ms);
         let selector = format!(
-            "SELECT DISTINCT tenant_id, session_id FROM {db}.ai_events \
-             WHERE event_time >= fromUnixTimestamp64Milli({start}) AND event_time < fromUnixTimestamp64Milli({end})"
+            "SELECT DISTINCT tenant_id, session_id FROM {db}.ai_events WHERE {}",
+            events_between(
+                &format!("fromUnixTimestamp64Milli({start})"),
+                &format!("fromUnixTimestamp64Milli({end})")
+            )
         );
-        recompute(client, db, &selector).await?;
+        let bound = events_between(
+            &format!(
+                "fromUnixTimestamp64Milli({})",
+                start.saturating_sub(span_ms).max(0)
+            ),
+            &format!("fromUnixTimestamp64Milli({})", end.saturating_add(span_ms)),
+        );
+        recompute(client, db, &bound, &selector).await?;
         steps += 1;
         start = end;
     }
@@ -99,8 +150,21 @@ pub struct FlusherLock {
     pool: Pool,
     key: String,
     token: String,
+    acquire: Script,
     release: Script,
 }
+
+/// Takes the lock if it is free, or renews it if this holder has it: a flusher that holds the
+/// lock keeps its turn at its next tick even if that tick comes a hair before the lock expires.
+const ACQUIRE: &str = r"
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if holder then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1";
 
 const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -112,29 +176,31 @@ impl FlusherLock {
             pool,
             key: format!("{}:flusher:lock", keys.prefix()),
             token: holder.to_owned(),
+            acquire: Script::new(ACQUIRE),
             release: Script::new(RELEASE),
         }
     }
 
-    /// Takes the lock for `ttl` if nobody holds it; returns whether this worker holds it.
+    /// Takes the lock for `ttl` if nobody holds it, or renews it for `ttl` if this holder
+    /// does; returns whether this holder has it now.
     pub async fn acquire(&self, ttl: Duration) -> Result<bool, FlushError> {
         let mut conn = self
             .pool
             .get()
             .await
             .map_err(|e| FlushError::Redis(e.to_string()))?;
-        let taken: Option<String> = redis::cmd("SET")
-            .arg(&self.key)
+        let held: i64 = self
+            .acquire
+            .key(&self.key)
             .arg(&self.token)
-            .arg("NX")
-            .arg("PX")
-            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
-            .query_async(&mut conn)
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
+            .invoke_async(&mut conn)
             .await
             .map_err(|e| FlushError::Redis(e.to_string()))?;
-        Ok(taken.is_some())
+        Ok(held == 1)
     }
 
+    /// Gives the lock up if this holder has it.
     pub async fn release(&self) -> Result<(), FlushError> {
         let mut conn = self
             .pool
@@ -152,14 +218,51 @@ impl FlusherLock {
     }
 }
 
-/// Runs the flusher every `every` until the task is aborted. Each run holds the lock for at
-/// most `every`, so runs of different batchers never overlap and a crashed holder's lock is
-/// free by the next period.
-pub async fn run(lock: FlusherLock, client: Client, db: String, every: Duration, active: Duration) {
+/// What one flusher run covers.
+#[derive(Debug, Clone, Copy)]
+pub struct FlushWindow {
+    /// Sessions that received rows in this last span (by insertion into ClickHouse).
+    pub active: Duration,
+    /// The longest session: a run reads events no older than `active + max_span`.
+    pub max_span: Duration,
+}
+
+/// The share of the period a run may take: the rest is margin before the lock expires, so a
+/// run (and its queries in ClickHouse, cut by `max_execution_time`) is over before any other
+/// batcher can take the lock.
+pub fn run_budget(every: Duration) -> Duration {
+    every * 4 / 5
+}
+
+/// Runs the flusher every `every` until the task is aborted, in whichever batcher holds the
+/// lock. The lock is taken for one period and kept (renewed by its holder at its next tick),
+/// never released after a run: another batcher can take it only once it has expired, a period
+/// after this run began, so there is at most one run per period across all batchers. Each run
+/// is cut at [`run_budget`] (its queries carry `max_execution_time` for the time left, so
+/// ClickHouse stops them too), so runs never overlap. A failed run keeps the lock as well:
+/// releasing it would let every other batcher retry within the same period against a
+/// ClickHouse that is failing, and a run cut by its timeout may still be finishing there. But
+/// its batcher does not renew it at its next tick, so a batcher that keeps failing (cut off
+/// from ClickHouse, say) cannot keep the flusher from the others. The next run recomputes the
+/// same sessions (the active window spans many periods).
+pub async fn run(
+    lock: FlusherLock,
+    client: Client,
+    db: String,
+    every: Duration,
+    window: FlushWindow,
+) {
+    let budget = run_budget(every);
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failed = false;
     loop {
         tick.tick().await;
+        if std::mem::take(&mut failed) {
+            // After a failed run, sit one tick out: the lock expires untouched and another
+            // batcher (one that reaches ClickHouse, say) can take the flusher over.
+            continue;
+        }
         match lock.acquire(every).await {
             Ok(true) => {}
             Ok(false) => continue,
@@ -168,22 +271,48 @@ pub async fn run(lock: FlusherLock, client: Client, db: String, every: Duration,
                 continue;
             }
         }
-        let started = std::time::Instant::now();
-        let mut result = flush_active(&client, &db, active).await;
-        if result.is_ok() {
-            result = crate::rollups::finalize_recent(&client, &db, FINALIZE_WINDOW.max(every * 3))
-                .await
-                .map_err(FlushError::from);
-        }
+        let started = Instant::now();
+        let deadline = started + budget;
+        let result = tokio::time::timeout(budget, run_once(&client, &db, every, window, deadline))
+            .await
+            .unwrap_or(Err(FlushError::TimedOut));
         let outcome = if result.is_ok() { "ok" } else { "error" };
         metrics::counter!(m::FLUSHER_RUNS, "result" => outcome).increment(1);
         metrics::histogram!(m::FLUSHER_DURATION).record(started.elapsed().as_secs_f64());
         if let Err(error) = result {
             tracing::warn!(%error, "session flusher run failed; the next run recomputes the same sessions");
-        }
-        // Released early is fine: the next run is a period away.
-        if let Err(error) = lock.release().await {
-            tracing::warn!(%error, "session flusher: lock not released (it expires)");
+            failed = true;
         }
     }
+}
+
+/// One run: the active sessions, then the recently touched hours, within `deadline`.
+async fn run_once(
+    client: &Client,
+    db: &str,
+    every: Duration,
+    window: FlushWindow,
+    deadline: Instant,
+) -> Result<(), FlushError> {
+    flush_active(&until(client, deadline)?, db, window).await?;
+    crate::rollups::finalize_recent(
+        &until(client, deadline)?,
+        db,
+        FINALIZE_WINDOW.max(every * 3),
+        window.active + window.max_span,
+    )
+    .await?;
+    Ok(())
+}
+
+/// `client` with `max_execution_time` set to the time left until `deadline`.
+fn until(client: &Client, deadline: Instant) -> Result<Client, FlushError> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    // Whole milliseconds, at least one: 0 would mean no limit at all.
+    if left < Duration::from_millis(1) {
+        return Err(FlushError::TimedOut);
+    }
+    Ok(client
+        .clone()
+        .with_setting("max_execution_time", format!("{:.3}", left.as_secs_f64())))
 }

@@ -135,7 +135,15 @@ function chart(title, hours, series, label) {
     const points = s.points.sort((a, b) => a[0] - b[0]);
     svg.appendChild(el("polyline", { points: points.map(([i, v]) => `${x(i)},${y(v)}`).join(" "), fill: "none",
       stroke: s.color, "stroke-width": 2, "stroke-dasharray": s.dash || "" }));
-    for (const [i, v] of points) svg.appendChild(el("circle", { cx: x(i), cy: y(v), r: 2.5, fill: s.color }));
+    // Each point names its series, hour and value (for people: a tooltip; for tests: data-*).
+    for (const [i, v] of points) {
+      const dot = el("circle", { cx: x(i), cy: y(v), r: 2.5, fill: s.color,
+        "data-series": s.name, "data-hour": hours[i], "data-value": v });
+      const tip = el("title", {});
+      tip.textContent = `${s.name}, ${hours[i].slice(0, 13).replace("T", " ")}h: ${label(v)}`;
+      dot.appendChild(tip);
+      svg.appendChild(dot);
+    }
   }
   const box = document.createElement("div");
   box.className = "chart";

@@ -116,7 +116,6 @@ pub async fn hourly(
     to: u32,
     model: Option<&str>,
 ) -> Result<Vec<HourlyStats>, ApiError> {
-    let unavailable = |e: clickhouse::error::Error| ApiError::ClickHouseUnavailable(e.to_string());
     let model = model.unwrap_or("");
     let query = |sql: &str| {
         client
@@ -126,7 +125,12 @@ pub async fn hourly(
             .param("to", to)
             .param("model", model)
     };
-    let rows: Vec<HourlyRow> = query(HOURLY).fetch_all().await.map_err(unavailable)?;
+    // Copies of a finalized row share its hour, hence its monthly partition.
+    let rows: Vec<HourlyRow> = query(HOURLY)
+        .with_setting("do_not_merge_across_partitions_select_final", "1")
+        .fetch_all()
+        .await
+        .map_err(ApiError::from)?;
     // A finalized row counts only while no event has come for its hour since.
     let stale: Vec<(u32, String)> = rows
         .iter()
@@ -142,7 +146,7 @@ pub async fn hourly(
             .param("keys", keys)
             .fetch_all()
             .await
-            .map_err(unavailable)?;
+            .map_err(ApiError::from)?;
         merged.extend(
             states
                 .into_iter()
@@ -197,7 +201,7 @@ pub async fn hourly_merged(
         .param("to", to)
         .fetch_all()
         .await
-        .map_err(|e| ApiError::ClickHouseUnavailable(e.to_string()))?;
+        .map_err(ApiError::from)?;
     Ok(rows
         .into_iter()
         .map(|row| {
@@ -278,7 +282,7 @@ pub async fn session(
         .param("session", session_id)
         .fetch_optional()
         .await
-        .map_err(|e| ApiError::ClickHouseUnavailable(e.to_string()))
+        .map_err(ApiError::from)
 }
 
 /// Epoch seconds as RFC 3339 (UTC).

@@ -72,6 +72,12 @@ pub struct Config {
     )]
     pub clickhouse_password: String,
 
+    /// Longest time a read request waits on ClickHouse, in milliseconds: ClickHouse stops
+    /// each query after it (`max_execution_time`) and the request is answered 504; a
+    /// ClickHouse that does not answer at all is given up on one second later.
+    #[arg(long, env = "SIFT_CLICKHOUSE_QUERY_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub clickhouse_query_timeout_ms: u64,
+
     /// Seconds the read API keeps an hour's figures at most (0: no cache). Hours the batcher
     /// writes are fetched again at once; this bounds how long writes that bypass the batcher
     /// go unseen. Must stay below the rollup versions' lifetime (2 days).

@@ -32,10 +32,33 @@ pub enum ApiError {
     PostgresUnavailable(String),
     #[error("ClickHouse is unavailable: {0}")]
     ClickHouseUnavailable(String),
+    #[error("ClickHouse did not answer in time: {0}")]
+    ClickHouseTimeout(String),
     #[error("{0}")]
     NotFound(String),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// ClickHouse's codes for a query stopped by `max_execution_time`: TIMEOUT_EXCEEDED, and
+/// TOO_SLOW (its estimate of the execution time is over the limit).
+const CLICKHOUSE_TIMEOUT_CODES: [&str; 2] = ["Code: 159.", "Code: 160."];
+
+impl From<clickhouse::error::Error> for ApiError {
+    /// A query that ran out of time (ClickHouse's `max_execution_time`, or the client's own
+    /// timeout) is a timeout; any other failure makes ClickHouse unavailable.
+    fn from(error: clickhouse::error::Error) -> Self {
+        let text = error.to_string();
+        match &error {
+            clickhouse::error::Error::TimedOut => Self::ClickHouseTimeout(text),
+            clickhouse::error::Error::BadResponse(reason)
+                if CLICKHOUSE_TIMEOUT_CODES.iter().any(|c| reason.contains(c)) =>
+            {
+                Self::ClickHouseTimeout(text)
+            }
+            _ => Self::ClickHouseUnavailable(text),
+        }
+    }
 }
 
 /// Seconds a client should wait after a 429 or 503.
@@ -55,6 +78,7 @@ impl ApiError {
             Self::RedisUnavailable(_)
             | Self::PostgresUnavailable(_)
             | Self::ClickHouseUnavailable(_) => "unavailable",
+            Self::ClickHouseTimeout(_) => "timeout",
             Self::NotFound(_) => "not_found",
             Self::Internal(_) => "internal",
         }
@@ -73,6 +97,7 @@ impl ResponseError for ApiError {
             Self::RedisUnavailable(_)
             | Self::PostgresUnavailable(_)
             | Self::ClickHouseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ClickHouseTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -100,9 +125,41 @@ impl ResponseError for ApiError {
             | Self::ClickHouseUnavailable(_) => json!({
                 "error": self.code(), "message": "a dependency of sift is unavailable; retry later",
             }),
+            Self::ClickHouseTimeout(_) => json!({
+                "error": self.code(),
+                "message": "the query took longer than the read timeout; ask for a shorter range or retry later",
+            }),
             Self::Internal(_) => json!({"error": self.code(), "message": "internal error"}),
             _ => json!({"error": self.code(), "message": self.to_string()}),
         };
         response.json(body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clickhouse_timeouts_are_504_and_other_failures_503() {
+        let timeout = |reason: &str| {
+            ApiError::from(clickhouse::error::Error::BadResponse(reason.into())).status_code()
+        };
+        assert_eq!(
+            timeout("Code: 159. DB::Exception: Timeout exceeded: elapsed 1.3 ms, maximum: 1.000 ms. (TIMEOUT_EXCEEDED)"),
+            StatusCode::GATEWAY_TIMEOUT
+        );
+        assert_eq!(
+            timeout("Code: 160. DB::Exception: Estimated query execution time (12 seconds) is too long. (TOO_SLOW)"),
+            StatusCode::GATEWAY_TIMEOUT
+        );
+        assert_eq!(
+            timeout("Code: 60. DB::Exception: Unknown table expression identifier"),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            ApiError::from(clickhouse::error::Error::TimedOut).status_code(),
+            StatusCode::GATEWAY_TIMEOUT
+        );
     }
 }

@@ -66,6 +66,9 @@ pub async fn serve(config: Config, metrics_handle: PrometheusHandle) -> Result<(
         dedup: Deduplicator::new(shards, config.dedup()),
         postgres,
         clickhouse: clickhouse_client(&config),
+        // ClickHouse's own limit answers first; this one covers a ClickHouse that is silent.
+        read_timeout: Duration::from_millis(config.clickhouse_query_timeout_ms)
+            + Duration::from_secs(1),
         limits: config.limits(),
         body_limits: config.body_limits(),
         metrics: metrics_handle,
@@ -106,6 +109,9 @@ fn clickhouse_client(config: &Config) -> clickhouse::Client {
         &config.clickhouse_password,
     )
     .with_database(&config.clickhouse_database)
-    // Reads of recent rollups must not wait behind a long query.
-    .with_setting("max_execution_time", "10")
+    // A slow query is stopped by ClickHouse and answered 504, never waited for.
+    .with_setting(
+        "max_execution_time",
+        format!("{:.3}", config.clickhouse_query_timeout_ms as f64 / 1000.0),
+    )
 }

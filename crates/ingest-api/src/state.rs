@@ -13,6 +13,8 @@ pub struct AppState {
     pub dedup: Deduplicator,
     pub postgres: deadpool_postgres::Pool,
     pub clickhouse: clickhouse::Client,
+    /// Longest a read request waits on ClickHouse before it is answered 504.
+    pub read_timeout: std::time::Duration,
     pub stats: StatsCache,
     pub limits: Limits,
     pub body_limits: BodyLimits,

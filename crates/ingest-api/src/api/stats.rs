@@ -85,16 +85,18 @@ pub async fn hourly(
     let to_u32 = |s: i64| {
         u32::try_from(s).map_err(|_| ApiError::BadParameter("the range is out of bounds".into()))
     };
-    let rows = state
-        .stats
-        .hourly(
+    let (from_u32, to_u32) = (to_u32(from)?, to_u32(to)?);
+    let rows = within_read_timeout(
+        &state,
+        state.stats.hourly(
             &state.clickhouse,
             &tenant,
-            to_u32(from)?,
-            to_u32(to)?,
+            from_u32,
+            to_u32,
             query.model_version.as_deref(),
-        )
-        .await?;
+        ),
+    )
+    .await?;
     Ok(HttpResponse::Ok().json(json!({
         "tenant": tenant,
         "from": analytics::rfc3339(from),
@@ -139,6 +141,22 @@ pub async fn dedup(
     })))
 }
 
+/// `work`, or a 504 once it has waited on ClickHouse longer than the read timeout (ClickHouse
+/// stops its queries before that; this covers one that does not answer at all).
+async fn within_read_timeout<T>(
+    state: &AppState,
+    work: impl std::future::Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    tokio::time::timeout(state.read_timeout, work)
+        .await
+        .unwrap_or_else(|_| {
+            Err(ApiError::ClickHouseTimeout(format!(
+                "no answer within {:?}",
+                state.read_timeout
+            )))
+        })
+}
+
 /// Events received per event kept (3.8 means 3.8 events arrived for each one stored).
 fn ratio(received: u64, accepted: u64) -> f64 {
     if accepted == 0 {
@@ -160,7 +178,12 @@ pub async fn session(
             "session_id must be 1 to 128 characters".into(),
         ));
     }
-    match analytics::session(&state.clickhouse, &tenant, &session_id).await? {
+    let found = within_read_timeout(
+        &state,
+        analytics::session(&state.clickhouse, &tenant, &session_id),
+    )
+    .await?;
+    match found {
         Some(stats) => Ok(HttpResponse::Ok().json(stats)),
         None => Err(ApiError::NotFound(format!(
             "no metrics for session {session_id:?} (yet: the flusher runs every minute)"
