@@ -756,6 +756,7 @@ async fn refused_events_replay_from_the_invalid_list_once_the_cause_is_fixed() -
         + 60;
     let mut early = event(5, "From a client whose clock runs ahead");
     early["timestamp"] = json!(ahead);
+    early["event_id"] = json!("evt-early");
     let http = reqwest::Client::new();
     for _ in 0..2 {
         let response = http
@@ -766,6 +767,17 @@ async fn refused_events_replay_from_the_invalid_list_once_the_cause_is_fixed() -
             .await?;
         assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
     }
+    // The client sends the first event again, corrected (no timestamp, new wording), under
+    // the same event_id: accepted, so its refused copies must not come back on replay.
+    let mut corrected = event(5, "Clock fixed now");
+    corrected["event_id"] = json!("evt-early");
+    let response = http
+        .post(ingest.url("/v1/ai/events"))
+        .bearer_auth(&key)
+        .json(&corrected)
+        .send()
+        .await?;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
     let long = event(6, "A prompt longer than the forty bytes this node allows");
     let response = http
         .post(ingest.url("/v1/ai/events"))
@@ -794,12 +806,12 @@ async fn refused_events_replay_from_the_invalid_list_once_the_cause_is_fixed() -
     assert!(out.contains("requeued 0 entries"), "{out}");
     assert!(out.contains("kept: still invalid: timestamp"), "{out}");
 
-    // With the default rules (5 min, 32 KiB), the causes fixed, later: every entry passes,
-    // and the two copies of one event are one intent.
+    // With the default rules (5 min, 32 KiB), the causes fixed, later: every entry passes;
+    // the two copies of the first event are the event the client sent again.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let out = db.batcher(&replay).await?;
-    assert!(out.contains("requeued 2 entries"), "{out}");
-    assert!(out.contains("1 entries were duplicates"), "{out}");
+    assert!(out.contains("requeued 1 entries"), "{out}");
+    assert!(out.contains("2 entries were duplicates"), "{out}");
     let out = db
         .batcher(&["--key-prefix", &prefix, "dlq", "replay", "--invalid"])
         .await?;

@@ -50,12 +50,15 @@ pub fn now_ms() -> i64 {
 }
 
 /// Moves one entry back onto the queue, if it is still on its list (so a replay run twice, or
-/// two operators at once, requeue it once). KEYS: list, queue, dedup claim. ARGV: entry,
-/// record, claim window in ms (0: no claim). Returns 1 requeued, 2 collapsed, 0 gone.
+/// two operators at once, requeue it once). KEYS: list, queue, dedup claim, `event_id` claim.
+/// ARGV: entry, record, claim window in ms (0: no claim), `event_id` window (0: none).
+/// Returns 1 requeued, 2 collapsed, 0 gone.
 const REQUEUE: &str = r"
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
-local window = tonumber(ARGV[3])
+local window, eid_window = tonumber(ARGV[3]), tonumber(ARGV[4])
+if eid_window > 0 and redis.call('EXISTS', KEYS[4]) == 1 then return 2 end
 if window > 0 and not redis.call('SET', KEYS[3], '1', 'NX', 'PX', window) then return 2 end
+if eid_window > 0 then redis.call('SET', KEYS[4], '1', 'PX', eid_window) end
 redis.call('LPUSH', KEYS[2], ARGV[2])
 return 1";
 
@@ -90,11 +93,15 @@ return n";
 /// Claims and requeues a revalidated invalid event on another shard than its list's (a
 /// second step removes the entry from its list). A marker named for the entry, kept a day,
 /// makes the step idempotent: a replay interrupted before the removal and run again later
-/// does not requeue it twice. KEYS: queue, dedup claim, marker. ARGV: record, claim window in
-/// ms. Returns 1 requeued, 2 collapsed (or requeued before).
+/// does not requeue it twice. KEYS: queue, dedup claim, marker, `event_id` claim. ARGV:
+/// record, claim window in ms, `event_id` window (0: none). Returns 1 requeued, 2 collapsed
+/// (or requeued before).
 const REQUEUE_ON_SHARD: &str = r"
 if redis.call('SET', KEYS[3], '1', 'NX', 'PX', 86400000) == false then return 2 end
+local eid_window = tonumber(ARGV[3])
+if eid_window > 0 and redis.call('EXISTS', KEYS[4]) == 1 then return 2 end
 if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[2]) then return 2 end
+if eid_window > 0 then redis.call('SET', KEYS[4], '1', 'PX', eid_window) end
 redis.call('LPUSH', KEYS[1], ARGV[1])
 return 1";
 
@@ -106,6 +113,23 @@ pub struct ShardConn {
 
 /// The semantic window a replayed invalid event is claimed for (the API's default).
 const REPLAY_WINDOW_MS: u64 = 5000;
+
+/// The window a replayed invalid event's `event_id` is claimed for (the API's default): a
+/// client that sent the event again, corrected, under the same `event_id` has it already.
+const REPLAY_EVENT_ID_WINDOW_MS: u64 = 30 * 60 * 1000;
+
+/// The `event_id` claim of `record` on the shard of `keys`, with its window; the semantic
+/// claim's key and no window when the record has no `event_id`.
+fn event_id_claim(keys: &sift_core::KeySpace, record: &sift_core::QueueRecord) -> (String, u64) {
+    let semantic = keys.dedup(&record.tenant_id, &record.semantic_hash);
+    match &record.event_id {
+        Some(id) => (
+            keys.event_id(&record.tenant_id, &sift_core::hash::sha256_hex(id)),
+            REPLAY_EVENT_ID_WINDOW_MS,
+        ),
+        None => (semantic, 0),
+    }
+}
 
 /// An entry of either list, seen uniformly by the operator commands.
 #[derive(Debug, Clone)]
@@ -231,10 +255,12 @@ pub async fn replay(
                         .await?;
                         continue;
                     }
-                    let claim = shards[shard]
-                        .keys
-                        .dedup(&record.tenant_id, &record.semantic_hash);
-                    (record.encode(), Some(claim))
+                    let keys = &shards[shard].keys;
+                    let claim = keys.dedup(&record.tenant_id, &record.semantic_hash);
+                    (
+                        record.encode(),
+                        Some((claim, event_id_claim(keys, &record))),
+                    )
                 }
                 Err(reason) => {
                     report.still_invalid.push(reason);
@@ -256,13 +282,16 @@ pub async fn replay(
         };
         let window = if claim.is_some() { REPLAY_WINDOW_MS } else { 0 };
         let ShardConn { keys, conn } = &mut shards[shard];
+        let (claim, (eid, eid_window)) = claim.unwrap_or_else(|| (list.clone(), (list.clone(), 0)));
         let moved: i64 = script
             .key(&list)
             .key(keys.queue())
-            .key(claim.unwrap_or_else(|| list.clone()))
+            .key(claim)
+            .key(eid)
             .arg(e.raw.as_slice())
             .arg(record)
             .arg(window)
+            .arg(eid_window)
             .invoke_async(conn)
             .await?;
         match moved {
@@ -302,12 +331,15 @@ async fn requeue_on_shard(
     let marker = keys.replayed(&sift_core::hash::sha256_hex(&String::from_utf8_lossy(
         entry,
     )));
+    let (eid, eid_window) = event_id_claim(keys, record);
     let moved: i64 = redis::Script::new(REQUEUE_ON_SHARD)
         .key(keys.queue())
         .key(keys.dedup(&record.tenant_id, &record.semantic_hash))
         .key(marker)
+        .key(eid)
         .arg(record.encode())
         .arg(REPLAY_WINDOW_MS)
+        .arg(eid_window)
         .invoke_async(conn)
         .await?;
     let _: i64 = redis::cmd("LREM")
