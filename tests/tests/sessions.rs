@@ -3,10 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use reqwest::StatusCode;
 use serde_json::json;
-use sift_e2e::{clickhouse_query, dataset, f, Batcher, World};
+use sift_e2e::{clickhouse_query, dataset, event, f, Batcher, World};
 
 #[tokio::test]
 async fn the_flusher_writes_session_metrics_equal_to_a_direct_computation() -> Result<()> {
@@ -137,7 +137,7 @@ async fn two_batchers_run_the_flusher_once_per_period_between_them() -> Result<(
 }
 
 #[tokio::test]
-async fn the_flusher_reads_events_no_older_than_the_session_span() -> Result<()> {
+async fn the_flusher_reads_its_span_yet_keeps_a_known_session_whole() -> Result<()> {
     let w = World::new(&["acme"]).await?;
     let started = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
@@ -194,6 +194,68 @@ async fn the_flusher_reads_events_no_older_than_the_session_span() -> Result<()>
         "a session counts events {:.0} s old, beyond the span of 3660 s",
         started - flushed.1
     );
+
+    // A backfill writes the sessions whole. A new event in the longest one then makes the
+    // flusher recompute it: from its first event, which ai_sessions knows to lie beyond the
+    // span, never from the span alone.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let out =
+        w.db.batcher(&[
+            "backfill",
+            "sessions",
+            "--from",
+            &(now - 4 * 3600).to_string(),
+            "--to",
+            &(now + 60).to_string(),
+            "--session-max-span-hours",
+            "1",
+        ])
+        .await?;
+    assert!(out.contains("sessions recomputed"), "{out}");
+    let longest = w
+        .query_json(&format!(
+            "SELECT session_id, toUnixTimestamp64Milli(first_seen) AS first, turns \
+             FROM {} FINAL ORDER BY first_seen LIMIT 1",
+            w.table("ai_sessions")
+        ))
+        .await?;
+    let (session, first, turns) = (
+        longest[0]["session_id"]
+            .as_str()
+            .context("session_id")?
+            .to_owned(),
+        f(&longest[0]["first"]),
+        f(&longest[0]["turns"]),
+    );
+    assert!(
+        first / 1000.0 < started - 2.0 * 3600.0,
+        "the backfill wrote {session} whole"
+    );
+    assert_eq!(
+        w.send("acme", &[event(&session, "one more question")])
+            .await?,
+        1
+    );
+    let sql = format!(
+        "SELECT toUnixTimestamp64Milli(first_seen) AS first, turns FROM {} FINAL \
+         WHERE session_id = '{session}'",
+        w.table("ai_sessions")
+    );
+    let watch = Instant::now();
+    loop {
+        let row = w.query_json(&sql).await?;
+        if f(&row[0]["turns"]) == turns + 1.0 {
+            assert_eq!(f(&row[0]["first"]), first, "{session} read from its start");
+            break;
+        }
+        ensure!(
+            watch.elapsed() < Duration::from_secs(30),
+            "{session} not recomputed whole: {row:?}, {turns} turns before"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     w.cleanup().await
 }
 

@@ -94,10 +94,11 @@ pub enum InsertError {
 const DATA_ERROR_CODES: &[u32] = &[6, 26, 27, 32, 38, 41, 53, 69, 70, 72, 117, 321, 407, 469];
 
 /// Error codes with which ClickHouse says it cannot take the insert now, whatever the data:
-/// 159 TIMEOUT_EXCEEDED, 202 TOO_MANY_SIMULTANEOUS_QUERIES, 209 SOCKET_TIMEOUT,
-/// 210 NETWORK_ERROR, 225 NO_ZOOKEEPER, 241 MEMORY_LIMIT_EXCEEDED, 242 TABLE_IS_READ_ONLY,
-/// 252 TOO_MANY_PARTS, 319 UNKNOWN_STATUS_OF_INSERT, 999 KEEPER_EXCEPTION.
-const BUSY_CODES: &[u32] = &[159, 202, 209, 210, 225, 241, 242, 252, 319, 999];
+/// 202 TOO_MANY_SIMULTANEOUS_QUERIES, 209 SOCKET_TIMEOUT, 210 NETWORK_ERROR, 225 NO_ZOOKEEPER,
+/// 242 TABLE_IS_READ_ONLY, 252 TOO_MANY_PARTS, 319 UNKNOWN_STATUS_OF_INSERT,
+/// 999 KEEPER_EXCEPTION; and 241 MEMORY_LIMIT_EXCEEDED for the server's total (a query's own
+/// limit, like a timeout, may be the chunk's doing: counted as attempts).
+const BUSY_CODES: &[u32] = &[202, 209, 210, 225, 242, 252, 319, 999];
 
 impl From<clickhouse::error::Error> for InsertError {
     fn from(error: clickhouse::error::Error) -> Self {
@@ -108,6 +109,7 @@ impl From<clickhouse::error::Error> for InsertError {
             E::BadResponse(reason) => match exception_code(reason) {
                 Some(code) if DATA_ERROR_CODES.contains(&code) => Self::Refused(text),
                 Some(code) if BUSY_CODES.contains(&code) => Self::Unreachable(text),
+                Some(241) if reason.contains("(total)") => Self::Unreachable(text),
                 _ => Self::Failed(text),
             },
             // A value our row type cannot carry is the data's fault; a schema that does not
@@ -168,22 +170,38 @@ pub async fn insert_chunk(
 
 /// Rows of `ai_events` written by the chunk `chunk_id` (its rows carry the id). Used when an
 /// insert was refused: a materialized view can refuse a block after the table took it, and
-/// then the rows must not be written again one by one.
+/// then the rows must not be written again one by one. Read where the chunk's rows sort (its
+/// tenants, its hours), not across the table.
 pub async fn rows_of_chunk(
     client: &Client,
     database: &str,
     chunk_id: &str,
+    rows: &[EventRow],
 ) -> Result<u64, InsertError> {
+    let mut tenants: Vec<&str> = rows.iter().map(|r| r.tenant_id.as_str()).collect();
+    tenants.sort_unstable();
+    tenants.dedup();
+    let first = rows.iter().map(|r| r.event_time).min().unwrap_or(0);
+    let last = rows.iter().map(|r| r.event_time).max().unwrap_or(0);
     let client = client.clone().with_database(database);
-    let rows = client
+    let count = client
         .query(&format!(
-            "SELECT count() FROM {EVENTS_TABLE} WHERE chunk_id = ?"
+            "SELECT count() FROM {EVENTS_TABLE}
+             WHERE tenant_id IN {{tenants:Array(String)}}
+               AND toStartOfHour(event_time) >= toStartOfHour(fromUnixTimestamp64Milli({{first:Int64}}, 'UTC'), 'UTC')
+               AND toStartOfHour(event_time) <= toStartOfHour(fromUnixTimestamp64Milli({{last:Int64}}, 'UTC'), 'UTC')
+               AND event_time >= fromUnixTimestamp64Milli({{first:Int64}}, 'UTC')
+               AND event_time <= fromUnixTimestamp64Milli({{last:Int64}}, 'UTC')
+               AND chunk_id = {{chunk:String}}"
         ))
-        .bind(chunk_id)
+        .param("tenants", tenants)
+        .param("first", first)
+        .param("last", last)
+        .param("chunk", chunk_id)
         .with_setting("max_execution_time", "30")
         .fetch_one::<u64>()
         .await?;
-    Ok(rows)
+    Ok(count)
 }
 
 #[cfg(test)]
@@ -198,7 +216,7 @@ mod tests {
     fn errors_are_sorted_by_what_the_worker_must_do() {
         for busy in [
             "Code: 252. DB::Exception: Too many parts (300). Merges are processing significantly slower than inserts",
-            "Code: 241. DB::Exception: Memory limit (total) exceeded",
+            "Code: 241. DB::Exception: Memory limit (total) exceeded: would use 3.5 GiB",
             "Code: 202. DB::Exception: Too many simultaneous queries",
             "Code: 242. DB::Exception: Table is in readonly mode",
         ] {
@@ -213,10 +231,16 @@ mod tests {
                 "{refused}"
             );
         }
-        assert!(matches!(
-            classify("Code: 395. DB::Exception: Value passed to 'throwIf' function is non-zero"),
-            InsertError::Failed(_)
-        ));
+        for failed in [
+            "Code: 395. DB::Exception: Value passed to 'throwIf' function is non-zero",
+            "Code: 241. DB::Exception: Memory limit (for query) exceeded: would use 9.3 GiB",
+            "Code: 159. DB::Exception: Timeout exceeded: elapsed 30.1 seconds",
+        ] {
+            assert!(
+                matches!(classify(failed), InsertError::Failed(_)),
+                "{failed}"
+            );
+        }
     }
 
     #[test]

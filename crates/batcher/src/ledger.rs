@@ -117,13 +117,16 @@ impl Ledger {
     /// Deletes rows untouched for `hours`; returns how many.
     pub async fn prune(&self, hours: u32) -> Result<u64, LedgerError> {
         let hours = i32::try_from(hours).unwrap_or(i32::MAX);
-        self.client()
-            .await?
-            .execute(
-                "DELETE FROM chunk_ledger WHERE updated_at < now() - ($1::int * interval '1 hour')",
-                &[&hours],
-            )
-            .await
-            .map_err(|e| LedgerError(e.to_string()))
+        Self::bounded(async {
+            self.client()
+                .await?
+                .execute(
+                    "DELETE FROM chunk_ledger WHERE updated_at < now() - ($1::int * interval '1 hour')",
+                    &[&hours],
+                )
+                .await
+                .map_err(|e| LedgerError(e.to_string()))
+        })
+        .await
     }
 }

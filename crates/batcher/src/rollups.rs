@@ -38,7 +38,7 @@ pub async fn finalize_recent(
 ) -> Result<(), clickhouse::error::Error> {
     let since = format!("now64(3) - toIntervalSecond({})", lookback.as_secs());
     let filter = format!(
-        "hour >= toStartOfHour({since}) AND (tenant_id, hour) IN (SELECT DISTINCT tenant_id, toStartOfHour(event_time) \
+        "hour >= toStartOfHour({since}, 'UTC') AND (tenant_id, hour) IN (SELECT DISTINCT tenant_id, toStartOfHour(event_time) \
          FROM {db}.ai_events WHERE {} AND inserted_at >= now64(3) - toIntervalSecond({}))",
         crate::sessions::events_since(&since),
         window.as_secs()

@@ -53,36 +53,64 @@ SETTINGS do_not_merge_across_partitions_select_final = 1";
 
 /// Recomputes the sessions that received rows in the last `window.active` (by insertion into
 /// ClickHouse, so rows that arrived late, after a backlog or a replay, count too), from their
-/// events of the last `window.active + window.max_span`. Rows older than that (a session
-/// longer than the span, a backlog older than it) are left to `backfill sessions`.
+/// events of the last `window.active + window.max_span`, or from further back for a session
+/// that `ai_sessions` already knows to begin earlier (see [`reach`]). Rows older than the span
+/// of a session computed for the first time are left to `backfill sessions`.
 pub async fn flush_active(
     client: &Client,
     db: &str,
     window: FlushWindow,
 ) -> Result<(), FlushError> {
-    let bound = events_since(&format!(
+    let recent = format!(
         "now64(3) - toIntervalSecond({})",
         (window.active + window.max_span).as_secs()
-    ));
+    );
     let selector = format!(
         "SELECT DISTINCT tenant_id, session_id FROM {db}.ai_events \
-         WHERE {bound} AND inserted_at >= now64(3) - toIntervalSecond({})",
+         WHERE {} AND inserted_at >= now64(3) - toIntervalSecond({})",
+        events_since(&recent),
         window.active.as_secs()
     );
+    let bound = events_since(&reach(db, &selector, Edge::First, &recent));
     recompute(client, db, &bound, &selector).await
+}
+
+/// Which end of the stored sessions [`reach`] widens a bound to.
+#[derive(Clone, Copy)]
+enum Edge {
+    First,
+    Last,
+}
+
+/// `bound` (a time expression), widened to the first (or last) event that `ai_sessions`
+/// holds for the sessions of `selector`. A run reads a session whole when a run before it (a
+/// backfill, say) saw it reach beyond the span: it must never replace a session's row with
+/// the part of it inside the span.
+fn reach(db: &str, selector: &str, edge: Edge, bound: &str) -> String {
+    let (pick, stored) = match edge {
+        Edge::First => ("least", "minOrNull(first_seen)"),
+        Edge::Last => (
+            "greatest",
+            "maxOrNull(last_seen) + toIntervalMillisecond(1)",
+        ),
+    };
+    format!(
+        "{pick}({bound}, ifNull((SELECT {stored} FROM {db}.ai_sessions FINAL \
+         WHERE (tenant_id, session_id) IN ({selector})), {bound}))"
+    )
 }
 
 /// `event_time >= {since}`, written on the sort key's `toStartOfHour(event_time)` too:
 /// ClickHouse skips granules by the key only for a condition on the key's own expression (on
-/// `event_time` alone it reads every granule; measured on 26.9).
+/// `event_time` alone it reads every granule; measured on 26.9). Hours in UTC, as the key's.
 pub(crate) fn events_since(since: &str) -> String {
-    format!("toStartOfHour(event_time) >= toStartOfHour({since}) AND event_time >= {since}")
+    format!("toStartOfHour(event_time) >= toStartOfHour({since}, 'UTC') AND event_time >= {since}")
 }
 
 /// `{from} <= event_time < {to}`, written on the sort key too (see [`events_since`]).
 fn events_between(from: &str, to: &str) -> String {
     format!(
-        "{} AND toStartOfHour(event_time) <= toStartOfHour({to}) AND event_time < {to}",
+        "{} AND toStartOfHour(event_time) <= toStartOfHour({to}, 'UTC') AND event_time < {to}",
         events_since(from)
     )
 }
@@ -122,23 +150,27 @@ pub async fn backfill(
         let end = start.saturating_add(step_ms).min(to_ms);
         let selector = format!(
             "SELECT DISTINCT tenant_id, session_id FROM {db}.ai_events WHERE {}",
-            events_between(
-                &format!("fromUnixTimestamp64Milli({start})"),
-                &format!("fromUnixTimestamp64Milli({end})")
-            )
+            events_between(&utc(start), &utc(end))
         );
         let bound = events_between(
-            &format!(
-                "fromUnixTimestamp64Milli({})",
-                start.saturating_sub(span_ms).max(0)
+            &reach(
+                db,
+                &selector,
+                Edge::First,
+                &utc(start.saturating_sub(span_ms).max(0)),
             ),
-            &format!("fromUnixTimestamp64Milli({})", end.saturating_add(span_ms)),
+            &reach(db, &selector, Edge::Last, &utc(end.saturating_add(span_ms))),
         );
         recompute(client, db, &bound, &selector).await?;
         steps += 1;
         start = end;
     }
     Ok(steps)
+}
+
+/// Epoch milliseconds as a UTC time expression (whatever the server's time zone).
+fn utc(ms: i64) -> String {
+    format!("fromUnixTimestamp64Milli({ms}, 'UTC')")
 }
 
 /// How far back (by arrival) the flusher looks for hours to finalize.
@@ -263,6 +295,9 @@ pub async fn run(
             // batcher (one that reaches ClickHouse, say) can take the flusher over.
             continue;
         }
+        // Timed from before the lock is asked for: its lifetime starts in Redis, earlier than
+        // the answer arrives, and the run must end before it.
+        let started = Instant::now();
         match lock.acquire(every).await {
             Ok(true) => {}
             Ok(false) => continue,
@@ -271,7 +306,6 @@ pub async fn run(
                 continue;
             }
         }
-        let started = Instant::now();
         let deadline = started + budget;
         let result = tokio::time::timeout(budget, run_once(&client, &db, every, window, deadline))
             .await

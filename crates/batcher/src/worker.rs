@@ -300,7 +300,12 @@ impl Worker {
                 // is retried whole, with its token, like any other failure.
                 Err(InsertError::Refused(error)) => match self
                     .shutdown
-                    .race(rows_of_chunk(&self.clickhouse, &self.database, &chunk.id))
+                    .race(rows_of_chunk(
+                        &self.clickhouse,
+                        &self.database,
+                        &chunk.id,
+                        &chunk.rows,
+                    ))
                     .await?
                 {
                     // Not all there: the table refused it (rows of an earlier pass one by
@@ -310,11 +315,12 @@ impl Worker {
                         return self.insert_rows_alone(chunk).await;
                     }
                     Ok(_) => Some(("view_refused", error)),
-                    Err(check) => {
-                        retry("clickhouse", "unreachable");
-                        tracing::warn!(%error, %check, chunk = %chunk.id, "ClickHouse refused the chunk and cannot say whether it holds it; retrying");
-                        None
-                    }
+                    // Counted as an attempt: a check that keeps failing must not hold the
+                    // chunk forever (past the limit it goes whole, with its token).
+                    Err(check) => Some((
+                        "refused_unchecked",
+                        format!("{error}; whether ai_events holds the chunk is unknown: {check}"),
+                    )),
                 },
                 Err(InsertError::Failed(error)) => Some(("failed", error)),
             };
