@@ -337,6 +337,13 @@ pub enum BackfillCommand {
         /// End, exclusive (RFC 3339 or epoch seconds).
         #[arg(long, env = "SIFT_BACKFILL_TO")]
         to: String,
+        /// First recompute the rollups of those hours from the raw events (deduplicated with
+        /// FINAL): for raw data that never went through the view (loaded before it existed,
+        /// say), or hours a replay past ClickHouse's dedup window counted twice. Events
+        /// written to those hours while it runs may be counted twice: run it for hours that
+        /// no longer receive events, or with the batchers paused.
+        #[arg(long, env = "SIFT_BACKFILL_REBUILD")]
+        rebuild: bool,
     },
 }
 

@@ -52,7 +52,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 report("clickhouse", &applied, migrate::CLICKHOUSE.len());
             }
         }
-        Command::Backfill { command } => backfill(command, &cli.clickhouse).await?,
+        Command::Backfill { command } => backfill(command, &cli.clickhouse, &cli.redis).await?,
         Command::Run(args) => run::run(args, &cli.redis, url, &cli.clickhouse).await?,
         Command::Dlq { command } => {
             let shards = usize::from(cli.redis.redis_shards);
@@ -158,6 +158,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
 async fn backfill(
     command: BackfillCommand,
     ch: &sift_batcher::config::ClickHouseArgs,
+    redis: &sift_batcher::config::RedisArgs,
 ) -> anyhow::Result<()> {
     let db = &ch.clickhouse_database;
     let client = clickhouse::client(ch).with_database(db);
@@ -180,10 +181,37 @@ async fn backfill(
             let steps = sessions::backfill(&client, db, from, to, step, span).await?;
             println!("sessions recomputed in {steps} steps");
         }
-        BackfillCommand::Rollups { from, to } => {
+        BackfillCommand::Rollups {
+            from,
+            to,
+            rebuild: false,
+        } => {
             let (from, to) = range(&from, &to)?;
             let steps = rollups::backfill(&client, db, from, to).await?;
             println!("rollups finalized in {steps} steps");
+        }
+        BackfillCommand::Rollups {
+            from,
+            to,
+            rebuild: true,
+        } => {
+            let (from, to) = range(&from, &to)?;
+            let (steps, touched) = rollups::rebuild(&client, db, from, to).await?;
+            // The read API caches hours by their version: move the versions of the hours
+            // rebuilt (on shard 0; the API compares every shard's), or it would show the old
+            // figures until its cache expires.
+            let url = redis.redis_url.split(',').next().unwrap_or_default().trim();
+            let mut conn = ::redis::Client::open(url)?
+                .get_multiplexed_async_connection()
+                .await
+                .with_context(|| format!("connecting to Redis at {url}"))?;
+            let keys = KeySpace::shards(&redis.key_prefix, usize::from(redis.redis_shards));
+            let shard0 = keys.first().context("no Redis shard")?;
+            rollups::move_versions(&mut conn, shard0, &touched).await?;
+            println!(
+                "rollups rebuilt from the raw events and finalized in {steps} steps ({} tenant hours)",
+                touched.len()
+            );
         }
     }
     Ok(())

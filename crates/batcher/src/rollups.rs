@@ -54,6 +54,106 @@ async fn finalize(client: &Client, db: &str, filter: &str) -> Result<(), clickho
         .await
 }
 
+/// The view that feeds `ai_events_hourly`, as its migration creates it: a rebuild writes what
+/// the view would have, from the same text.
+const VIEW_MIGRATION: &str = include_str!("../../../sql/clickhouse/0002_ai_events_hourly.sql");
+
+/// The raw events the view reads, in its select.
+const VIEW_SOURCE: &str = "FROM {database}.ai_events\n";
+
+/// `INSERT INTO ai_events_hourly` of the view's select over the raw events that `filter`
+/// keeps, deduplicated with `FINAL`; `None` if the migration's text is not as expected (a
+/// unit test keeps it so).
+fn rebuild_sql(db: &str, filter: &str) -> Option<String> {
+    let view = VIEW_MIGRATION.find("CREATE MATERIALIZED VIEW")?;
+    let select = view + VIEW_MIGRATION[view..].find("SELECT")?;
+    let select = VIEW_MIGRATION[select..].trim_end().trim_end_matches(';');
+    select.contains(VIEW_SOURCE).then(|| {
+        format!("INSERT INTO {{database}}.ai_events_hourly\n{select}")
+            .replace(
+                VIEW_SOURCE,
+                &format!("FROM {{database}}.ai_events FINAL\nWHERE {filter}\n"),
+            )
+            .replace("{database}", db)
+    })
+}
+
+/// Recomputes the rollups of every hour in `[from_ms, to_ms)` from the raw events, one day at
+/// a time: deletes the day's rollup rows, writes them anew from `ai_events FINAL`, and
+/// finalizes them. Returns the steps and the (tenant, hour in epoch seconds) pairs whose
+/// figures may have changed, for the read API's cache.
+pub async fn rebuild(
+    client: &Client,
+    db: &str,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<(u32, Vec<(String, i64)>), clickhouse::error::Error> {
+    const DAY_MS: i64 = 86_400_000;
+    let (mut start, mut steps, mut touched) = (from_ms, 0, Vec::new());
+    while start < to_ms {
+        let end = (start + DAY_MS).min(to_ms);
+        let hours = hours_between(start, end);
+        let groups = format!(
+            "SELECT DISTINCT tenant_id, toInt64(toUnixTimestamp(hour)) FROM {db}.ai_events_hourly WHERE {hours}"
+        );
+        touched.extend(client.query(&groups).fetch_all::<(String, i64)>().await?);
+        client
+            .query(&format!(
+                "ALTER TABLE {db}.ai_events_hourly DELETE WHERE {hours}"
+            ))
+            .with_setting("mutations_sync", "2")
+            .execute()
+            .await?;
+        let events = crate::sessions::events_between_ms(start, end);
+        let sql = rebuild_sql(db, &events).ok_or_else(|| {
+            clickhouse::error::Error::Custom("the view's migration is not as expected".into())
+        })?;
+        client
+            .query(&sql)
+            // The same rows written by a second rebuild must not be dropped as a retry (26.9
+            // does not deduplicate INSERT SELECT here; other versions may).
+            .with_setting("insert_deduplicate", "0")
+            .with_setting("do_not_merge_across_partitions_select_final", "1")
+            .execute()
+            .await?;
+        touched.extend(client.query(&groups).fetch_all::<(String, i64)>().await?);
+        finalize(client, db, &hours).await?;
+        steps += 1;
+        start = end;
+    }
+    touched.sort_unstable();
+    touched.dedup();
+    Ok((steps, touched))
+}
+
+/// Moves the rollup versions of `touched` (tenant, hour in epoch seconds), as the batcher's
+/// acknowledgement does, so that the read API's cache fetches those hours again.
+pub async fn move_versions(
+    conn: &mut redis::aio::MultiplexedConnection,
+    keys: &sift_core::KeySpace,
+    touched: &[(String, i64)],
+) -> redis::RedisResult<()> {
+    for slice in touched.chunks(500) {
+        let mut pipe = redis::pipe();
+        for (tenant, hour) in slice {
+            let key = keys.rollup_version(tenant, *hour);
+            pipe.incr(&key, 1)
+                .ignore()
+                .pexpire(&key, sift_core::keys::ROLLUP_VERSION_TTL_MS as i64)
+                .ignore();
+        }
+        pipe.query_async::<()>(conn).await?;
+    }
+    Ok(())
+}
+
+/// `hour` in `[from_ms, to_ms)`, on the rollup tables.
+fn hours_between(from_ms: i64, to_ms: i64) -> String {
+    format!(
+        "hour >= toDateTime(intDiv({from_ms}, 1000), 'UTC') AND hour < toDateTime(intDiv({to_ms}, 1000), 'UTC')"
+    )
+}
+
 /// Finalizes every hour in `[from_ms, to_ms)`, one day at a time.
 pub async fn backfill(
     client: &Client,
@@ -66,12 +166,27 @@ pub async fn backfill(
     let mut steps = 0;
     while start < to_ms {
         let end = (start + DAY_MS).min(to_ms);
-        let filter = format!(
-            "hour >= toDateTime(intDiv({start}, 1000), 'UTC') AND hour < toDateTime(intDiv({end}, 1000), 'UTC')"
-        );
-        finalize(client, db, &filter).await?;
+        finalize(client, db, &hours_between(start, end)).await?;
         steps += 1;
         start = end;
     }
     Ok(steps)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_rebuild_writes_the_views_select_over_final() {
+        let sql = super::rebuild_sql("db", "event_time >= 0").expect("the view's select");
+        assert!(
+            sql.starts_with("INSERT INTO db.ai_events_hourly\nSELECT"),
+            "{sql}"
+        );
+        assert!(
+            sql.contains("FROM db.ai_events FINAL\nWHERE event_time >= 0\nGROUP BY"),
+            "{sql}"
+        );
+        assert!(sql.contains("quantilesTDigestState") && !sql.contains("{database}"));
+        assert!(!sql.ends_with(';'));
+    }
 }

@@ -168,6 +168,11 @@ pub async fn backfill(
     Ok(steps)
 }
 
+/// `event_time` in `[from_ms, to_ms)`, written on the sort key too (see [`events_since`]).
+pub(crate) fn events_between_ms(from_ms: i64, to_ms: i64) -> String {
+    events_between(&utc(from_ms), &utc(to_ms))
+}
+
 /// Epoch milliseconds as a UTC time expression (whatever the server's time zone).
 fn utc(ms: i64) -> String {
     format!("fromUnixTimestamp64Milli({ms}, 'UTC')")
