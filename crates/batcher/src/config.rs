@@ -138,7 +138,7 @@ pub struct RunArgs {
     pub ledger_retention_hours: u32,
 
     /// First retry delay in milliseconds (doubled per attempt, with jitter).
-    #[arg(long, env = "SIFT_RETRY_BASE_MS", default_value_t = 200)]
+    #[arg(long, env = "SIFT_RETRY_BASE_MS", default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
     pub retry_base_ms: u64,
 
     /// Longest retry delay in milliseconds.
@@ -363,14 +363,17 @@ mod tests {
 
     use super::Cli;
 
-    /// A heartbeat that lives 0 ms is `SET ... PX 0`, which Redis refuses: the flag says so.
+    /// A heartbeat that lives 0 ms is `SET ... PX 0`, which Redis refuses; a retry delay of
+    /// 0 retries a dependency that is down in a tight loop: the flags say so.
     #[test]
-    fn a_zero_heartbeat_ttl_is_refused_naming_the_flag() {
-        let error = Cli::try_parse_from(["sift-batcher", "run", "--heartbeat-ttl-ms", "0"])
-            .expect_err("0 must be refused");
-        assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
-        assert!(error.to_string().contains("--heartbeat-ttl-ms"), "{error}");
-        let cli = Cli::try_parse_from(["sift-batcher", "run", "--heartbeat-ttl-ms", "1"]);
-        assert!(cli.is_ok(), "{cli:?}");
+    fn zero_heartbeat_ttl_and_retry_delay_are_refused_naming_the_flag() {
+        for flag in ["--heartbeat-ttl-ms", "--retry-base-ms"] {
+            let error = Cli::try_parse_from(["sift-batcher", "run", flag, "0"])
+                .expect_err("0 must be refused");
+            assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
+            assert!(error.to_string().contains(flag), "{error}");
+            let cli = Cli::try_parse_from(["sift-batcher", "run", flag, "1"]);
+            assert!(cli.is_ok(), "{cli:?}");
+        }
     }
 }

@@ -32,8 +32,8 @@ pub struct Config {
     pub redis_shards: u16,
 
     /// Largest number of pooled Redis connections.
-    #[arg(long, env = "SIFT_REDIS_POOL_SIZE", default_value_t = 32)]
-    pub redis_pool_size: usize,
+    #[arg(long, env = "SIFT_REDIS_POOL_SIZE", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..))]
+    pub redis_pool_size: u64,
 
     /// Give up on a Redis call after this many milliseconds (answered 503).
     #[arg(long, env = "SIFT_REDIS_TIMEOUT_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
@@ -193,6 +193,7 @@ mod tests {
             "--batch-receipt-window-ms",
             "--stream-timeout-ms",
             "--redis-timeout-ms",
+            "--redis-pool-size",
         ] {
             let error =
                 Config::try_parse_from(["sift-ingest", flag, "0"]).expect_err("0 must be refused");

@@ -36,7 +36,7 @@ pub async fn serve(config: Config, metrics_handle: PrometheusHandle) -> Result<(
     let pools = sift_service::pools::redis_shards(
         &config.redis_url,
         usize::from(config.redis_shards),
-        config.redis_pool_size,
+        usize::try_from(config.redis_pool_size).unwrap_or(usize::MAX),
         timeout,
     )?;
     // Refuse a Redis that cannot run the scripts (a PING would still pass); one that does not
