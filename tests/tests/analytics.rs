@@ -609,18 +609,22 @@ async fn rebuilt_rollups_equal_the_raw_events_and_show_at_once() -> Result<()> {
     assert_eq!(unique, (sent + 100) as f64);
     assert_eq!(rollup().await?, (sent + 50) as f64);
 
-    let (from, to) = ((now - 6 * 3600).to_string(), (now + 3600).to_string());
-    let rebuild = [
-        "backfill",
-        "rollups",
-        "--from",
-        &from,
-        "--to",
-        &to,
-        "--rebuild",
-    ];
+    let w = &w;
+    let rebuild = |from: u64, to: u64| async move {
+        let (from, to) = (from.to_string(), to.to_string());
+        w.operator(&[
+            "backfill",
+            "rollups",
+            "--from",
+            &from,
+            "--to",
+            &to,
+            "--rebuild",
+        ])
+        .await
+    };
     for _ in 0..2 {
-        let out = w.operator(&rebuild).await?;
+        let out = rebuild(now - 6 * 3600, now + 3600).await?;
         assert!(out.contains("rollups rebuilt"), "{out}");
         assert_eq!(rollup().await?, unique, "after: {out}");
     }
@@ -632,5 +636,19 @@ async fn rebuilt_rollups_equal_the_raw_events_and_show_at_once() -> Result<()> {
     .await?
     .parse()?;
     assert_eq!(finalized, unique);
+
+    // A range that starts and ends inside hours rebuilds those hours whole: the figures stay.
+    rebuild(now - 9000, now - 5400).await?;
+    assert_eq!(rollup().await?, unique);
+
+    // Hours older than the raw events' TTL (30 days) would be deleted and not written back.
+    let refused = rebuild(now - 40 * 86_400, now - 5400)
+        .await
+        .expect_err("a rebuild beyond the raw TTL must be refused");
+    assert!(
+        refused.to_string().contains("raw events are kept 30 days"),
+        "{refused}"
+    );
+    assert_eq!(rollup().await?, unique);
     w.cleanup().await
 }

@@ -196,8 +196,7 @@ async fn backfill(
             rebuild: true,
         } => {
             let (from, to) = range(&from, &to)?;
-            let (steps, touched) = rollups::rebuild(&client, db, from, to).await?;
-            // The read API caches hours by their version: move the versions of the hours
+            // The read API caches hours by their version: each day's are moved once it is
             // rebuilt (on shard 0; the API compares every shard's), or it would show the old
             // figures until its cache expires.
             let url = redis.redis_url.split(',').next().unwrap_or_default().trim();
@@ -207,10 +206,10 @@ async fn backfill(
                 .with_context(|| format!("connecting to Redis at {url}"))?;
             let keys = KeySpace::shards(&redis.key_prefix, usize::from(redis.redis_shards));
             let shard0 = keys.first().context("no Redis shard")?;
-            rollups::move_versions(&mut conn, shard0, &touched).await?;
+            let (steps, hours) =
+                rollups::rebuild(&client, db, from, to, (&mut conn, shard0)).await?;
             println!(
-                "rollups rebuilt from the raw events and finalized in {steps} steps ({} tenant hours)",
-                touched.len()
+                "rollups rebuilt from the raw events and finalized in {steps} steps ({hours} tenant hours)"
             );
         }
     }

@@ -78,52 +78,127 @@ fn rebuild_sql(db: &str, filter: &str) -> Option<String> {
     })
 }
 
-/// Recomputes the rollups of every hour in `[from_ms, to_ms)` from the raw events, one day at
-/// a time: deletes the day's rollup rows, writes them anew from `ai_events FINAL`, and
-/// finalizes them. Returns the steps and the (tenant, hour in epoch seconds) pairs whose
-/// figures may have changed, for the read API's cache.
+#[derive(Debug, thiserror::Error)]
+pub enum RebuildError {
+    #[error("ClickHouse: {0}")]
+    ClickHouse(#[from] clickhouse::error::Error),
+    #[error("Redis (the read API's rollup versions): {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("the view's migration is not as expected")]
+    ViewText,
+    #[error(
+        "raw events are kept {days} days: rollups before {oldest} cannot be rebuilt from them \
+         (they would be deleted and not written back)"
+    )]
+    BeyondRawRetention { days: i64, oldest: String },
+    #[error("rebuilding the day from {day} (its rollups may be missing until it is run again): {source}")]
+    Day {
+        day: String,
+        source: Box<RebuildError>,
+    },
+}
+
+const HOUR_MS: i64 = 3_600_000;
+const DAY_MS: i64 = 86_400_000;
+
+/// Recomputes the rollups of every hour that `[from_ms, to_ms)` touches (widened to whole
+/// hours, as the rollups count them) from the raw events, one day at a time: deletes the day's
+/// rollup rows, writes them anew from `ai_events FINAL`, finalizes them, and moves their
+/// versions on `cache` (the read API's cache). Refuses hours older than the raw events' TTL
+/// (less a day, for the rows TTL merges are dropping). Returns the steps and the tenant hours.
 pub async fn rebuild(
     client: &Client,
     db: &str,
     from_ms: i64,
     to_ms: i64,
-) -> Result<(u32, Vec<(String, i64)>), clickhouse::error::Error> {
-    const DAY_MS: i64 = 86_400_000;
-    let (mut start, mut steps, mut touched) = (from_ms, 0, Vec::new());
+    cache: (&mut redis::aio::MultiplexedConnection, &sift_core::KeySpace),
+) -> Result<(u32, usize), RebuildError> {
+    let (from_ms, to_ms) = (
+        from_ms.div_euclid(HOUR_MS) * HOUR_MS,
+        (to_ms + HOUR_MS - 1).div_euclid(HOUR_MS) * HOUR_MS,
+    );
+    if let Some(days) = raw_ttl_days(client, db).await? {
+        let oldest = crate::dlq::now_ms() - (days - 1) * DAY_MS;
+        if from_ms < oldest {
+            let oldest = time::OffsetDateTime::from_unix_timestamp(oldest / 1000)
+                .map_or_else(|_| oldest.to_string(), |t| t.to_string());
+            return Err(RebuildError::BeyondRawRetention { days, oldest });
+        }
+    }
+    let (conn, keys) = cache;
+    let (mut start, mut steps, mut hours) = (from_ms, 0, 0);
     while start < to_ms {
         let end = (start + DAY_MS).min(to_ms);
-        let hours = hours_between(start, end);
-        let groups = format!(
-            "SELECT DISTINCT tenant_id, toInt64(toUnixTimestamp(hour)) FROM {db}.ai_events_hourly WHERE {hours}"
-        );
-        touched.extend(client.query(&groups).fetch_all::<(String, i64)>().await?);
-        client
-            .query(&format!(
-                "ALTER TABLE {db}.ai_events_hourly DELETE WHERE {hours}"
-            ))
-            .with_setting("mutations_sync", "2")
-            .execute()
-            .await?;
-        let events = crate::sessions::events_between_ms(start, end);
-        let sql = rebuild_sql(db, &events).ok_or_else(|| {
-            clickhouse::error::Error::Custom("the view's migration is not as expected".into())
-        })?;
-        client
-            .query(&sql)
-            // The same rows written by a second rebuild must not be dropped as a retry (26.9
-            // does not deduplicate INSERT SELECT here; other versions may).
-            .with_setting("insert_deduplicate", "0")
-            .with_setting("do_not_merge_across_partitions_select_final", "1")
-            .execute()
-            .await?;
-        touched.extend(client.query(&groups).fetch_all::<(String, i64)>().await?);
-        finalize(client, db, &hours).await?;
+        let touched = rebuild_day(client, db, start, end)
+            .await
+            .map_err(|source| RebuildError::Day {
+                day: time::OffsetDateTime::from_unix_timestamp(start / 1000)
+                    .map_or_else(|_| start.to_string(), |t| t.to_string()),
+                source: Box::new(source),
+            })?;
+        move_versions(conn, keys, &touched).await?;
+        hours += touched.len();
         steps += 1;
         start = end;
     }
+    Ok((steps, hours))
+}
+
+/// One day of [`rebuild`]; the (tenant, hour) pairs whose figures may have changed.
+async fn rebuild_day(
+    client: &Client,
+    db: &str,
+    start: i64,
+    end: i64,
+) -> Result<Vec<(String, i64)>, RebuildError> {
+    let hours = hours_between(start, end);
+    let groups = format!(
+        "SELECT DISTINCT tenant_id, toInt64(toUnixTimestamp(hour)) FROM {db}.ai_events_hourly WHERE {hours}"
+    );
+    let mut touched = client.query(&groups).fetch_all::<(String, i64)>().await?;
+    // A lightweight delete: it masks the rows at once, without rewriting the month's parts.
+    client
+        .query(&format!("DELETE FROM {db}.ai_events_hourly WHERE {hours}"))
+        .with_setting("lightweight_deletes_sync", "2")
+        .execute()
+        .await?;
+    let events = crate::sessions::events_between_ms(start, end);
+    let sql = rebuild_sql(db, &events).ok_or(RebuildError::ViewText)?;
+    client
+        .query(&sql)
+        // The same rows written by a second rebuild must not be dropped as a retry (26.9
+        // does not deduplicate INSERT SELECT here; other versions may).
+        .with_setting("insert_deduplicate", "0")
+        .with_setting("do_not_merge_across_partitions_select_final", "1")
+        .execute()
+        .await?;
+    touched.extend(client.query(&groups).fetch_all::<(String, i64)>().await?);
+    finalize(client, db, &hours).await?;
     touched.sort_unstable();
     touched.dedup();
-    Ok((steps, touched))
+    Ok(touched)
+}
+
+/// The raw events' TTL in days, as `ai_events` was created with (`None`: no TTL).
+async fn raw_ttl_days(client: &Client, db: &str) -> Result<Option<i64>, RebuildError> {
+    let engine: String = client
+        .query("SELECT engine_full FROM system.tables WHERE database = ? AND name = 'ai_events'")
+        .bind(db)
+        .fetch_one()
+        .await?;
+    Ok(ttl_days(&engine))
+}
+
+/// The days of `toIntervalDay(N)` in a table's engine text.
+fn ttl_days(engine: &str) -> Option<i64> {
+    let at = engine.find("TTL ")?;
+    let rest = &engine[at..];
+    let start = rest.find("toIntervalDay(")? + "toIntervalDay(".len();
+    let digits: String = rest[start..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
 }
 
 /// Moves the rollup versions of `touched` (tenant, hour in epoch seconds), as the batcher's
@@ -175,6 +250,14 @@ pub async fn backfill(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_raw_ttl_is_read_from_the_engine() {
+        let engine = "ReplacingMergeTree(ingested_at) PARTITION BY toYYYYMM(event_time) \
+                      ORDER BY (tenant_id) TTL toDateTime(event_time) + toIntervalDay(30) SETTINGS x = 1";
+        assert_eq!(super::ttl_days(engine), Some(30));
+        assert_eq!(super::ttl_days("MergeTree ORDER BY x"), None);
+    }
+
     #[test]
     fn a_rebuild_writes_the_views_select_over_final() {
         let sql = super::rebuild_sql("db", "event_time >= 0").expect("the view's select");

@@ -53,26 +53,45 @@ SETTINGS do_not_merge_across_partitions_select_final = 1";
 
 /// Recomputes the sessions that received rows in the last `window.active` (by insertion into
 /// ClickHouse, so rows that arrived late, after a backlog or a replay, count too), from their
-/// events of the last `window.active + window.max_span`, or from further back for a session
-/// that `ai_sessions` already knows to begin earlier (see [`reach`]). Rows older than the span
-/// of a session computed for the first time are left to `backfill sessions`.
+/// events of the last `window.active + window.max_span`; but those that `ai_sessions` already
+/// knows to begin earlier, which [`flush_long`] reads whole. Rows older than the span of a
+/// session computed for the first time are left to `backfill sessions`.
 pub async fn flush_active(
     client: &Client,
     db: &str,
     window: FlushWindow,
 ) -> Result<(), FlushError> {
+    let (recent, active, long) = selections(db, window);
+    let short = format!("{active} AND (tenant_id, session_id) NOT IN ({long})");
+    recompute(client, db, &events_since(&recent), &short).await
+}
+
+/// Recomputes the active sessions that `ai_sessions` knows to begin before the span, from
+/// their first event: a run must never replace a whole session's row with its recent part.
+/// Apart from [`flush_active`], since its read reaches as far back as the oldest of them.
+pub async fn flush_long(client: &Client, db: &str, window: FlushWindow) -> Result<(), FlushError> {
+    let (recent, _, long) = selections(db, window);
+    let bound = events_since(&reach(db, &long, Edge::First, &recent));
+    recompute(client, db, &bound, &long).await
+}
+
+/// The span's start, the active sessions, and those of them that began before the span.
+fn selections(db: &str, window: FlushWindow) -> (String, String, String) {
     let recent = format!(
         "now64(3) - toIntervalSecond({})",
         (window.active + window.max_span).as_secs()
     );
-    let selector = format!(
+    let active = format!(
         "SELECT DISTINCT tenant_id, session_id FROM {db}.ai_events \
          WHERE {} AND inserted_at >= now64(3) - toIntervalSecond({})",
         events_since(&recent),
         window.active.as_secs()
     );
-    let bound = events_since(&reach(db, &selector, Edge::First, &recent));
-    recompute(client, db, &bound, &selector).await
+    let long = format!(
+        "SELECT tenant_id, session_id FROM {db}.ai_sessions FINAL \
+         WHERE (tenant_id, session_id) IN ({active}) AND first_seen < {recent}"
+    );
+    (recent, active, long)
 }
 
 /// Which end of the stored sessions [`reach`] widens a bound to.
@@ -325,7 +344,10 @@ pub async fn run(
     }
 }
 
-/// One run: the active sessions, then the recently touched hours, within `deadline`.
+/// One run: the active sessions, then the recently touched hours, then the active sessions
+/// that began before the span, within `deadline`. The last step reads furthest back, so it
+/// comes last and its failure does not fail the run (the others are done): it is logged and
+/// counted, and the next run tries again.
 async fn run_once(
     client: &Client,
     db: &str,
@@ -341,6 +363,14 @@ async fn run_once(
         window.active + window.max_span,
     )
     .await?;
+    let long = match until(client, deadline) {
+        Ok(client) => flush_long(&client, db, window).await,
+        Err(error) => Err(error),
+    };
+    if let Err(error) = long {
+        m::retry("clickhouse", "long_sessions");
+        tracing::warn!(%error, "session flusher: the sessions begun before the span were not recomputed; next run");
+    }
     Ok(())
 }
 

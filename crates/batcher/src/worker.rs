@@ -315,6 +315,12 @@ impl Worker {
                         return self.insert_rows_alone(chunk).await;
                     }
                     Ok(_) => Some(("view_refused", error)),
+                    // ClickHouse gone: wait, as for an insert.
+                    Err(InsertError::Unreachable(check)) => {
+                        retry("clickhouse", "unreachable");
+                        tracing::warn!(%error, %check, chunk = %chunk.id, "ClickHouse refused the chunk, then became unreachable; waiting");
+                        None
+                    }
                     // Counted as an attempt: a check that keeps failing must not hold the
                     // chunk forever (past the limit it goes whole, with its token).
                     Err(check) => Some((
