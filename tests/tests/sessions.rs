@@ -11,7 +11,7 @@ use sift_e2e::{clickhouse_query, dataset, event, f, Batcher, World};
 #[tokio::test]
 async fn the_flusher_writes_session_metrics_equal_to_a_direct_computation() -> Result<()> {
     let w = World::new(&["acme", "globex"]).await?;
-    let _batcher = w.batcher("w-flush", &["--session-flush-secs", "1"]).await?;
+    let _batcher = w.batcher("w-flush", &["--session-flush-secs", "2"]).await?;
     let sent = w.send("acme", &dataset("flush", 1200, 2, 3)).await?;
     let sent_other = w.send("globex", &dataset("other", 100, 2, 5)).await?;
     w.wait_for_events(sent + sent_other).await?;
@@ -149,7 +149,7 @@ async fn the_flusher_reads_its_span_yet_keeps_a_known_session_whole() -> Result<
             "w-span",
             &[
                 "--session-flush-secs",
-                "1",
+                "2",
                 "--session-active-minutes",
                 "1",
                 "--session-max-span-hours",
@@ -269,7 +269,7 @@ async fn a_batcher_whose_runs_fail_leaves_the_flusher_to_another() -> Result<()>
         &w.redis,
         &w.ingest.key_prefix,
         "w-cut-off",
-        &["--session-flush-secs", "1"],
+        &["--session-flush-secs", "2"],
         &[("SIFT_CLICKHOUSE_URL", format!("http://{closed}"))],
     )
     .await?;
@@ -282,7 +282,7 @@ async fn a_batcher_whose_runs_fail_leaves_the_flusher_to_another() -> Result<()>
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let healthy = w
-        .batcher("w-healthy", &["--session-flush-secs", "1"])
+        .batcher("w-healthy", &["--session-flush-secs", "2"])
         .await?;
     let series = "sift_flusher_runs_total{result=\"ok\"}";
     let watch = Instant::now();

@@ -142,7 +142,7 @@ pub struct RunArgs {
     pub retry_base_ms: u64,
 
     /// Longest retry delay in milliseconds.
-    #[arg(long, env = "SIFT_RETRY_MAX_MS", default_value_t = 10_000)]
+    #[arg(long, env = "SIFT_RETRY_MAX_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub retry_max_ms: u64,
 
     /// After SIGTERM, time to finish the chunk in hand before leaving it for recovery (s).
@@ -367,7 +367,7 @@ mod tests {
     /// 0 retries a dependency that is down in a tight loop: the flags say so.
     #[test]
     fn zero_heartbeat_ttl_and_retry_delay_are_refused_naming_the_flag() {
-        for flag in ["--heartbeat-ttl-ms", "--retry-base-ms"] {
+        for flag in ["--heartbeat-ttl-ms", "--retry-base-ms", "--retry-max-ms"] {
             let error = Cli::try_parse_from(["sift-batcher", "run", flag, "0"])
                 .expect_err("0 must be refused");
             assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);

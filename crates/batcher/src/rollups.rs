@@ -86,6 +86,8 @@ pub enum RebuildError {
     Redis(#[from] redis::RedisError),
     #[error("the view's migration is not as expected")]
     ViewText,
+    #[error("cannot tell how long ai_events keeps raw events (not in days): {0}")]
+    UnreadableTtl(String),
     #[error(
         "raw events are kept {days} days: rollups before {oldest} cannot be rebuilt from them \
          (they would be deleted and not written back)"
@@ -115,7 +117,7 @@ pub async fn rebuild(
 ) -> Result<(u32, usize), RebuildError> {
     let (from_ms, to_ms) = (
         from_ms.div_euclid(HOUR_MS) * HOUR_MS,
-        (to_ms + HOUR_MS - 1).div_euclid(HOUR_MS) * HOUR_MS,
+        to_ms.saturating_add(HOUR_MS - 1).div_euclid(HOUR_MS) * HOUR_MS,
     );
     if let Some(days) = raw_ttl_days(client, db).await? {
         let oldest = crate::dlq::now_ms() - (days - 1) * DAY_MS;
@@ -186,7 +188,10 @@ async fn raw_ttl_days(client: &Client, db: &str) -> Result<Option<i64>, RebuildE
         .bind(db)
         .fetch_one()
         .await?;
-    Ok(ttl_days(&engine))
+    match ttl_days(&engine) {
+        None if engine.contains("TTL ") => Err(RebuildError::UnreadableTtl(engine)),
+        days => Ok(days),
+    }
 }
 
 /// The days of `toIntervalDay(N)` in a table's engine text.

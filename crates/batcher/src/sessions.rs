@@ -363,8 +363,15 @@ async fn run_once(
         window.active + window.max_span,
     )
     .await?;
-    let long = match until(client, deadline) {
-        Ok(client) => flush_long(&client, db, window).await,
+    // A little before the run's own bound, so that this step's overrun is told apart (and
+    // does not fail the run).
+    let long_deadline = deadline - Duration::from_millis(50).min(every / 20);
+    let long = match until(client, long_deadline) {
+        Ok(client) => {
+            tokio::time::timeout_at(long_deadline.into(), flush_long(&client, db, window))
+                .await
+                .unwrap_or(Err(FlushError::TimedOut))
+        }
         Err(error) => Err(error),
     };
     if let Err(error) = long {
