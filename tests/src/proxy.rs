@@ -24,6 +24,25 @@ impl Proxy {
         Ok(proxy)
     }
 
+    /// A proxy to the tests' ClickHouse (its HTTP port).
+    pub async fn clickhouse() -> Result<Self> {
+        let target = reqwest::Url::parse(&crate::services::clickhouse_url())?;
+        let addr = format!(
+            "{}:{}",
+            target.host_str().unwrap_or("127.0.0.1"),
+            target.port().unwrap_or(8123)
+        );
+        Self::start(addr.parse()?).await
+    }
+
+    /// The `SIFT_CLICKHOUSE_URL` setting that points a batcher at this proxy.
+    pub fn clickhouse_env(&self) -> [(&'static str, String); 1] {
+        [(
+            "SIFT_CLICKHOUSE_URL",
+            format!("http://127.0.0.1:{}", self.port),
+        )]
+    }
+
     pub async fn up(&mut self) -> Result<()> {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await?;
         let target = self.target;
