@@ -392,3 +392,20 @@ pub fn f(v: &Value) -> f64 {
         .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
         .unwrap_or(f64::NAN)
 }
+
+/// Seconds since the epoch, now.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `GET /v1/ai/stats/hourly` over the last `hours` hours and the next one.
+pub fn hourly_path(hours: u64) -> String {
+    let now = now_secs();
+    format!(
+        "/v1/ai/stats/hourly?from={}&to={}",
+        now - hours * 3600,
+        now + 3600
+    )
+}

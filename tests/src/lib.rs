@@ -6,15 +6,18 @@
 //! - [`processes`]: `sift-ingest` and `sift-batcher run` as child processes.
 //! - [`proxy`]: a TCP proxy to cut a dependency and bring it back.
 //! - [`fixtures`]: ready-made worlds and the data they send.
+//! - [`hourly`]: the check of hourly answers against the raw events.
 //! - [`pipeline`]: an ingest API and a database for the batcher's tests.
 
 pub mod fixtures;
+pub mod hourly;
 pub mod pipeline;
 pub mod processes;
 pub mod proxy;
 pub mod services;
 
-pub use fixtures::{dataset, event, f, gzip, Fixture, World, MODELS};
+pub use fixtures::{dataset, event, f, gzip, hourly_path, now_secs, Fixture, World, MODELS};
+pub use hourly::assert_hourly_equals_raw;
 pub use pipeline::{event_in, unique_events, Pipeline};
 pub use processes::{Batcher, Ingest};
 pub use proxy::Proxy;

@@ -267,10 +267,7 @@ async fn refused_events_replay_from_the_invalid_list_once_the_cause_is_fixed() -
     // and whose prompt limit is too strict: a long prompt (sent without a timestamp) too.
     let strict = ["--max-future-skew-secs", "1", "--max-prompt-bytes", "40"];
     let ingest = Ingest::start(&db, &redis, &strict).await?;
-    let ahead = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs()
-        + 60;
+    let ahead = sift_e2e::now_secs() + 60;
     let mut early = event_in(5, "From a client whose clock runs ahead");
     early["timestamp"] = json!(ahead);
     early["event_id"] = json!("evt-early");

@@ -76,24 +76,19 @@ async fn the_flusher_writes_session_metrics_equal_to_a_direct_computation() -> R
 
     // Backfill recomputes an older range from scratch.
     clickhouse_query(&format!("TRUNCATE TABLE {}", w.table("ai_sessions"))).await?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs();
-    let out =
-        w.db.batcher(&[
-            "backfill",
-            "sessions",
-            "--from",
-            &(now - 3 * 3600).to_string(),
-            "--to",
-            &(now + 60).to_string(),
-            "--step-minutes",
-            "30",
-        ])
-        .await?;
+    let out = backfill(&w, 3, &["--step-minutes", "30"]).await?;
     assert!(out.contains("sessions recomputed in 7 steps"), "{out}");
     assert_eq!(w.query_json(&flushed_sql).await?, direct);
     w.cleanup().await
+}
+
+/// `sift-batcher backfill sessions` over the last `hours` hours and the next minute.
+async fn backfill(w: &World, hours: u64, args: &[&str]) -> Result<String> {
+    let now = sift_e2e::now_secs();
+    let (from, to) = ((now - hours * 3600).to_string(), (now + 60).to_string());
+    let mut full = vec!["backfill", "sessions", "--from", &from, "--to", &to];
+    full.extend_from_slice(args);
+    w.db.batcher(&full).await
 }
 
 /// Flusher runs of one batcher, whatever their result.
@@ -198,21 +193,7 @@ async fn the_flusher_reads_its_span_yet_keeps_a_known_session_whole() -> Result<
     // A backfill writes the sessions whole. A new event in the longest one then makes the
     // flusher recompute it: from its first event, which ai_sessions knows to lie beyond the
     // span, never from the span alone.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs();
-    let out =
-        w.db.batcher(&[
-            "backfill",
-            "sessions",
-            "--from",
-            &(now - 4 * 3600).to_string(),
-            "--to",
-            &(now + 60).to_string(),
-            "--session-max-span-hours",
-            "1",
-        ])
-        .await?;
+    let out = backfill(&w, 4, &["--session-max-span-hours", "1"]).await?;
     assert!(out.contains("sessions recomputed"), "{out}");
     let longest = w
         .query_json(&format!(

@@ -72,14 +72,7 @@ async fn three_shards_on_one_redis_keep_one_row_per_intent() -> Result<()> {
         (f(&dedup["received"]), f(&dedup["accepted"])),
         (4500.0, 1500.0)
     );
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs();
-    let path = format!(
-        "/v1/ai/stats/hourly?from={}&to={}",
-        now - 5 * 3600,
-        now + 3600
-    );
+    let path = sift_e2e::hourly_path(5);
     let (_, hourly) = w.get("acme", &path).await?;
     let events_in = |v: &Value| -> f64 {
         v["rows"]
@@ -91,6 +84,7 @@ async fn three_shards_on_one_redis_keep_one_row_per_intent() -> Result<()> {
     // An event refused for its clock (an hour ahead) whose intent lives on another shard
     // than the invalid-events list (shard 0): replayed with a wider tolerance, twice, it is
     // written once.
+    let now = sift_e2e::now_secs();
     let ahead = now + 3600;
     let early = (0..)
         .map(|i| {
