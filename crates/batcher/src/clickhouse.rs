@@ -106,7 +106,7 @@ impl From<clickhouse::error::Error> for InsertError {
         let text = error.to_string();
         match &error {
             E::Network(_) | E::TimedOut => Self::Unreachable(text),
-            E::BadResponse(reason) => match exception_code(reason) {
+            E::BadResponse(reason) => match sift_service::clickhouse_text::exception_code(reason) {
                 Some(code) if DATA_ERROR_CODES.contains(&code) => Self::Refused(text),
                 Some(code) if BUSY_CODES.contains(&code) => Self::Unreachable(text),
                 Some(241) if reason.contains("(total)") => Self::Unreachable(text),
@@ -118,16 +118,6 @@ impl From<clickhouse::error::Error> for InsertError {
             _ => Self::Failed(text),
         }
     }
-}
-
-/// The number after `Code: ` in a ClickHouse exception text.
-fn exception_code(reason: &str) -> Option<u32> {
-    let start = reason.find("Code: ")? + "Code: ".len();
-    let digits: String = reason[start..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    digits.parse().ok()
 }
 
 /// A client for `args`.
@@ -206,7 +196,7 @@ pub async fn rows_of_chunk(
 
 #[cfg(test)]
 mod tests {
-    use super::{exception_code, InsertError};
+    use super::InsertError;
 
     fn classify(answer: &str) -> InsertError {
         clickhouse::error::Error::BadResponse(answer.to_owned()).into()
@@ -241,18 +231,5 @@ mod tests {
                 "{failed}"
             );
         }
-    }
-
-    #[test]
-    fn exception_codes_are_read_from_the_answer() {
-        assert_eq!(
-            exception_code("Code: 53. DB::Exception: Type mismatch"),
-            Some(53)
-        );
-        assert_eq!(
-            exception_code("bad response: Code: 210. DB::NetException"),
-            Some(210)
-        );
-        assert_eq!(exception_code("no code here"), None);
     }
 }

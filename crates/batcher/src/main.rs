@@ -10,7 +10,7 @@ use sift_batcher::config::{
 };
 use sift_batcher::{clickhouse, dlq, migrate, postgres, rollups, run, sessions, tenants};
 use sift_core::KeySpace;
-use sift_service::redis_version::{self, Probe};
+use sift_service::redis_version;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -72,17 +72,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     .get_multiplexed_async_connection()
                     .await
                     .with_context(|| format!("connecting to Redis at {url}"))?;
-                // The replays run scripts that Redis before 7.0 refuses.
-                match redis_version::probe(&mut conn).await {
-                    Ok(Probe::Version(found)) if !found.is_supported() => {
-                        return Err(redis_version::TooOld { shard: s, found }.into());
-                    }
-                    Ok(_) => {}
-                    // INFO may be denied to this user: the commands themselves will tell.
-                    Err(error) => {
-                        tracing::warn!(shard = s, %error, "cannot read the Redis version");
-                    }
-                }
+                // The replays run scripts that Redis before 7.0 refuses. (INFO may be denied
+                // to this user: then the commands themselves will tell.)
+                let answer = redis_version::probe(&mut conn).await;
+                redis_version::judge(s, answer.map_err(|e| e.to_string()))?;
                 conns.push(dlq::ShardConn { keys, conn });
             }
             dlq_command(command, &mut conns).await?;

@@ -196,14 +196,9 @@ async fn raw_ttl_days(client: &Client, db: &str) -> Result<Option<i64>, RebuildE
 
 /// The days of `toIntervalDay(N)` in a table's engine text.
 fn ttl_days(engine: &str) -> Option<i64> {
-    let at = engine.find("TTL ")?;
-    let rest = &engine[at..];
-    let start = rest.find("toIntervalDay(")? + "toIntervalDay(".len();
-    let digits: String = rest[start..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    digits.parse().ok()
+    let ttl = &engine[engine.find("TTL ")?..];
+    let days = sift_service::clickhouse_text::number_after(ttl, "toIntervalDay(")?;
+    i64::try_from(days).ok()
 }
 
 /// Moves the rollup versions of `touched` (tenant, hour in epoch seconds), as the batcher's

@@ -42,7 +42,7 @@ pub enum ApiError {
 
 /// ClickHouse's codes for a query stopped by `max_execution_time`: TIMEOUT_EXCEEDED, and
 /// TOO_SLOW (its estimate of the execution time is over the limit).
-const CLICKHOUSE_TIMEOUT_CODES: [&str; 2] = ["Code: 159.", "Code: 160."];
+const CLICKHOUSE_TIMEOUT_CODES: [u32; 2] = [159, 160];
 
 impl From<clickhouse::error::Error> for ApiError {
     /// A query that ran out of time (ClickHouse's `max_execution_time`, or the client's own
@@ -52,7 +52,8 @@ impl From<clickhouse::error::Error> for ApiError {
         match &error {
             clickhouse::error::Error::TimedOut => Self::ClickHouseTimeout(text),
             clickhouse::error::Error::BadResponse(reason)
-                if CLICKHOUSE_TIMEOUT_CODES.iter().any(|c| reason.contains(c)) =>
+                if sift_service::clickhouse_text::exception_code(reason)
+                    .is_some_and(|code| CLICKHOUSE_TIMEOUT_CODES.contains(&code)) =>
             {
                 Self::ClickHouseTimeout(text)
             }

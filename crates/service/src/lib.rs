@@ -4,8 +4,10 @@
 //! - [`pools`]: Redis and PostgreSQL pools with bounded waits, the ClickHouse client, and the
 //!   readiness probes.
 //! - [`limits`]: the validation limits as flags, the same for the API and for replays.
+//! - [`clickhouse_text`]: exception codes and TTL days in ClickHouse's answers.
 //! - [`redis_version`]: the oldest Redis sift runs on (7.0), checked at start-up.
 
+pub mod clickhouse_text;
 pub mod limits;
 pub mod logging;
 pub mod pools;

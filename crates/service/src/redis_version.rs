@@ -96,25 +96,32 @@ pub async fn require_supported(pools: &[deadpool_redis::Pool]) -> Result<(), Too
             Ok(mut conn) => probe(&mut conn).await.map_err(|e| e.to_string()),
             Err(error) => Err(error.to_string()),
         };
-        match answer {
-            Ok(Probe::Version(found)) if !found.is_supported() => {
-                return Err(TooOld { shard, found });
-            }
-            Ok(Probe::Version(found)) => {
-                tracing::debug!(shard, version = %found, "Redis version supported");
-            }
-            Ok(Probe::Unreadable) => tracing::warn!(
-                shard,
-                "Redis did not tell its version (INFO server has no redis_version); sift needs {MINIMUM} or later"
-            ),
-            Err(error) => tracing::warn!(
-                shard,
-                %error,
-                "Redis does not answer at start-up; its version is not checked"
-            ),
-        }
+        judge(shard, answer)?;
     }
     Ok(())
+}
+
+/// The verdict on shard `shard`'s answer to [`probe`]: an older server is refused; one that
+/// did not answer, or not with its version, is logged and let through.
+pub fn judge(shard: usize, answer: Result<Probe, String>) -> Result<(), TooOld> {
+    match answer {
+        Ok(Probe::Version(found)) if !found.is_supported() => Err(TooOld { shard, found }),
+        Ok(Probe::Version(found)) => {
+            tracing::debug!(shard, version = %found, "Redis version supported");
+            Ok(())
+        }
+        Ok(Probe::Unreadable) => {
+            tracing::warn!(
+                shard,
+                "Redis did not tell its version (INFO server has no redis_version); sift needs {MINIMUM} or later"
+            );
+            Ok(())
+        }
+        Err(error) => {
+            tracing::warn!(shard, %error, "cannot read the Redis version; it is not checked");
+            Ok(())
+        }
+    }
 }
 
 #[cfg(test)]
