@@ -537,12 +537,13 @@ async fn a_tenant_over_its_rate_gets_429_with_retry_after() -> Result<()> {
     f.cleanup().await
 }
 
-/// A Redis that does not answer at start-up is no reason to refuse: the API starts and
-/// answers 503 until it can reach it. (A Redis older than 7.0, which answers PING but refuses
+/// A Redis that does not answer at start-up is no reason to refuse: the API starts, and its
+/// readiness answers 503 (that it turns 202 once Redis is back is
+/// `redis_down_gives_503_and_redis_back_gives_202`). (A Redis older than 7.0, which answers PING but refuses
 /// every script, is refused at start-up; that check is unit-tested in
 /// `sift_service::redis_version`, as no such server runs here and tests use real ones only.)
 #[tokio::test]
-async fn a_redis_away_at_start_up_is_waited_for() -> Result<()> {
+async fn a_redis_away_at_start_up_does_not_keep_the_api_from_starting() -> Result<()> {
     let db = Database::create().await?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?

@@ -118,16 +118,30 @@ const REPLAY_WINDOW_MS: u64 = 5000;
 /// client that sent the event again, corrected, under the same `event_id` has it already.
 const REPLAY_EVENT_ID_WINDOW_MS: u64 = 30 * 60 * 1000;
 
-/// The `event_id` claim of `record` on the shard of `keys`, with its window; the semantic
-/// claim's key and no window when the record has no `event_id`.
-fn event_id_claim(keys: &sift_core::KeySpace, record: &sift_core::QueueRecord) -> (String, u64) {
-    let semantic = keys.dedup(&record.tenant_id, &record.semantic_hash);
-    match &record.event_id {
-        Some(id) => (
-            keys.event_id(&record.tenant_id, &sift_core::hash::sha256_hex(id)),
-            REPLAY_EVENT_ID_WINDOW_MS,
-        ),
-        None => (semantic, 0),
+/// What a replayed invalid event claims, as the API would: its intent and its `event_id`.
+struct Claims {
+    semantic: String,
+    /// The `event_id` key (the semantic one again, unused, when the event has none).
+    event_id: String,
+    /// 0 when the event has no `event_id`.
+    event_id_window: u64,
+}
+
+impl Claims {
+    fn of(keys: &sift_core::KeySpace, record: &sift_core::QueueRecord) -> Self {
+        let semantic = keys.dedup(&record.tenant_id, &record.semantic_hash);
+        let (event_id, event_id_window) = match &record.event_id {
+            Some(id) => (
+                keys.event_id(&record.tenant_id, &sift_core::hash::sha256_hex(id)),
+                REPLAY_EVENT_ID_WINDOW_MS,
+            ),
+            None => (semantic.clone(), 0),
+        };
+        Self {
+            semantic,
+            event_id,
+            event_id_window,
+        }
     }
 }
 
@@ -255,11 +269,9 @@ pub async fn replay(
                         .await?;
                         continue;
                     }
-                    let keys = &shards[shard].keys;
-                    let claim = keys.dedup(&record.tenant_id, &record.semantic_hash);
                     (
                         record.encode(),
-                        Some((claim, event_id_claim(keys, &record))),
+                        Some(Claims::of(&shards[shard].keys, &record)),
                     )
                 }
                 Err(reason) => {
@@ -282,16 +294,21 @@ pub async fn replay(
         };
         let window = if claim.is_some() { REPLAY_WINDOW_MS } else { 0 };
         let ShardConn { keys, conn } = &mut shards[shard];
-        let (claim, (eid, eid_window)) = claim.unwrap_or_else(|| (list.clone(), (list.clone(), 0)));
+        // A dead letter claims nothing (its keys are placeholders the script leaves alone).
+        let claim = claim.unwrap_or_else(|| Claims {
+            semantic: list.clone(),
+            event_id: list.clone(),
+            event_id_window: 0,
+        });
         let moved: i64 = script
             .key(&list)
             .key(keys.queue())
-            .key(claim)
-            .key(eid)
+            .key(claim.semantic)
+            .key(claim.event_id)
             .arg(e.raw.as_slice())
             .arg(record)
             .arg(window)
-            .arg(eid_window)
+            .arg(claim.event_id_window)
             .invoke_async(conn)
             .await?;
         match moved {
@@ -331,15 +348,15 @@ async fn requeue_on_shard(
     let marker = keys.replayed(&sift_core::hash::sha256_hex(&String::from_utf8_lossy(
         entry,
     )));
-    let (eid, eid_window) = event_id_claim(keys, record);
+    let claim = Claims::of(keys, record);
     let moved: i64 = redis::Script::new(REQUEUE_ON_SHARD)
         .key(keys.queue())
-        .key(keys.dedup(&record.tenant_id, &record.semantic_hash))
+        .key(claim.semantic)
         .key(marker)
-        .key(eid)
+        .key(claim.event_id)
         .arg(record.encode())
         .arg(REPLAY_WINDOW_MS)
-        .arg(eid_window)
+        .arg(claim.event_id_window)
         .invoke_async(conn)
         .await?;
     let _: i64 = redis::cmd("LREM")

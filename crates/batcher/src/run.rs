@@ -166,32 +166,8 @@ async fn heartbeat(
         // let this worker's heartbeat on the healthy ones expire.
         let beats = workers.iter().map(|worker| async move {
             let shard = worker.queue.keys().prefix();
-            match tokio::time::timeout(ttl / 3, worker.queue.heartbeat(ttl)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => {
-                    m::retry("redis", "heartbeat");
-                    tracing::warn!(%shard, %error, "heartbeat failed");
-                    return None;
-                }
-                Err(_) => {
-                    m::retry("redis", "heartbeat");
-                    tracing::warn!(%shard, "heartbeat timed out");
-                    return None;
-                }
-            }
-            match tokio::time::timeout(ttl / 3, worker.queue.depths()).await {
-                Ok(Ok(depths)) => Some(depths),
-                Ok(Err(error)) => {
-                    m::retry("redis", "queue_depths");
-                    tracing::warn!(%shard, %error, "cannot read queue depths");
-                    None
-                }
-                Err(_) => {
-                    m::retry("redis", "queue_depths");
-                    tracing::warn!(%shard, "reading queue depths timed out");
-                    None
-                }
-            }
+            bounded(ttl / 3, shard, "heartbeat", worker.queue.heartbeat(ttl)).await?;
+            bounded(ttl / 3, shard, "queue_depths", worker.queue.depths()).await
         });
         let totals = futures_util::future::join_all(beats)
             .await
@@ -206,4 +182,22 @@ async fn heartbeat(
         }
         handle.run_upkeep();
     }
+}
+
+/// `call` on Redis shard `shard` within `limit`; a failure or a timeout is counted as a retry
+/// (reason `what`) and logged, and gives `None`.
+async fn bounded<T, E: std::fmt::Display>(
+    limit: Duration,
+    shard: &str,
+    what: &'static str,
+    call: impl std::future::Future<Output = Result<T, E>>,
+) -> Option<T> {
+    let failure = match tokio::time::timeout(limit, call).await {
+        Ok(Ok(value)) => return Some(value),
+        Ok(Err(error)) => error.to_string(),
+        Err(_) => format!("no answer within {limit:?}"),
+    };
+    m::retry("redis", what);
+    tracing::warn!(%shard, error = %failure, "{what} failed");
+    None
 }
