@@ -18,7 +18,9 @@
 -- not fetched the newest part yet; the read API's cache fetches an hour when the batcher
 -- acknowledges a write to it, so insert with insert_quorum (or read with
 -- select_sequential_consistency) where a late event must show at once. Checked here: syntax and parity with the single-node DDL
--- (tests/tests/deploy.rs); a cluster with Keeper is not available on these machines.
+-- (tests/tests/deploy.rs: the columns are those of a single node migrated to the newest
+-- version); a cluster with Keeper is not available on these machines. Digests are
+-- FixedString(32) from the start (sql/clickhouse/0006 rewrites a single node's older table).
 
 CREATE DATABASE IF NOT EXISTS {database} ON CLUSTER '{cluster}';
 
@@ -26,9 +28,9 @@ CREATE TABLE IF NOT EXISTS {database}.ai_events_local ON CLUSTER '{cluster}'
 (
     tenant_id           LowCardinality(String),
     event_time          DateTime64(3, 'UTC'),
-    semantic_hash       String,
+    semantic_hash       FixedString(32),
     session_id          String,
-    prompt_hash         String,
+    prompt_hash         FixedString(32),
     normalizer_version  UInt16,
     model_version       LowCardinality(String),
     provider            LowCardinality(String),
@@ -45,7 +47,7 @@ CREATE TABLE IF NOT EXISTS {database}.ai_events_local ON CLUSTER '{cluster}'
     is_final            Bool,
     fallback_chain      Array(LowCardinality(String)),
     properties          String,
-    chunk_id            String,
+    chunk_id            FixedString(32),
     ingested_at         DateTime64(3, 'UTC'),
     inserted_at         DateTime64(3, 'UTC') DEFAULT now64(3)
 )

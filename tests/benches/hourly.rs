@@ -61,9 +61,9 @@ async fn main() -> Result<()> {
          SELECT
             if(number % 2 = 0, 'tenant-0', concat('tenant-', toString(1 + intHash32(number + 9) % ({TENANTS} - 1)))) AS tenant_id,
             toDateTime64(now() - (intHash32(number) % {secs}), 3, 'UTC') AS event_time,
-            lower(hex(SHA256(toString(number)))) AS semantic_hash,
+            SHA256(toString(number)) AS semantic_hash,
             concat('s-', toString(intHash32(number + 1) % 200000)) AS session_id,
-            lower(hex(SHA256(toString(number % 100000)))) AS prompt_hash,
+            SHA256(toString(number % 100000)) AS prompt_hash,
             1 AS normalizer_version,
             concat('v', toString(intHash32(number + 8) % 5), '.0.0') AS model_version,
             'openai' AS provider, 'chat' AS operation,
@@ -74,7 +74,7 @@ async fn main() -> Result<()> {
             intHash32(number + 6) % 10 != 0 AS success,
             '' AS event_id, NULL AS turn_index, '' AS stream_id, NULL AS chunk_index, false AS is_final,
             if(intHash32(number + 7) % 10 = 0, ['v1.0.0', 'v0.9.0'], []) AS fallback_chain,
-            '' AS properties, 'bench' AS chunk_id, now64(3) AS ingested_at, now64(3) AS inserted_at
+            '' AS properties, SHA256('bench') AS chunk_id, now64(3) AS ingested_at, now64(3) AS inserted_at
          FROM numbers({events})
          SETTINGS max_insert_threads = 2",
         secs = DAYS * 86400

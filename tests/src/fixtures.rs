@@ -102,19 +102,19 @@ impl Fixture {
             .await?)
     }
 
-    pub async fn queue(&self) -> Result<Vec<QueueRecord>> {
-        let mut records: Vec<QueueRecord> = self
+    pub async fn queue(&self) -> Result<Vec<QueueRecord<'static>>> {
+        let mut records: Vec<QueueRecord<'static>> = self
             .list("queue")
             .await?
             .iter()
-            .map(|b| QueueRecord::decode(b))
+            .map(|b| QueueRecord::decode(b).map(QueueRecord::into_owned))
             .collect::<Result<_, _>>()?;
         records.reverse(); // LPUSH puts the newest first; show them in arrival order.
         Ok(records)
     }
 
     /// The queue once it holds at least `n` records (or after 10 s, as it is then).
-    pub async fn queue_of_at_least(&self, n: usize) -> Result<Vec<QueueRecord>> {
+    pub async fn queue_of_at_least(&self, n: usize) -> Result<Vec<QueueRecord<'static>>> {
         let started = Instant::now();
         loop {
             let queue = self.queue().await?;

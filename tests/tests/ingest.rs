@@ -32,7 +32,7 @@ async fn cosmetic_variants_are_accepted_then_collapsed() -> Result<()> {
     assert_eq!(queue.len(), 1);
     assert_eq!(queue[0].tenant_id, "acme");
     assert_eq!(
-        queue[0].semantic_hash,
+        queue[0].semantic_hash.to_hex(),
         first["semantic_key"].as_str().unwrap_or_default()
     );
     assert_eq!(queue[0].token_count, 42);

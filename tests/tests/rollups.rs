@@ -265,13 +265,13 @@ async fn rebuilt_rollups_equal_the_raw_events_and_show_at_once() -> Result<()> {
     let (events, view) = (w.table("ai_events"), w.table("ai_events_hourly_mv"));
     clickhouse_query(&format!("DETACH TABLE {view}")).await?;
     clickhouse_query(&format!(
-        "INSERT INTO {events} SELECT * REPLACE (concat(semantic_hash, '-loaded') AS semantic_hash) \
-         FROM {events} LIMIT 100"
+        "INSERT INTO {events} SELECT * REPLACE (SHA256(semantic_hash) AS semantic_hash, \
+         SHA256('loaded') AS chunk_id) FROM {events} LIMIT 100"
     ))
     .await?;
     clickhouse_query(&format!("ATTACH TABLE {view}")).await?;
     clickhouse_query(&format!(
-        "INSERT INTO {events} SELECT * FROM {events} WHERE NOT endsWith(semantic_hash, '-loaded') \
+        "INSERT INTO {events} SELECT * FROM {events} WHERE chunk_id != SHA256('loaded') \
          LIMIT 50 SETTINGS insert_deduplication_token = 'a-late-replay'"
     ))
     .await?;

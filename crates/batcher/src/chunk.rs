@@ -5,92 +5,128 @@
 //! token. Records that cannot be decoded are poison: they are set aside for the dead letters,
 //! the rest of the chunk goes on, and they are not part of the id, so that a chunk rebuilt from
 //! its dead letters (`dlq replay`) carries the token of the original.
+//!
+//! A chunk keeps its records as they came from Redis and decodes them where they are used
+//! (once here, to find the poison, the tenants and the hours; again while the insert writes
+//! them): a record borrows its strings from its bytes, so neither pass copies them.
 
-use sha2::{Digest, Sha256};
-use sift_core::QueueRecord;
+use std::collections::BTreeSet;
 
-use crate::clickhouse::EventRow;
+use sha2::{Digest as _, Sha256};
+use sift_core::{Digest, QueueRecord};
+
+use crate::clickhouse::{ChunkBounds, EventRow};
 
 pub struct Chunk {
-    pub id: String,
-    /// How many records the chunk holds, and its oldest and newest (to acknowledge exactly it).
-    pub len: usize,
-    pub oldest: Vec<u8>,
-    pub newest: Vec<u8>,
-    pub rows: Vec<EventRow>,
-    /// The raw bytes of each row's record, for dead-lettering a row ClickHouse refuses.
-    pub raws: Vec<Vec<u8>>,
-    /// Records that are not valid queue records, with the reason.
-    pub poison: Vec<(Vec<u8>, String)>,
+    pub id: Digest,
+    /// The id as hex: the ClickHouse token, the ledger's key, the dead letters' `chunk_id`.
+    pub id_hex: String,
+    /// Every record of the processing list, oldest first (poison included: the
+    /// acknowledgement removes exactly these).
+    pub records: Vec<Vec<u8>>,
+    /// Indexes (into `records`) of the records that decode, in order: the chunk's rows.
+    pub rows: Vec<usize>,
+    /// Indexes of the records that are not valid queue records, with the reason.
+    pub poison: Vec<(usize, String)>,
+    /// Every (tenant, hour start in epoch seconds) the chunk has rows for, once each.
+    pub hours: Vec<(String, i64)>,
+    /// Where the rows sort in `ai_events`.
+    pub bounds: ChunkBounds,
 }
 
 impl Chunk {
     pub fn new(records: Vec<Vec<u8>>) -> Self {
-        let len = records.len();
-        let oldest = records.first().cloned().unwrap_or_default();
-        let newest = records.last().cloned().unwrap_or_default();
-        let mut decoded = Vec::with_capacity(records.len());
-        let mut raws = Vec::with_capacity(records.len());
+        let mut rows = Vec::with_capacity(records.len());
         let mut poison = Vec::new();
-        for raw in records {
-            match QueueRecord::decode(&raw) {
+        let mut hours = BTreeSet::new();
+        let mut tenants = BTreeSet::new();
+        let (mut first_ms, mut last_ms) = (i64::MAX, i64::MIN);
+        let mut last: Option<(String, i64)> = None;
+        for (i, raw) in records.iter().enumerate() {
+            match QueueRecord::decode(raw) {
                 Ok(record) => {
-                    decoded.push(record);
-                    raws.push(raw);
+                    rows.push(i);
+                    let hour = record.timestamp_ms.div_euclid(3_600_000) * 3600;
+                    first_ms = first_ms.min(record.timestamp_ms);
+                    last_ms = last_ms.max(record.timestamp_ms);
+                    // Neighbouring records mostly share their tenant and hour: look before
+                    // allocating.
+                    let tenant = record.tenant_id.as_ref();
+                    if last.as_ref().is_none_or(|(t, h)| t != tenant || *h != hour) {
+                        tenants.insert(tenant.to_owned());
+                        hours.insert((tenant.to_owned(), hour));
+                        last = Some((tenant.to_owned(), hour));
+                    }
                 }
-                Err(error) => poison.push((raw, error.to_string())),
+                Err(error) => poison.push((i, error.to_string())),
             }
         }
         // A chunk of poison only still gets an id of its own, for its dead letters.
-        let named: Vec<&Vec<u8>> = if raws.is_empty() {
-            poison.iter().map(|(raw, _)| raw).collect()
+        let id = if rows.is_empty() {
+            id_of(poison.iter().map(|(i, _)| records[*i].as_slice()))
         } else {
-            raws.iter().collect()
+            id_of(rows.iter().map(|i| records[*i].as_slice()))
         };
-        let id = id_of(named);
-        let rows = decoded
-            .into_iter()
-            .map(|record| EventRow::new(record, &id))
-            .collect();
+        let bounds = if rows.is_empty() {
+            ChunkBounds::default()
+        } else {
+            ChunkBounds {
+                tenants: tenants.into_iter().collect(),
+                first_ms,
+                last_ms,
+            }
+        };
         Self {
+            id_hex: id.to_hex(),
             id,
-            len,
-            oldest,
-            newest,
+            records,
             rows,
-            raws,
             poison,
+            hours: hours.into_iter().collect(),
+            bounds,
         }
     }
 
-    /// Every (tenant, hour start in epoch seconds) the chunk has rows for, once each.
-    pub fn hours(&self) -> Vec<(String, i64)> {
-        let hours: std::collections::BTreeSet<(String, i64)> = self
-            .rows
-            .iter()
-            .map(|row| {
-                let hour = row.event_time.div_euclid(3_600_000) * 3600;
-                (row.tenant_id.clone(), hour)
-            })
-            .collect();
-        hours.into_iter().collect()
+    pub fn oldest(&self) -> &[u8] {
+        self.records.first().map_or(&[], Vec::as_slice)
     }
 
-    /// The token of row `i` inserted alone (when ClickHouse refused the chunk as a whole).
-    pub fn row_token(&self, i: usize) -> String {
-        format!("{}:{i}", self.id)
+    pub fn newest(&self) -> &[u8] {
+        self.records.last().map_or(&[], Vec::as_slice)
+    }
+
+    /// The bytes of the records, for sizing chunks.
+    pub fn bytes(&self) -> usize {
+        self.records.iter().map(Vec::len).sum()
+    }
+
+    /// The chunk's rows, decoded from its records (which `new` found decodable).
+    pub fn event_rows(&self) -> impl Iterator<Item = EventRow<'_>> + '_ {
+        self.rows.iter().filter_map(|&i| self.row(i))
+    }
+
+    /// The row of record `i` (an index into `records`).
+    pub fn row(&self, i: usize) -> Option<EventRow<'_>> {
+        let record = QueueRecord::decode(&self.records[i]).ok()?;
+        Some(EventRow::new(record, &self.id))
+    }
+
+    /// The token of the chunk's row number `position` inserted alone (when ClickHouse
+    /// refused the chunk as a whole).
+    pub fn row_token(&self, position: usize) -> String {
+        format!("{}:{position}", self.id_hex)
     }
 }
 
 /// SHA-256 of the records in order, each length-prefixed so that the boundaries between
 /// records are part of the id.
-fn id_of<'a>(records: impl IntoIterator<Item = &'a Vec<u8>>) -> String {
+fn id_of<'a>(records: impl IntoIterator<Item = &'a [u8]>) -> Digest {
     let mut hasher = Sha256::new();
     for record in records {
         hasher.update((record.len() as u64).to_be_bytes());
         hasher.update(record);
     }
-    hex::encode(hasher.finalize())
+    Digest(hasher.finalize().into())
 }
 
 #[cfg(test)]
@@ -109,29 +145,51 @@ mod tests {
         assert_eq!(a.poison.len(), 2, "neither is a queue record");
     }
 
-    fn record(prompt: &str) -> Vec<u8> {
+    fn record(tenant: &str, prompt: &str, at_ms: i64) -> Vec<u8> {
         let value = serde_json::json!({
             "session_id": "session-0001", "prompt_text": prompt, "model_version": "v1.0.0", "latency_ms": 1.0,
-            "token_count": 3,
+            "token_count": 3, "timestamp": at_ms as f64 / 1000.0,
         });
-        let event = sift_core::validate::validate(&value, &sift_core::Limits::default(), 0)
+        let event = sift_core::validate::validate(&value, &sift_core::Limits::default(), at_ms)
             .expect("a valid event");
-        let hash = sift_core::SemanticHash::of("t", &event);
-        sift_core::QueueRecord::new("t", &event, &hash, 0).encode()
+        sift_core::QueueRecord::new(tenant, &event, 0).encode()
     }
 
     #[test]
     fn poison_is_not_part_of_the_id() {
-        let (x, y) = (record("x"), record("y"));
+        let (x, y) = (record("t", "x", 0), record("t", "y", 0));
         let clean = Chunk::new(vec![x.clone(), y.clone()]);
         let with_poison = Chunk::new(vec![x.clone(), b"junk".to_vec(), y.clone()]);
         assert_eq!(clean.rows.len(), 2);
         assert_eq!(with_poison.poison.len(), 1);
         assert_eq!(clean.id, with_poison.id);
         assert_eq!(
-            with_poison.len, 3,
+            with_poison.records.len(),
+            3,
             "the acknowledgement still removes all three"
         );
+        assert_eq!(with_poison.event_rows().count(), 2);
         assert_ne!(Chunk::new(vec![y, x]).id, clean.id);
+    }
+
+    #[test]
+    fn hours_and_bounds_cover_every_row() {
+        let hour = 1_790_000_000_000 / 3_600_000 * 3_600_000;
+        let chunk = Chunk::new(vec![
+            record("b", "one", hour + 10),
+            record("a", "two", hour + 3_600_000 + 5),
+            record("b", "three", hour + 20),
+        ]);
+        assert_eq!(
+            chunk.hours,
+            vec![
+                ("a".to_owned(), hour / 1000 + 3600),
+                ("b".to_owned(), hour / 1000)
+            ]
+        );
+        assert_eq!(chunk.bounds.tenants, vec!["a", "b"]);
+        assert_eq!(chunk.bounds.first_ms, hour + 10);
+        assert_eq!(chunk.bounds.last_ms, hour + 3_600_000 + 5);
+        assert_eq!(chunk.row_token(2), format!("{}:2", chunk.id_hex));
     }
 }

@@ -6,69 +6,73 @@
 //! letters), or anything else ClickHouse answers (retry, then dead-letter the chunk past a
 //! limit).
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use clickhouse::{Client, Row};
 use serde::Serialize;
-use sift_core::QueueRecord;
+use sift_core::{Digest, QueueRecord};
 
 use crate::config::ClickHouseArgs;
 
 pub const EVENTS_TABLE: &str = "ai_events";
 
-/// One row of `ai_events`. DateTime64(3) columns travel as milliseconds since the epoch.
+/// One row of `ai_events`, borrowing its strings from the queue record it was decoded from.
+/// Digests travel as their 32 bytes (`FixedString(32)`); DateTime64(3) columns as milliseconds
+/// since the epoch.
 #[derive(Debug, Clone, Row, Serialize)]
-pub struct EventRow {
-    pub tenant_id: String,
+pub struct EventRow<'a> {
+    pub tenant_id: Cow<'a, str>,
     pub event_time: i64,
-    pub semantic_hash: String,
-    pub session_id: String,
-    pub prompt_hash: String,
+    pub semantic_hash: [u8; 32],
+    pub session_id: Cow<'a, str>,
+    pub prompt_hash: [u8; 32],
     pub normalizer_version: u16,
-    pub model_version: String,
-    pub provider: String,
-    pub operation: String,
+    pub model_version: Cow<'a, str>,
+    pub provider: Cow<'a, str>,
+    pub operation: Cow<'a, str>,
     pub latency_ms: f64,
     pub token_count: u32,
     pub input_tokens: u32,
     pub output_tokens: u32,
     pub success: bool,
-    pub event_id: String,
+    pub event_id: Cow<'a, str>,
     pub turn_index: Option<u32>,
-    pub stream_id: String,
+    pub stream_id: Cow<'a, str>,
     pub chunk_index: Option<u32>,
     pub is_final: bool,
-    pub fallback_chain: Vec<String>,
-    pub properties: String,
-    pub chunk_id: String,
+    pub fallback_chain: Vec<Cow<'a, str>>,
+    pub properties: Cow<'a, str>,
+    pub chunk_id: [u8; 32],
     pub ingested_at: i64,
 }
 
-impl EventRow {
-    pub fn new(record: QueueRecord, chunk_id: &str) -> Self {
+impl<'a> EventRow<'a> {
+    pub fn new(record: QueueRecord<'a>, chunk_id: &Digest) -> Self {
+        let text = |s: Option<Cow<'a, str>>| s.unwrap_or(Cow::Borrowed(""));
         Self {
             tenant_id: record.tenant_id,
             event_time: record.timestamp_ms,
-            semantic_hash: record.semantic_hash,
+            semantic_hash: record.semantic_hash.0,
             session_id: record.session_id,
-            prompt_hash: record.prompt_hash,
+            prompt_hash: record.prompt_hash.0,
             normalizer_version: record.normalizer_version,
             model_version: record.model_version,
-            provider: record.provider.unwrap_or_default(),
-            operation: record.operation.unwrap_or_default(),
+            provider: text(record.provider),
+            operation: text(record.operation),
             latency_ms: record.latency_ms,
             token_count: record.token_count,
             input_tokens: record.input_tokens.unwrap_or(0),
             output_tokens: record.output_tokens.unwrap_or(0),
             success: record.success,
-            event_id: record.event_id.unwrap_or_default(),
+            event_id: text(record.event_id),
             turn_index: record.turn_index,
-            stream_id: record.stream_id.unwrap_or_default(),
+            stream_id: text(record.stream_id),
             chunk_index: record.chunk_index,
             is_final: record.is_final,
             fallback_chain: record.fallback_chain,
-            properties: record.properties.unwrap_or_default(),
-            chunk_id: chunk_id.to_owned(),
+            properties: text(record.properties),
+            chunk_id: chunk_id.0,
             ingested_at: record.ingested_at_ms,
         }
     }
@@ -77,8 +81,9 @@ impl EventRow {
 /// How an insert failed, from the worker's point of view.
 #[derive(Debug, thiserror::Error)]
 pub enum InsertError {
-    /// ClickHouse could not be reached, did not answer in time, or is overloaded: wait and
-    /// retry, without limit (dead-lettering would only move the load to an operator).
+    /// ClickHouse could not be reached, did not answer in time, is overloaded, or its table
+    /// is not migrated yet: wait and retry, without limit (dead-lettering would only move the
+    /// load to an operator).
     #[error("ClickHouse unreachable: {0}")]
     Unreachable(String),
     /// ClickHouse refused the data itself: retrying cannot help.
@@ -106,6 +111,11 @@ impl From<clickhouse::error::Error> for InsertError {
         let text = error.to_string();
         match &error {
             E::Network(_) | E::TimedOut => Self::Unreachable(text),
+            // The table is not the shape this build writes: an upgrade whose `migrate` has not
+            // run yet (or is running). The deployment's doing, not the data's: wait for it.
+            E::SchemaMismatch(_) => Self::Unreachable(format!(
+                "{text} (run `sift-batcher migrate` for this version)"
+            )),
             E::BadResponse(reason) => match sift_service::clickhouse_text::exception_code(reason) {
                 Some(code) if DATA_ERROR_CODES.contains(&code) => Self::Refused(text),
                 Some(code) if BUSY_CODES.contains(&code) => Self::Unreachable(text),
@@ -130,16 +140,17 @@ pub fn client(args: &ClickHouseArgs) -> Client {
 }
 
 /// Inserts `rows` as one block with `insert_deduplication_token = token`: a retry of the same
-/// chunk (same rows, same order, same token) is dropped by ClickHouse instead of doubled.
-pub async fn insert_chunk(
+/// chunk (same rows, same order, same token) is dropped by ClickHouse instead of doubled. The
+/// client compresses what it sends with LZ4 (the crate's default).
+pub async fn insert_chunk<'a>(
     client: &Client,
     database: &str,
     token: &str,
-    rows: &[EventRow],
+    rows: impl IntoIterator<Item = EventRow<'a>>,
 ) -> Result<(), InsertError> {
     let client = client.clone().with_database(database);
     let mut insert = client
-        .insert::<EventRow>(EVENTS_TABLE)
+        .insert::<EventRow<'_>>(EVENTS_TABLE)
         .await?
         .with_setting("insert_deduplication_token", token)
         .with_setting("insert_deduplicate", "1")
@@ -152,7 +163,7 @@ pub async fn insert_chunk(
         .with_setting("max_insert_block_size", "1048576")
         .with_timeouts(Some(Duration::from_secs(30)), Some(Duration::from_secs(60)));
     for row in rows {
-        insert.write(row).await?;
+        insert.write(&row).await?;
     }
     insert.end().await?;
     Ok(())
@@ -160,19 +171,14 @@ pub async fn insert_chunk(
 
 /// Rows of `ai_events` written by the chunk `chunk_id` (its rows carry the id). Used when an
 /// insert was refused: a materialized view can refuse a block after the table took it, and
-/// then the rows must not be written again one by one. Read where the chunk's rows sort (its
-/// tenants, its hours), not across the table.
+/// then the rows must not be written again one by one. Read where the chunk's rows sort
+/// (`bounds`: its tenants, its hours), not across the table.
 pub async fn rows_of_chunk(
     client: &Client,
     database: &str,
-    chunk_id: &str,
-    rows: &[EventRow],
+    chunk_id: &Digest,
+    bounds: &ChunkBounds,
 ) -> Result<u64, InsertError> {
-    let mut tenants: Vec<&str> = rows.iter().map(|r| r.tenant_id.as_str()).collect();
-    tenants.sort_unstable();
-    tenants.dedup();
-    let first = rows.iter().map(|r| r.event_time).min().unwrap_or(0);
-    let last = rows.iter().map(|r| r.event_time).max().unwrap_or(0);
     let client = client.clone().with_database(database);
     let count = client
         .query(&format!(
@@ -182,16 +188,24 @@ pub async fn rows_of_chunk(
                AND toStartOfHour(event_time) <= toStartOfHour(fromUnixTimestamp64Milli({{last:Int64}}, 'UTC'), 'UTC')
                AND event_time >= fromUnixTimestamp64Milli({{first:Int64}}, 'UTC')
                AND event_time <= fromUnixTimestamp64Milli({{last:Int64}}, 'UTC')
-               AND chunk_id = {{chunk:String}}"
+               AND chunk_id = unhex({{chunk:String}})"
         ))
-        .param("tenants", tenants)
-        .param("first", first)
-        .param("last", last)
-        .param("chunk", chunk_id)
+        .param("tenants", &bounds.tenants)
+        .param("first", bounds.first_ms)
+        .param("last", bounds.last_ms)
+        .param("chunk", chunk_id.to_hex())
         .with_setting("max_execution_time", "30")
         .fetch_one::<u64>()
         .await?;
     Ok(count)
+}
+
+/// Where a chunk's rows sort in `ai_events`: its tenants and its range of event times.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChunkBounds {
+    pub tenants: Vec<String>,
+    pub first_ms: i64,
+    pub last_ms: i64,
 }
 
 #[cfg(test)]
@@ -200,6 +214,15 @@ mod tests {
 
     fn classify(answer: &str) -> InsertError {
         clickhouse::error::Error::BadResponse(answer.to_owned()).into()
+    }
+
+    #[test]
+    fn a_table_not_migrated_yet_is_waited_for() {
+        let error = clickhouse::error::Error::SchemaMismatch("semantic_hash is String".into());
+        assert!(matches!(
+            InsertError::from(error),
+            InsertError::Unreachable(text) if text.contains("sift-batcher migrate")
+        ));
     }
 
     #[test]

@@ -111,13 +111,23 @@ pub enum MigrateTarget {
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     /// This worker's id (default: host name, process id and a random suffix). A worker that
-    /// restarts with the same id takes its unfinished chunk back at once.
-    #[arg(long, env = "SIFT_WORKER_ID")]
+    /// restarts with the same id takes its unfinished chunks back at once. Its lanes' lists
+    /// are named `ID`, `ID#1`, `ID#2`, … (so `#` may not be part of it).
+    #[arg(long, env = "SIFT_WORKER_ID", value_parser = worker_id)]
     pub worker_id: Option<String>,
 
-    /// Records per chunk at most.
-    #[arg(long, env = "SIFT_CHUNK_SIZE", default_value_t = 500)]
-    pub chunk_size: usize,
+    /// Records per chunk at most (one chunk is one insert into ClickHouse).
+    #[arg(long, env = "SIFT_CHUNK_SIZE", default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub chunk_size: u64,
+
+    /// Bytes of queue records per chunk at most (a single larger record still goes alone).
+    #[arg(long, env = "SIFT_CHUNK_BYTES", default_value_t = 16 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..))]
+    pub chunk_bytes: u64,
+
+    /// Chunks in flight per Redis shard: while one is inserted, the next is claimed and
+    /// decoded. Each has its own processing list and is recovered alone after a crash.
+    #[arg(long, env = "SIFT_CHUNKS_IN_FLIGHT", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub chunks_in_flight: u64,
 
     /// Flush a chunk once its oldest record has waited this long, in milliseconds.
     #[arg(long, env = "SIFT_FLUSH_INTERVAL_MS", default_value_t = 1000)]
@@ -345,6 +355,15 @@ pub enum BackfillCommand {
         #[arg(long, env = "SIFT_BACKFILL_REBUILD")]
         rebuild: bool,
     },
+}
+
+/// A worker id: not empty, and without `#` (which names its lanes).
+fn worker_id(text: &str) -> Result<String, String> {
+    if text.is_empty() || text.contains('#') {
+        Err("a worker id is not empty and has no '#' (it names the worker's lanes)".into())
+    } else {
+        Ok(text.to_owned())
+    }
 }
 
 /// Parses RFC 3339 or epoch seconds into epoch milliseconds.

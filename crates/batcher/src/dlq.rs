@@ -9,22 +9,52 @@
 //! as the processing list of a worker that does not exist, which a live worker takes over like
 //! that of a dead one, and inserts with the original token.
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
 use serde::{Deserialize, Serialize};
+
+/// Why a record is in the dead letters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeadLetterKind {
+    /// Not a queue record this build can read.
+    Poison,
+    /// ClickHouse refused the data.
+    Refused,
+    /// Its chunk failed more often than allowed.
+    Exhausted,
+}
+
+impl DeadLetterKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Poison => "poison",
+            Self::Refused => "refused",
+            Self::Exhausted => "exhausted",
+        }
+    }
+}
+
+/// The version [`DeadLetter::new`] writes: 2 keeps a binary record in `record_base64`.
+pub const DEAD_LETTER_VERSION: u32 = 2;
 
 /// One dead-lettered record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadLetter {
     pub v: u32,
-    /// `poison` (not a queue record), `refused` (ClickHouse refused the data) or `exhausted`
-    /// (the chunk failed more often than allowed).
-    pub kind: String,
+    pub kind: DeadLetterKind,
     pub error: String,
     pub attempts: u32,
     pub chunk_id: String,
     pub worker: String,
     pub failed_at_ms: i64,
-    /// The queue record as it was (JSON text; not JSON at all for poison).
+    /// The record as it was, when it is text (a version 1 queue record, most poison).
+    #[serde(default)]
     pub record: String,
+    /// The record's bytes in base64, when they are not UTF-8 (a version 2 queue record may
+    /// hold any byte).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record_base64: Option<String>,
     /// For `exhausted`: the record's place in its chunk and the chunk's number of records
     /// (0 in entries written before chunks could be rebuilt).
     #[serde(default)]
@@ -34,12 +64,54 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
+    /// The entry of `record`, kept byte for byte.
+    pub fn new(kind: DeadLetterKind, error: String, record: &[u8]) -> Self {
+        let (text, base64) = match std::str::from_utf8(record) {
+            Ok(text) => (text.to_owned(), None),
+            _ => (String::new(), Some(BASE64.encode(record))),
+        };
+        Self {
+            v: DEAD_LETTER_VERSION,
+            kind,
+            error,
+            attempts: 1,
+            chunk_id: String::new(),
+            worker: String::new(),
+            failed_at_ms: now_ms(),
+            record: text,
+            record_base64: base64,
+            position: 0,
+            chunk_rows: 0,
+        }
+    }
+
+    /// The record's bytes, as they were queued.
+    pub fn record_bytes(&self) -> Vec<u8> {
+        match &self.record_base64 {
+            Some(encoded) => BASE64
+                .decode(encoded)
+                .unwrap_or_else(|_| self.record.clone().into_bytes()),
+            None => self.record.clone().into_bytes(),
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
     pub fn decode(bytes: &[u8]) -> Option<Self> {
         serde_json::from_slice(bytes).ok()
+    }
+
+    /// The entry for people: itself, and its record decoded when it is a queue record (its
+    /// digests in hex).
+    pub fn describe(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        let raw = self.record_bytes();
+        if let Ok(record) = sift_core::QueueRecord::decode(&raw) {
+            value["record_decoded"] = record.to_json();
+        }
+        value
     }
 }
 
@@ -128,8 +200,8 @@ struct Claims {
 }
 
 impl Claims {
-    fn of(keys: &sift_core::KeySpace, record: &sift_core::QueueRecord) -> Self {
-        let semantic = keys.dedup(&record.tenant_id, &record.semantic_hash);
+    fn of(keys: &sift_core::KeySpace, record: &sift_core::QueueRecord<'_>) -> Self {
+        let semantic = keys.dedup(&record.tenant_id, &record.semantic_hash.to_hex());
         let (event_id, event_id_window) = match &record.event_id {
             Some(id) => (
                 keys.event_id(&record.tenant_id, &sift_core::hash::sha256_hex(id)),
@@ -179,7 +251,7 @@ fn entry(raw: Vec<u8>, invalid: bool) -> Entry {
     } else {
         match DeadLetter::decode(&raw) {
             Some(d) => Entry {
-                error: format!("[{}] {}", d.kind, d.error),
+                error: format!("[{}] {}", d.kind.as_str(), d.error),
                 at_ms: d.failed_at_ms,
                 raw,
             },
@@ -281,11 +353,11 @@ pub async fn replay(
             }
         } else {
             match DeadLetter::decode(&e.raw) {
-                Some(d) if d.kind == "exhausted" && d.chunk_rows > 0 => {
+                Some(d) if d.kind == DeadLetterKind::Exhausted && d.chunk_rows > 0 => {
                     chunks.insert(d.chunk_id);
                     continue;
                 }
-                Some(d) => (d.record.into_bytes(), None),
+                Some(d) => (d.record_bytes(), None),
                 None => {
                     report.still_invalid.push("unreadable dead letter".into());
                     continue;
@@ -333,7 +405,7 @@ async fn requeue_on_shard(
     target: usize,
     list: &str,
     entry: &[u8],
-    record: &sift_core::QueueRecord,
+    record: &sift_core::QueueRecord<'_>,
     report: &mut ReplayReport,
 ) -> Result<(), DlqError> {
     let present: Option<i64> = redis::cmd("LPOS")
@@ -389,7 +461,7 @@ async fn restore_chunk(
     let mut members: Vec<(DeadLetter, Vec<u8>)> = raws
         .into_iter()
         .filter_map(|raw| DeadLetter::decode(&raw).map(|d| (d, raw)))
-        .filter(|(d, _)| d.kind == "exhausted" && d.chunk_id == chunk_id)
+        .filter(|(d, _)| d.kind == DeadLetterKind::Exhausted && d.chunk_id == chunk_id)
         .collect();
     members.sort_by_key(|(d, _)| d.position);
     members.dedup_by_key(|(d, _)| d.position);
@@ -417,7 +489,7 @@ async fn restore_chunk(
         invocation.arg(raw.as_slice());
     }
     for (d, _) in &members {
-        invocation.arg(d.record.as_bytes());
+        invocation.arg(d.record_bytes());
     }
     let moved: usize = invocation.invoke_async(conn).await?;
     if moved > 0 {
@@ -451,7 +523,10 @@ impl ReplayReport {
 }
 
 /// Validates an invalid-events entry again; its queue record when it passes now.
-fn revalidate(raw: &[u8], limits: &sift_core::Limits) -> Result<sift_core::QueueRecord, String> {
+fn revalidate(
+    raw: &[u8],
+    limits: &sift_core::Limits,
+) -> Result<sift_core::QueueRecord<'static>, String> {
     let invalid = sift_core::InvalidRecord::decode(raw).map_err(|e| e.to_string())?;
     let value: serde_json::Value =
         serde_json::from_str(&invalid.raw).map_err(|e| format!("still not JSON: {e}"))?;
@@ -460,13 +535,7 @@ fn revalidate(raw: &[u8], limits: &sift_core::Limits) -> Result<sift_core::Queue
     let received = invalid.received_at_ms;
     let event = sift_core::validate::validate(&value, limits, received)
         .map_err(|e| format!("still invalid: {e}"))?;
-    let hash = sift_core::SemanticHash::of(&invalid.tenant_id, &event);
-    Ok(sift_core::QueueRecord::new(
-        &invalid.tenant_id,
-        &event,
-        &hash,
-        received,
-    ))
+    Ok(sift_core::QueueRecord::new(&invalid.tenant_id, &event, received).into_owned())
 }
 
 /// Deletes the matching entries; returns how many.

@@ -257,7 +257,11 @@ async fn dlq_command(command: DlqCommand, shards: &mut [dlq::ShardConn]) -> anyh
                 .into_iter()
                 .find(|(p, _)| *p == position)
                 .ok_or(dlq::DlqError::NoSuchEntry(position))?;
-            println!("{}", String::from_utf8_lossy(&entry.raw));
+            // A dead letter is shown with its record decoded (a queue record is binary).
+            match dlq::DeadLetter::decode(&entry.raw).filter(|_| !invalid) {
+                Some(dead) => println!("{}", serde_json::to_string_pretty(&dead.describe())?),
+                None => println!("{}", String::from_utf8_lossy(&entry.raw)),
+            }
         }
         DlqCommand::Replay {
             filter,

@@ -11,6 +11,18 @@ pub struct Migration {
     pub version: i32,
     pub name: &'static str,
     pub sql: &'static str,
+    pub apply: Apply,
+}
+
+/// How a migration's statements are applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Apply {
+    /// One after the other, each idempotent (`IF NOT EXISTS`).
+    Statements,
+    /// Rewrites `ai_events` into a new table: the file's first statement creates it as
+    /// `ai_events_v6`, its second copies the old table (renamed `ai_events_v5`) into it. See
+    /// [`rewrite_events`].
+    RewriteEvents,
 }
 
 impl Migration {
@@ -25,16 +37,19 @@ pub const POSTGRES: &[Migration] = &[
         version: 1,
         name: "tenants_keys",
         sql: include_str!("../../../sql/postgres/0001_tenants_keys.sql"),
+        apply: Apply::Statements,
     },
     Migration {
         version: 2,
         name: "chunk_ledger",
         sql: include_str!("../../../sql/postgres/0002_chunk_ledger.sql"),
+        apply: Apply::Statements,
     },
     Migration {
         version: 3,
         name: "tenant_rate_limit",
         sql: include_str!("../../../sql/postgres/0003_tenant_rate_limit.sql"),
+        apply: Apply::Statements,
     },
 ];
 
@@ -45,26 +60,37 @@ pub const CLICKHOUSE: &[Migration] = &[
         version: 1,
         name: "ai_events",
         sql: include_str!("../../../sql/clickhouse/0001_ai_events.sql"),
+        apply: Apply::Statements,
     },
     Migration {
         version: 2,
         name: "ai_events_hourly",
         sql: include_str!("../../../sql/clickhouse/0002_ai_events_hourly.sql"),
+        apply: Apply::Statements,
     },
     Migration {
         version: 3,
         name: "ai_sessions",
         sql: include_str!("../../../sql/clickhouse/0003_ai_sessions.sql"),
+        apply: Apply::Statements,
     },
     Migration {
         version: 4,
         name: "ai_events_hourly_final",
         sql: include_str!("../../../sql/clickhouse/0004_ai_events_hourly_final.sql"),
+        apply: Apply::Statements,
     },
     Migration {
         version: 5,
         name: "ai_events_inserted_at_index",
         sql: include_str!("../../../sql/clickhouse/0005_ai_events_inserted_at_index.sql"),
+        apply: Apply::Statements,
+    },
+    Migration {
+        version: 6,
+        name: "ai_events_binary_digests",
+        sql: include_str!("../../../sql/clickhouse/0006_ai_events_binary_digests.sql"),
+        apply: Apply::RewriteEvents,
     },
 ];
 
@@ -120,6 +146,10 @@ pub enum MigrateError {
         name: &'static str,
         source: tokio_postgres::Error,
     },
+    #[error("migration file: {0}")]
+    Shape(&'static str),
+    #[error("{0}")]
+    Busy(&'static str),
     #[error("migration {version} ({name}) was changed after it was applied; add a new migration instead")]
     Changed { version: i32, name: &'static str },
 }
@@ -248,12 +278,19 @@ pub async fn clickhouse(
                     .replace("{database}", db)
                     .replace("{raw_ttl_days}", &schema.raw_ttl_days.to_string())
                     .replace("{rollup_ttl_days}", &schema.rollup_ttl_days.to_string());
-                for statement in strip_comments(&sql)
+                let statements: Vec<String> = strip_comments(&sql)
                     .split(';')
                     .map(str::trim)
                     .filter(|s| !s.is_empty())
-                {
-                    client.query(statement).execute().await?;
+                    .map(str::to_owned)
+                    .collect();
+                match migration.apply {
+                    Apply::Statements => {
+                        for statement in &statements {
+                            client.query(statement).execute().await?;
+                        }
+                    }
+                    Apply::RewriteEvents => rewrite_events(client, db, &statements).await?,
                 }
                 client
                     .query(&format!("INSERT INTO {db}.sift_migrations (version, name, checksum) VALUES (?, ?, ?)"))
@@ -268,6 +305,116 @@ pub async fn clickhouse(
     }
     reconcile_ttls(client, schema).await?;
     Ok(applied)
+}
+
+/// Rewrites `ai_events` into the shape `create` gives (`{table}` filled in), copying the
+/// rows with `copy` (`{table}` and `{source}` filled in), while batchers keep writing. Each
+/// step reads where the last run stopped, so a migration cut short is finished by running it
+/// again:
+///
+/// 1. `ai_events` has the old shape: `ai_events_old` is created in the new one (emptied, in
+///    case a run was cut short before) and exchanged with `ai_events`, which is then new and
+///    empty (the rollups' view follows the name), while `ai_events_old` holds the old rows;
+/// 2. the inserts that began before the exchange are waited for (they write into
+///    `ai_events_old`), then `ai_events_old` is copied into `ai_events_copy`, renamed
+///    `ai_events_copied` once whole;
+/// 3. the partitions of `ai_events_copied` are moved into `ai_events` (a move is not an
+///    insert: the view does not count the rows again), and the two tables are dropped.
+async fn rewrite_events(
+    client: &clickhouse::Client,
+    db: &str,
+    statements: &[String],
+) -> Result<(), MigrateError> {
+    let [create, copy] = statements else {
+        return Err(MigrateError::Shape(
+            "a rewrite of ai_events needs two statements (create, copy)",
+        ));
+    };
+    let create = |table: &str| create.replace("{table}", table);
+    let run = |sql: String| async move { client.query(&sql).execute().await };
+    let exists = |table: &'static str| async move {
+        client
+            .query("SELECT count() FROM system.tables WHERE database = ? AND name = ?")
+            .bind(db)
+            .bind(table)
+            .fetch_one::<u64>()
+            .await
+            .map(|n| n > 0)
+    };
+    let digest_type: String = client
+        .query("SELECT type FROM system.columns WHERE database = ? AND table = 'ai_events' AND name = 'semantic_hash'")
+        .bind(db)
+        .fetch_one()
+        .await?;
+    if digest_type != "FixedString(32)" {
+        run(create("ai_events_old")).await?;
+        run(format!("TRUNCATE TABLE {db}.ai_events_old")).await?;
+        run(format!(
+            "EXCHANGE TABLES {db}.ai_events AND {db}.ai_events_old"
+        ))
+        .await?;
+    }
+    if exists("ai_events_old").await? && !exists("ai_events_copied").await? {
+        wait_for_inserts(client, db).await?;
+        run(create("ai_events_copy")).await?;
+        run(format!("TRUNCATE TABLE {db}.ai_events_copy")).await?;
+        let started = std::time::Instant::now();
+        run(copy
+            .replace("{table}", "ai_events_copy")
+            .replace("{source}", "ai_events_old"))
+        .await?;
+        run(format!(
+            "RENAME TABLE {db}.ai_events_copy TO {db}.ai_events_copied"
+        ))
+        .await?;
+        tracing::info!(
+            secs = started.elapsed().as_secs_f64(),
+            "ai_events copied with binary digests"
+        );
+    }
+    if exists("ai_events_copied").await? {
+        let partitions: Vec<String> = client
+            .query(
+                "SELECT DISTINCT partition_id FROM system.parts
+                 WHERE database = ? AND table = 'ai_events_copied' AND active",
+            )
+            .bind(db)
+            .fetch_all()
+            .await?;
+        for partition in partitions {
+            run(format!(
+                "ALTER TABLE {db}.ai_events_copied MOVE PARTITION ID '{partition}' TO TABLE {db}.ai_events"
+            ))
+            .await?;
+        }
+        run(format!("DROP TABLE {db}.ai_events_copied")).await?;
+    }
+    run(format!("DROP TABLE IF EXISTS {db}.ai_events_old")).await?;
+    Ok(())
+}
+
+/// Waits (up to 90 s, longer than an insert may take) until no insert into `db` that began
+/// before now is running: such an insert writes into the table it started with.
+async fn wait_for_inserts(client: &clickhouse::Client, db: &str) -> Result<(), MigrateError> {
+    let since = std::time::Instant::now();
+    while since.elapsed() < std::time::Duration::from_secs(90) {
+        let running: u64 = client
+            .query(
+                "SELECT count() FROM system.processes
+                 WHERE query_kind = 'Insert' AND current_database = ? AND elapsed >= ?",
+            )
+            .bind(db)
+            .bind(since.elapsed().as_secs_f64())
+            .fetch_one()
+            .await?;
+        if running == 0 {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    Err(MigrateError::Busy(
+        "inserts into ai_events that began before the exchange did not end within 90 s; run migrate again",
+    ))
 }
 
 /// Brings each table's TTL to the configured number of days (a TTL is configuration, set at

@@ -24,18 +24,34 @@ impl From<deadpool_redis::PoolError> for QueueError {
     }
 }
 
-/// Moves up to ARGV[1] records from the queue's tail to the processing list's head.
-/// KEYS: queue, processing list, worker set. ARGV: how many, this worker's id. Registers the
-/// worker with every claim, so that a list is never left where no one would look for it.
-/// `allow-oom`: a full Redis must still be drained (LMOVE does not grow it).
+/// Moves records from the queue's tail to the processing list's head and returns them, oldest
+/// first: at most ARGV[1] records and ARGV[2] bytes (but at least one record when ARGV[4] is
+/// 1, however large). KEYS: queue, processing list, worker set. ARGV: rows, bytes, this
+/// worker's id, at-least-one. Returns {1 when the byte budget stopped it else 0, records}. Registers the worker with every claim, so that a list is never
+/// left where no one would look for it. One LRANGE, LTRIM and LPUSH for the lot: the cost of a
+/// claim is the records it copies, not a call per record.
+/// `allow-oom`: a full Redis must still be drained (moving records does not grow it).
 const CLAIM: &str = r"#!lua flags=allow-oom
-redis.call('SADD', KEYS[3], ARGV[2])
-local moved = 0
-for i = 1, tonumber(ARGV[1]) do
-  if not redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT') then break end
-  moved = moved + 1
+redis.call('SADD', KEYS[3], ARGV[3])
+local rows, budget = tonumber(ARGV[1]), tonumber(ARGV[2])
+local tail = redis.call('LRANGE', KEYS[1], -rows, -1)
+local taken, bytes, full = {}, 0, 0
+for i = #tail, 1, -1 do
+  local size = #tail[i]
+  if bytes + size > budget and (#taken > 0 or ARGV[4] ~= '1') then
+    full = 1
+    break
+  end
+  bytes = bytes + size
+  taken[#taken + 1] = tail[i]
 end
-return moved";
+local n = #taken
+if n == 0 then return {full, taken} end
+redis.call('LTRIM', KEYS[1], 0, -n - 1)
+for i = 1, n, 1000 do
+  redis.call('LPUSH', KEYS[2], unpack(taken, i, math.min(i + 999, n)))
+end
+return {full, taken}";
 
 /// Acknowledges a chunk: removes exactly its records from the tail of the processing list and
 /// dead-letters some of them in the same step, so a crash can never dead-letter a record and
@@ -126,23 +142,32 @@ impl Queue {
         self.keys.processing(&self.worker)
     }
 
-    /// Moves up to `n` records into this worker's processing list; returns how many.
-    pub async fn claim(&self, n: usize) -> Result<usize, QueueError> {
+    /// Moves up to `rows` records and `bytes` bytes (at least one record if `at_least_one`)
+    /// into this worker's processing list; returns them, oldest first, and whether the byte
+    /// budget stopped the claim (the chunk is full).
+    pub async fn claim(
+        &self,
+        rows: usize,
+        bytes: usize,
+        at_least_one: bool,
+    ) -> Result<(bool, Vec<Vec<u8>>), QueueError> {
         let mut conn = self.conn().await?;
-        let moved: usize = self
+        let (full, records): (u8, Vec<Vec<u8>>) = self
             .claim
             .key(self.keys.queue())
             .key(self.processing())
             .key(self.keys.workers())
-            .arg(n)
+            .arg(rows)
+            .arg(bytes)
             .arg(&self.worker)
+            .arg(u8::from(at_least_one))
             .invoke_async(&mut conn)
             .await?;
-        Ok(moved)
+        Ok((full == 1, records))
     }
 
-    /// Waits up to `timeout` for one record and moves it; returns whether one came.
-    pub async fn claim_blocking(&self, timeout: Duration) -> Result<bool, QueueError> {
+    /// Waits up to `timeout` for one record and moves it; returns it if one came.
+    pub async fn claim_blocking(&self, timeout: Duration) -> Result<Option<Vec<u8>>, QueueError> {
         let mut conn = self.conn().await?;
         let (moved,): (Option<Vec<u8>>,) = redis::pipe()
             .cmd("SADD")
@@ -157,7 +182,7 @@ impl Queue {
             .arg(timeout.as_secs_f64().max(0.01))
             .query_async(&mut conn)
             .await?;
-        Ok(moved.is_some())
+        Ok(moved)
     }
 
     /// The records of this worker's processing list, oldest first.

@@ -13,8 +13,23 @@ use crate::health::{self, HealthState};
 use crate::ledger::Ledger;
 use crate::metrics as m;
 use crate::queue::Queue;
+use crate::retry::{Backoff, Retrier};
 use crate::shutdown::Shutdown;
-use crate::worker::Worker;
+use crate::worker::{Worker, WorkerSettings};
+
+impl From<&RunArgs> for WorkerSettings {
+    fn from(args: &RunArgs) -> Self {
+        Self {
+            chunk_rows: usize::try_from(args.chunk_size).unwrap_or(usize::MAX),
+            chunk_bytes: usize::try_from(args.chunk_bytes).unwrap_or(usize::MAX),
+            flush_interval: Duration::from_millis(args.flush_interval_ms),
+            chunks_in_flight: usize::try_from(args.chunks_in_flight).unwrap_or(1),
+            heartbeat_ttl: Duration::from_millis(args.heartbeat_ttl_ms),
+            max_attempts: args.max_attempts,
+            ledger_retention_hours: args.ledger_retention_hours,
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -61,12 +76,13 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let handle = m::install().map_err(|e| RunError::Metrics(e.to_string()))?;
     let shards = usize::from(redis.redis_shards);
-    // A worker loop may hold a connection through a blocking claim: two per shard, plus the
-    // heartbeat and the flusher.
+    let settings = WorkerSettings::from(&args);
+    // Per shard: one lane waiting in a blocking claim, the others acknowledging or reading,
+    // plus the heartbeat and the flusher.
     let redis_pools = sift_service::pools::redis_shards(
         &redis.redis_url,
         shards,
-        2 + 2 * shards,
+        2 + (settings.chunks_in_flight + 1) * shards,
         Duration::from_secs(5),
     )?;
     // Refuse a Redis that cannot run the scripts; one that does not answer yet is waited for
@@ -98,18 +114,26 @@ pub async fn run(
         println!("worker {worker_id} serving /metrics on http://{addr}");
     }
 
+    let retrier = Retrier {
+        backoff: Backoff {
+            base: Duration::from_millis(args.retry_base_ms),
+            max: Duration::from_millis(args.retry_max_ms),
+        },
+        shutdown: shutdown.clone(),
+    };
     let workers: Vec<Arc<Worker>> = redis_pools
         .iter()
         .zip(KeySpace::shards(&redis.key_prefix, shards))
         .map(|(pool, keys)| {
-            Arc::new(Worker {
-                queue: Queue::new(pool.clone(), keys, worker_id.clone()),
-                ledger: Ledger::new(pg_pool.clone()),
-                clickhouse: clickhouse.clone(),
-                database: ch.clickhouse_database.clone(),
-                args: args.clone(),
-                shutdown: shutdown.clone(),
-            })
+            Arc::new(Worker::new(
+                &worker_id,
+                |lane| Queue::new(pool.clone(), keys.clone(), lane),
+                Ledger::new(pg_pool.clone()),
+                clickhouse.clone(),
+                ch.clickhouse_database.clone(),
+                settings.clone(),
+                retrier.clone(),
+            ))
         })
         .collect();
     let heartbeat = tokio::spawn(heartbeat(
@@ -121,7 +145,7 @@ pub async fn run(
         // One flusher across all batchers: its lock lives on the first shard.
         let lock = crate::sessions::FlusherLock::new(
             redis_pools[0].clone(),
-            workers[0].queue.keys(),
+            workers[0].queue().keys(),
             &worker_id,
         );
         tokio::spawn(crate::sessions::run(
@@ -141,8 +165,8 @@ pub async fn run(
     if let Some(flusher) = flusher {
         flusher.abort();
     }
-    for worker in &workers {
-        if let Err(error) = worker.queue.leave().await {
+    for queue in workers.iter().flat_map(|worker| worker.queues()) {
+        if let Err(error) = queue.leave().await {
             tracing::warn!(%error, "cannot remove the heartbeat");
         }
     }
@@ -165,9 +189,16 @@ async fn heartbeat(
         // Every shard at once, each within a third of the TTL: a shard that hangs must not
         // let this worker's heartbeat on the healthy ones expire.
         let beats = workers.iter().map(|worker| async move {
-            let shard = worker.queue.keys().prefix();
-            bounded(ttl / 3, shard, "heartbeat", worker.queue.heartbeat(ttl)).await?;
-            bounded(ttl / 3, shard, "queue_depths", worker.queue.depths()).await
+            let shard = worker.queue().keys().prefix();
+            let lanes = worker.queues().map(|queue| queue.heartbeat(ttl));
+            let all = async {
+                futures_util::future::join_all(lanes)
+                    .await
+                    .into_iter()
+                    .collect::<Result<Vec<()>, _>>()
+            };
+            bounded(ttl / 3, shard, "heartbeat", all).await?;
+            bounded(ttl / 3, shard, "queue_depths", worker.queue().depths()).await
         });
         let totals = futures_util::future::join_all(beats)
             .await

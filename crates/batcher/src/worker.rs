@@ -1,109 +1,244 @@
-//! The worker loop: claim a chunk, record it in the ledger, insert it with its token, mark it
-//! inserted, acknowledge. Each step survives a crash between any two of them:
+//! The batcher's work on one Redis shard: chunks claimed one after the other and written side by
+//! side, each exactly once.
+//!
+//! A worker runs `chunks_in_flight` lanes. Each lane owns a processing list (the worker's id for
+//! the first lane, `<id>#1`, `<id>#2`, … for the others) and takes one chunk at a time through
+//! claim → ledger → insert → ledger → acknowledge. Lanes take turns at filling a chunk, so
+//! chunks form in queue order and a quiet queue still gives one chunk per flush interval; all
+//! the rest overlaps: while one lane's chunk is being inserted, the next claims and decodes its
+//! own. A lane's chunk survives a crash between any two steps, and each chunk in flight is
+//! recovered from its own list, with its own records, order and token:
 //!
 //! - crash before the insert: the processing list is recovered, same chunk id, inserted once;
 //! - crash after the insert, before the ledger says so: the retry carries the same token and
 //!   ClickHouse drops it;
 //! - crash after the ledger, before the acknowledgement: the ledger says inserted, skip.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clickhouse::Client;
+use tokio::sync::Mutex;
 
 use crate::chunk::Chunk;
-use crate::clickhouse::{insert_chunk, rows_of_chunk, EventRow, InsertError};
-use crate::config::RunArgs;
-use crate::dlq::{now_ms, DeadLetter};
+use crate::clickhouse::{insert_chunk, rows_of_chunk, InsertError};
+use crate::dlq::{DeadLetter, DeadLetterKind};
 use crate::ledger::{ChunkState, Ledger};
-use crate::metrics::{self as m, retry};
-use crate::queue::Queue;
-use crate::retry::Backoff;
-use crate::shutdown::Shutdown;
+use crate::metrics as m;
+use crate::queue::{Queue, QueueError};
+use crate::retry::{Failure, Retried, Retrier, Try};
 
 /// Longest single wait on an empty queue: a shutdown request is seen within it, and it stays
 /// below the Redis client's response timeout (500 ms).
 const POLL: Duration = Duration::from_millis(250);
 const LEDGER_PRUNE_EVERY: Duration = Duration::from_secs(600);
 
-pub struct Worker {
-    pub queue: Queue,
-    pub ledger: Ledger,
-    pub clickhouse: Client,
-    pub database: String,
-    pub args: RunArgs,
-    pub shutdown: Shutdown,
+/// How the worker forms and writes chunks (from `sift-batcher run`'s flags).
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// Records per chunk at most.
+    pub chunk_rows: usize,
+    /// Bytes of records per chunk at most (a single larger record still forms a chunk).
+    pub chunk_bytes: usize,
+    /// A chunk is flushed once its oldest record has waited this long.
+    pub flush_interval: Duration,
+    /// Chunks in flight per shard: the lanes.
+    pub chunks_in_flight: usize,
+    pub heartbeat_ttl: Duration,
+    /// Failed inserts of a chunk before it goes whole to the dead letters.
+    pub max_attempts: u32,
+    pub ledger_retention_hours: u32,
 }
 
-/// Whether the chunk in hand was finished or left for recovery.
-enum Done {
-    Finished,
+/// What happened to a chunk (the `result` label of `sift_batcher_chunks_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkOutcome {
+    Inserted,
+    /// The ledger knew it inserted: acknowledged without inserting.
+    Skipped,
+    /// Written but for rows ClickHouse refused, which went to the dead letters.
+    PartlyInserted,
+    /// Failed `max_attempts` times: the whole chunk went to the dead letters.
+    DeadLettered,
+    /// Shutdown's deadline passed: left in its processing list for recovery.
     Abandoned,
 }
 
+impl ChunkOutcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Inserted => "inserted",
+            Self::Skipped => "skipped",
+            Self::PartlyInserted => "partly_inserted",
+            Self::DeadLettered => "dead_lettered",
+            Self::Abandoned => "abandoned",
+        }
+    }
+}
+
+/// How the insert of a chunk ended.
+enum Inserted {
+    All,
+    /// All but these rows (position among the chunk's rows, error), which ClickHouse refused.
+    Except(Vec<(usize, String)>),
+    /// The chunk failed `max_attempts` times.
+    Exhausted(String),
+}
+
+/// What the lanes of one worker share.
+struct Shared {
+    ledger: Ledger,
+    clickhouse: Client,
+    database: String,
+    settings: WorkerSettings,
+    retrier: Retrier,
+    /// Held by the lane that is filling a chunk.
+    filling: Mutex<()>,
+}
+
+/// One lane: a processing list and the chunk in it.
+struct Lane {
+    queue: Queue,
+    shared: Arc<Shared>,
+    /// The first lane also prunes the ledger.
+    first: bool,
+}
+
+/// The worker of one Redis shard.
+pub struct Worker {
+    lanes: Vec<Lane>,
+}
+
 impl Worker {
-    fn backoff(&self) -> Backoff {
-        Backoff {
-            base: Duration::from_millis(self.args.retry_base_ms),
-            max: Duration::from_millis(self.args.retry_max_ms),
+    /// The lanes' queues are `queue(lane id)` for each lane.
+    pub fn new(
+        worker_id: &str,
+        queue: impl Fn(String) -> Queue,
+        ledger: Ledger,
+        clickhouse: Client,
+        database: String,
+        settings: WorkerSettings,
+        retrier: Retrier,
+    ) -> Self {
+        let lanes = settings.chunks_in_flight.max(1);
+        let shared = Arc::new(Shared {
+            ledger,
+            clickhouse,
+            database,
+            settings,
+            retrier,
+            filling: Mutex::new(()),
+        });
+        Self {
+            lanes: (0..lanes)
+                .map(|i| Lane {
+                    queue: queue(lane_id(worker_id, i)),
+                    shared: shared.clone(),
+                    first: i == 0,
+                })
+                .collect(),
         }
     }
 
-    /// Runs until shutdown is requested and the chunk in hand is finished or abandoned.
+    /// Every lane's queue (for heartbeats).
+    pub fn queues(&self) -> impl Iterator<Item = &Queue> {
+        self.lanes.iter().map(|lane| &lane.queue)
+    }
+
+    /// The first lane's queue (its key space names the shard).
+    pub fn queue(&self) -> &Queue {
+        &self.lanes[0].queue
+    }
+
+    /// Runs every lane until shutdown is requested and each lane's chunk is finished or
+    /// abandoned.
     pub async fn run(&self) {
+        futures_util::future::join_all(self.lanes.iter().map(Lane::run)).await;
+    }
+}
+
+/// The id of lane `i` of `worker`: the worker's own id for the first lane, so a worker that
+/// runs one lane keeps the processing list it always had.
+pub fn lane_id(worker: &str, i: usize) -> String {
+    if i == 0 {
+        worker.to_owned()
+    } else {
+        format!("{worker}#{i}")
+    }
+}
+
+impl Lane {
+    fn retrier(&self) -> &Retrier {
+        &self.shared.retrier
+    }
+
+    async fn run(&self) {
+        let settings = &self.shared.settings;
         let mut last_takeover = Instant::now() - Duration::from_secs(3600);
         let mut last_prune = Instant::now();
-        let mut redis_failures = 0;
         loop {
             // The chunk in hand first: after a restart it is the one the crash interrupted.
-            let in_hand = match self.queue.in_hand().await {
-                Ok(records) => records,
-                Err(error) => {
-                    if self.shutdown.past_deadline() {
-                        break;
-                    }
-                    redis_failures += 1;
-                    retry("redis", "unreachable");
-                    tracing::warn!(%error, "cannot read the processing list; retrying");
-                    self.shutdown
-                        .sleep(self.backoff().delay(redis_failures))
-                        .await;
-                    continue;
-                }
-            };
-            redis_failures = 0;
+            let in_hand = self
+                .retrier()
+                .until_done("reading the processing list", || async {
+                    self.queue.in_hand().await.map_or_else(
+                        |e| Try::Wait(Failure::new("redis", "unreachable", e)),
+                        Try::Done,
+                    )
+                })
+                .await;
+            let Some(in_hand) = in_hand else { break };
             if !in_hand.is_empty() {
-                if let Done::Abandoned = self.process(in_hand).await {
+                if self.process(in_hand).await == ChunkOutcome::Abandoned {
                     break;
                 }
                 continue;
             }
-            if self.shutdown.requested() {
+            if self.retrier().shutdown.requested() {
                 break;
             }
-            if last_takeover.elapsed() >= Duration::from_millis(self.args.heartbeat_ttl_ms / 2) {
+            if last_takeover.elapsed() >= settings.heartbeat_ttl / 2 {
                 last_takeover = Instant::now();
                 match self.queue.take_over_dead().await {
                     Ok(Some(dead)) => {
                         metrics::counter!(m::RECOVERED).increment(1);
-                        tracing::info!(dead_worker = %dead, "took over the chunk of a dead worker");
+                        tracing::info!(dead_worker = %dead, lane = %self.queue.worker(), "took over the chunk of a dead worker");
                         continue;
                     }
                     Ok(None) => {}
                     Err(error) => tracing::warn!(%error, "cannot look for dead workers"),
                 }
             }
-            if last_prune.elapsed() >= LEDGER_PRUNE_EVERY {
+            if self.first && last_prune.elapsed() >= LEDGER_PRUNE_EVERY {
                 last_prune = Instant::now();
-                match self.ledger.prune(self.args.ledger_retention_hours).await {
+                match self
+                    .shared
+                    .ledger
+                    .prune(settings.ledger_retention_hours)
+                    .await
+                {
                     Ok(n) if n > 0 => tracing::info!(rows = n, "pruned old chunk ledger rows"),
                     Ok(_) => {}
                     Err(error) => tracing::warn!(%error, "cannot prune the chunk ledger"),
                 }
             }
-            if let Err(error) = self.fill().await {
-                retry("redis", "unreachable");
-                tracing::warn!(%error, "claiming failed; retrying");
-                self.shutdown.sleep(self.backoff().delay(1)).await;
+            let filled = {
+                let _turn = self.shared.filling.lock().await;
+                self.fill().await
+            };
+            match filled {
+                Ok(records) if records.is_empty() => {}
+                Ok(records) => {
+                    if self.process(records).await == ChunkOutcome::Abandoned {
+                        break;
+                    }
+                }
+                Err(error) => {
+                    // What the claim moved stays in the list: the next turn reads it back.
+                    m::retry("redis", "unreachable");
+                    tracing::warn!(%error, "claiming failed; retrying");
+                    self.retrier().wait_or_abandon(1).await;
+                }
             }
         }
         if let Err(error) = self.queue.leave().await {
@@ -111,288 +246,337 @@ impl Worker {
         }
     }
 
-    /// Claims records until the chunk is full, its oldest record has waited the flush
-    /// interval, or shutdown is requested. The records stay in Redis (the processing list).
-    async fn fill(&self) -> Result<(), crate::queue::QueueError> {
-        let size = self.args.chunk_size.max(1);
-        let interval = Duration::from_millis(self.args.flush_interval_ms);
-        let mut have = 0;
+    /// Claims records until the chunk is full (rows or bytes), its oldest record has waited
+    /// the flush interval, or shutdown is requested; returns them, oldest first (empty when
+    /// the queue stayed empty). The records stay in Redis (the processing list) until
+    /// acknowledged.
+    async fn fill(&self) -> Result<Vec<Vec<u8>>, QueueError> {
+        let settings = &self.shared.settings;
+        let shutdown = &self.retrier().shutdown;
+        let (rows, bytes) = (settings.chunk_rows.max(1), settings.chunk_bytes.max(1));
+        let mut records: Vec<Vec<u8>> = Vec::new();
+        let mut size = 0;
         let mut first: Option<Instant> = None;
         loop {
-            have += self.queue.claim(size - have).await?;
-            if have > 0 && first.is_none() {
-                first = Some(Instant::now());
+            let (full, claimed) = self
+                .queue
+                .claim(
+                    rows - records.len(),
+                    bytes - size.min(bytes),
+                    records.is_empty(),
+                )
+                .await?;
+            size += claimed.iter().map(Vec::len).sum::<usize>();
+            records.extend(claimed);
+            if !records.is_empty() {
+                first.get_or_insert_with(Instant::now);
             }
-            if have >= size || self.shutdown.requested() {
-                return Ok(());
+            if full || records.len() >= rows || size >= bytes || shutdown.requested() {
+                return Ok(records);
             }
             let wait = match first {
-                Some(f) if f.elapsed() >= interval => return Ok(()),
-                Some(f) => (interval - f.elapsed()).min(POLL),
+                Some(f) if f.elapsed() >= settings.flush_interval => return Ok(records),
+                Some(f) => (settings.flush_interval - f.elapsed()).min(POLL),
                 None => POLL,
             };
-            if self.queue.claim_blocking(wait).await? {
-                have += 1;
-                first.get_or_insert_with(Instant::now);
-            } else if first.is_none() {
-                return Ok(()); // idle: let the caller look for dead workers and shutdown
+            match self.queue.claim_blocking(wait).await? {
+                Some(record) => {
+                    size += record.len();
+                    records.push(record);
+                    first.get_or_insert_with(Instant::now);
+                }
+                // Idle: let the caller look for dead workers and shutdown.
+                None if first.is_none() => return Ok(records),
+                None => {}
             }
         }
     }
 
-    async fn process(&self, records: Vec<Vec<u8>>) -> Done {
-        let chunk = Chunk::new(records);
-        let worker = self.queue.worker().to_owned();
-        let dead_letter = |raw: &[u8], kind: &str, error: String, attempts: u32| {
-            metrics::counter!(m::DEAD_LETTERS, "kind" => kind.to_owned()).increment(1);
-            DeadLetter {
-                v: 1,
-                kind: kind.to_owned(),
-                error,
-                attempts,
-                chunk_id: chunk.id.clone(),
-                worker: worker.clone(),
-                failed_at_ms: now_ms(),
-                record: String::from_utf8_lossy(raw).into_owned(),
-                position: 0,
-                chunk_rows: 0,
+    /// Writes the chunk of `records` (this lane's processing list, oldest first) and
+    /// acknowledges it.
+    async fn process(&self, records: Vec<Vec<u8>>) -> ChunkOutcome {
+        // Decoding and naming a large chunk is CPU work: off the threads that serve I/O.
+        let chunk = match tokio::task::spawn_blocking(move || Chunk::new(records)).await {
+            Ok(chunk) => chunk,
+            Err(error) => {
+                // The records are still in the processing list; the lane reads them again.
+                tracing::error!(%error, "decoding a chunk failed");
+                return ChunkOutcome::Abandoned;
             }
         };
+        let outcome = self.write(&chunk).await;
+        metrics::counter!(m::CHUNKS, "result" => outcome.label()).increment(1);
+        if outcome == ChunkOutcome::Abandoned {
+            tracing::warn!(chunk = %chunk.id_hex, "shutdown deadline passed: the chunk stays in its processing list for recovery");
+        }
+        outcome
+    }
+
+    async fn write(&self, chunk: &Chunk) -> ChunkOutcome {
+        let shared = &self.shared;
+        let worker = self.queue.worker();
         let mut dead: Vec<Vec<u8>> = chunk
             .poison
             .iter()
-            .map(|(raw, error)| dead_letter(raw, "poison", error.clone(), 1).encode())
+            .map(|(i, error)| {
+                self.dead_letter(
+                    chunk,
+                    DeadLetterKind::Poison,
+                    error.clone(),
+                    &chunk.records[*i],
+                )
+                .encode()
+            })
             .collect();
         if !chunk.poison.is_empty() {
-            tracing::warn!(chunk = %chunk.id, records = chunk.poison.len(), "undecodable records go to the dead letters");
+            tracing::warn!(chunk = %chunk.id_hex, records = chunk.poison.len(), "undecodable records go to the dead letters");
         }
 
-        let mut result = "inserted";
+        let mut outcome = ChunkOutcome::Inserted;
         if !chunk.rows.is_empty() {
-            let mut failures = 0;
-            let state = loop {
-                let begun = self
-                    .shutdown
-                    .race(self.ledger.begin(&chunk.id, &worker, chunk.rows.len()))
-                    .await;
-                match begun {
-                    None => return self.abandon(&chunk),
-                    Some(Ok(state)) => break state,
-                    Some(Err(error)) => {
-                        failures += 1;
-                        retry("postgres", "unreachable");
-                        tracing::warn!(%error, chunk = %chunk.id, "cannot record the chunk; waiting for PostgreSQL");
-                        if self.wait_or_abandon(failures).await {
-                            return self.abandon(&chunk);
-                        }
-                    }
-                }
+            let state = self
+                .retrier()
+                .until_done("recording the chunk in the ledger", || async {
+                    shared
+                        .ledger
+                        .begin(&chunk.id_hex, worker, chunk.rows.len())
+                        .await
+                        .map_or_else(
+                            |e| Try::Wait(Failure::new("postgres", "unreachable", e)),
+                            Try::Done,
+                        )
+                })
+                .await;
+            let Some(state) = state else {
+                return ChunkOutcome::Abandoned;
             };
             if state == ChunkState::Inserted {
-                result = "skipped";
-                tracing::info!(chunk = %chunk.id, "chunk already inserted; acknowledging");
+                outcome = ChunkOutcome::Skipped;
+                tracing::info!(chunk = %chunk.id_hex, "chunk already inserted; acknowledging");
             } else {
-                match self.insert(&chunk).await {
-                    Some(Inserted::All) => {}
+                match self.insert(chunk).await {
+                    None => return ChunkOutcome::Abandoned,
+                    Some(Inserted::All) => {
+                        // The rows are in ClickHouse; a retry after a crash here is dropped by
+                        // the token, so waiting is safe.
+                        let marked = self
+                            .retrier()
+                            .until_done("marking the chunk inserted", || async {
+                                shared
+                                    .ledger
+                                    .mark_inserted(&chunk.id_hex)
+                                    .await
+                                    .map_or_else(
+                                        |e| Try::Wait(Failure::new("postgres", "unreachable", e)),
+                                        Try::Done,
+                                    )
+                            })
+                            .await;
+                        if marked.is_none() {
+                            return ChunkOutcome::Abandoned;
+                        }
+                    }
                     Some(Inserted::Except(refused)) => {
                         // Not marked inserted: a refused record replayed alone forms a chunk
                         // with this same id, which the ledger must not skip. Retrying this
                         // chunk is safe, each of its rows went in with a token of its own.
-                        result = "partly_inserted";
-                        for (i, error) in refused {
-                            dead.push(dead_letter(&chunk.raws[i], "refused", error, 1).encode());
+                        outcome = ChunkOutcome::PartlyInserted;
+                        for (position, error) in refused {
+                            let raw = &chunk.records[chunk.rows[position]];
+                            dead.push(
+                                self.dead_letter(chunk, DeadLetterKind::Refused, error, raw)
+                                    .encode(),
+                            );
                         }
                     }
                     Some(Inserted::Exhausted(error)) => {
-                        result = "dead_lettered";
-                        let attempts = self.args.max_attempts;
-                        let rows = u32::try_from(chunk.raws.len()).unwrap_or(u32::MAX);
-                        dead.extend(chunk.raws.iter().enumerate().map(|(i, raw)| {
-                            let mut entry = dead_letter(raw, "exhausted", error.clone(), attempts);
-                            entry.position = u32::try_from(i).unwrap_or(u32::MAX);
+                        outcome = ChunkOutcome::DeadLettered;
+                        let rows = u32::try_from(chunk.rows.len()).unwrap_or(u32::MAX);
+                        dead.extend(chunk.rows.iter().enumerate().map(|(position, i)| {
+                            let mut entry = self.dead_letter(
+                                chunk,
+                                DeadLetterKind::Exhausted,
+                                error.clone(),
+                                &chunk.records[*i],
+                            );
+                            entry.attempts = shared.settings.max_attempts;
+                            entry.position = u32::try_from(position).unwrap_or(u32::MAX);
                             entry.chunk_rows = rows;
                             entry.encode()
                         }));
                     }
-                    None => return self.abandon(&chunk),
-                }
-                if result == "inserted" {
-                    let mut failures = 0;
-                    loop {
-                        let error = match self
-                            .shutdown
-                            .race(self.ledger.mark_inserted(&chunk.id))
-                            .await
-                        {
-                            None => return self.abandon(&chunk),
-                            Some(Ok(())) => break,
-                            Some(Err(error)) => error,
-                        };
-                        // The rows are in ClickHouse; a retry after a crash here is dropped
-                        // by the token, so waiting is safe.
-                        failures += 1;
-                        retry("postgres", "unreachable");
-                        tracing::warn!(%error, chunk = %chunk.id, "cannot mark the chunk inserted; retrying");
-                        if self.wait_or_abandon(failures).await {
-                            return self.abandon(&chunk);
-                        }
-                    }
                 }
             }
         }
-        let touched = chunk.hours();
-        let mut failures = 0;
-        loop {
-            match self
-                .queue
-                .ack(chunk.len, &chunk.oldest, &chunk.newest, &dead, &touched)
-                .await
-            {
-                Ok(true) => break,
-                Ok(false) => {
-                    // Taken over while this worker was slow: the new owner acknowledges it
-                    // (and dead-letters its poison); the ledger and the token keep it single.
-                    tracing::warn!(chunk = %chunk.id, "the chunk left this worker's list; another worker finishes it");
-                    break;
-                }
-                Err(error) => {
-                    failures += 1;
-                    retry("redis", "unreachable");
-                    tracing::warn!(%error, chunk = %chunk.id, "cannot acknowledge the chunk; retrying");
-                    if self.wait_or_abandon(failures).await {
-                        return self.abandon(&chunk);
-                    }
-                }
+        let acked = self
+            .retrier()
+            .until_done("acknowledging the chunk", || async {
+                self.queue
+                    .ack(
+                        chunk.records.len(),
+                        chunk.oldest(),
+                        chunk.newest(),
+                        &dead,
+                        &chunk.hours,
+                    )
+                    .await
+                    .map_or_else(
+                        |e| Try::Wait(Failure::new("redis", "unreachable", e)),
+                        Try::Done,
+                    )
+            })
+            .await;
+        match acked {
+            None => return ChunkOutcome::Abandoned,
+            // Taken over while this worker was slow: the new owner acknowledges it (and
+            // dead-letters its poison); the ledger and the token keep it single.
+            Some(false) => {
+                tracing::warn!(chunk = %chunk.id_hex, "the chunk left this worker's list; another worker finishes it")
             }
+            Some(true) => {}
         }
-        metrics::counter!(m::CHUNKS, "result" => result).increment(1);
-        Done::Finished
+        outcome
     }
 
-    /// Inserts the chunk; `None` when shutdown's deadline passed first.
+    fn dead_letter(
+        &self,
+        chunk: &Chunk,
+        kind: DeadLetterKind,
+        error: String,
+        raw: &[u8],
+    ) -> DeadLetter {
+        metrics::counter!(m::DEAD_LETTERS, "kind" => kind.as_str()).increment(1);
+        let mut entry = DeadLetter::new(kind, error, raw);
+        entry.chunk_id = chunk.id_hex.clone();
+        entry.worker = self.queue.worker().to_owned();
+        entry
+    }
+
+    /// Inserts the chunk with its token; `None` when shutdown's deadline passed first.
     async fn insert(&self, chunk: &Chunk) -> Option<Inserted> {
-        let mut failed_attempts = 0;
-        let mut waits = 0;
-        loop {
-            let started = Instant::now();
-            let answer = self
-                .shutdown
-                .race(insert_chunk(
-                    &self.clickhouse,
-                    &self.database,
-                    &chunk.id,
-                    &chunk.rows,
-                ))
-                .await?;
-            let failure = match answer {
-                Ok(()) => {
-                    metrics::histogram!(m::INSERT_DURATION).record(started.elapsed().as_secs_f64());
-                    metrics::counter!(m::ROWS_INSERTED).increment(chunk.rows.len() as u64);
-                    return Some(Inserted::All);
-                }
-                Err(InsertError::Unreachable(error)) => {
-                    retry("clickhouse", "unreachable");
-                    tracing::warn!(%error, chunk = %chunk.id, "ClickHouse unreachable; waiting");
-                    None
-                }
-                // A materialized view can refuse a block that the table already took: its
-                // rows must not be written again one by one, under new tokens. Such a chunk
-                // is retried whole, with its token, like any other failure.
-                Err(InsertError::Refused(error)) => match self
-                    .shutdown
-                    .race(rows_of_chunk(
-                        &self.clickhouse,
-                        &self.database,
+        let shared = &self.shared;
+        let what = format!("insert of chunk {}", chunk.id_hex);
+        let outcome = self
+            .retrier()
+            .run(&what, shared.settings.max_attempts, || async {
+                let started = Instant::now();
+                let answer = insert_chunk(
+                    &shared.clickhouse,
+                    &shared.database,
+                    &chunk.id_hex,
+                    chunk.event_rows(),
+                )
+                .await;
+                match answer {
+                    Ok(()) => {
+                        metrics::histogram!(m::INSERT_DURATION)
+                            .record(started.elapsed().as_secs_f64());
+                        metrics::counter!(m::ROWS_INSERTED).increment(chunk.rows.len() as u64);
+                        Try::Done(true)
+                    }
+                    Err(InsertError::Unreachable(error)) => {
+                        Try::Wait(Failure::new("clickhouse", "unreachable", error))
+                    }
+                    // A materialized view can refuse a block that the table already took:
+                    // its rows must not be written again one by one, under new tokens. Such
+                    // a chunk is retried whole, with its token, like any other failure.
+                    Err(InsertError::Refused(error)) => match rows_of_chunk(
+                        &shared.clickhouse,
+                        &shared.database,
                         &chunk.id,
-                        &chunk.rows,
-                    ))
-                    .await?
-                {
-                    // Not all there: the table refused it (rows of an earlier pass one by
-                    // one that was cut short keep their own tokens).
-                    Ok(rows) if rows < chunk.rows.len() as u64 => {
-                        tracing::warn!(%error, chunk = %chunk.id, "ClickHouse refused the chunk; inserting its rows one by one");
-                        return self.insert_rows_alone(chunk).await;
-                    }
-                    Ok(_) => Some(("view_refused", error)),
-                    // ClickHouse gone: wait, as for an insert.
-                    Err(InsertError::Unreachable(check)) => {
-                        retry("clickhouse", "unreachable");
-                        tracing::warn!(%error, %check, chunk = %chunk.id, "ClickHouse refused the chunk, then became unreachable; waiting");
-                        None
-                    }
-                    // Counted as an attempt: a check that keeps failing must not hold the
-                    // chunk forever (past the limit it goes whole, with its token).
-                    Err(check) => Some((
-                        "refused_unchecked",
-                        format!("{error}; whether ai_events holds the chunk is unknown: {check}"),
-                    )),
-                },
-                Err(InsertError::Failed(error)) => Some(("failed", error)),
-            };
-            waits += 1;
-            if let Some((reason, error)) = failure {
-                failed_attempts += 1;
-                retry("clickhouse", reason);
-                tracing::warn!(%error, chunk = %chunk.id, attempt = failed_attempts, reason, "insert failed");
-                if let Err(e) = self.ledger.record_error(&chunk.id, &error).await {
-                    tracing::warn!(error = %e, "cannot note the error in the ledger");
+                        &chunk.bounds,
+                    )
+                    .await
+                    {
+                        // Not all there: the table refused it (rows of an earlier pass one by
+                        // one that was cut short keep their own tokens).
+                        Ok(rows) if rows < chunk.rows.len() as u64 => {
+                            tracing::warn!(%error, chunk = %chunk.id_hex, "ClickHouse refused the chunk; inserting its rows one by one");
+                            Try::Done(false)
+                        }
+                        Ok(_) => self.failed(chunk, "view_refused", error).await,
+                        // ClickHouse gone: wait, as for an insert.
+                        Err(InsertError::Unreachable(check)) => Try::Wait(Failure::new(
+                            "clickhouse",
+                            "unreachable",
+                            format!("{error}; then {check}"),
+                        )),
+                        // Counted as an attempt: a check that keeps failing must not hold the
+                        // chunk forever (past the limit it goes whole, with its token).
+                        Err(check) => {
+                            self.failed(
+                                chunk,
+                                "refused_unchecked",
+                                format!(
+                                    "{error}; whether ai_events holds the chunk is unknown: {check}"
+                                ),
+                            )
+                            .await
+                        }
+                    },
+                    Err(InsertError::Failed(error)) => self.failed(chunk, "failed", error).await,
                 }
-                if failed_attempts >= self.args.max_attempts {
-                    return Some(Inserted::Exhausted(error));
-                }
-            }
-            if self.wait_or_abandon(waits).await {
-                return None;
-            }
+            })
+            .await;
+        match outcome {
+            Retried::Done(true) => Some(Inserted::All),
+            Retried::Done(false) => self.insert_rows_alone(chunk).await,
+            Retried::Exhausted(error) => Some(Inserted::Exhausted(error)),
+            Retried::Abandoned => None,
         }
+    }
+
+    /// A failed insert attempt, noted in the ledger for operators (best effort: it is also
+    /// logged).
+    async fn failed<T>(&self, chunk: &Chunk, reason: &'static str, error: String) -> Try<T> {
+        if let Err(e) = self.shared.ledger.record_error(&chunk.id_hex, &error).await {
+            tracing::warn!(error = %e, "cannot note the error in the ledger");
+        }
+        Try::Failed(Failure::new("clickhouse", reason, error))
     }
 
     /// Inserts each row with its own token; the rows ClickHouse refuses are returned.
     async fn insert_rows_alone(&self, chunk: &Chunk) -> Option<Inserted> {
+        let shared = &self.shared;
         let mut refused = Vec::new();
-        for (i, row) in chunk.rows.iter().enumerate() {
-            let (mut waits, mut failed_attempts) = (0, 0);
-            loop {
-                let token = chunk.row_token(i);
-                let answer = self
-                    .shutdown
-                    .race(insert_chunk(
-                        &self.clickhouse,
-                        &self.database,
+        for (position, &i) in chunk.rows.iter().enumerate() {
+            let token = chunk.row_token(position);
+            let outcome = self
+                .retrier()
+                .run("row insert", shared.settings.max_attempts, || async {
+                    let Some(row) = chunk.row(i) else {
+                        return Try::Done(Some("the record no longer decodes".to_owned()));
+                    };
+                    let answer = insert_chunk(
+                        &shared.clickhouse,
+                        &shared.database,
                         &token,
-                        std::slice::from_ref::<EventRow>(row),
-                    ))
-                    .await?;
-                match answer {
-                    Ok(()) => {
-                        metrics::counter!(m::ROWS_INSERTED).increment(1);
-                        break;
-                    }
-                    Err(InsertError::Refused(error)) => {
-                        refused.push((i, error));
-                        break;
-                    }
-                    Err(InsertError::Failed(error)) => {
+                        std::iter::once(row),
+                    )
+                    .await;
+                    match answer {
+                        Ok(()) => {
+                            metrics::counter!(m::ROWS_INSERTED).increment(1);
+                            Try::Done(None)
+                        }
+                        Err(InsertError::Refused(error)) => Try::Done(Some(error)),
                         // Counted like a chunk's attempts: a row that keeps failing goes to
                         // the dead letters rather than holding the worker forever.
-                        failed_attempts += 1;
-                        retry("clickhouse", "failed");
-                        tracing::warn!(%error, attempt = failed_attempts, "row insert failed");
-                        if failed_attempts >= self.args.max_attempts {
-                            refused.push((i, error));
-                            break;
+                        Err(InsertError::Failed(error)) => {
+                            Try::Failed(Failure::new("clickhouse", "failed", error))
+                        }
+                        Err(InsertError::Unreachable(error)) => {
+                            Try::Wait(Failure::new("clickhouse", "unreachable", error))
                         }
                     }
-                    Err(InsertError::Unreachable(error)) => {
-                        retry("clickhouse", "unreachable");
-                        tracing::warn!(%error, "ClickHouse unreachable; waiting");
-                    }
+                })
+                .await;
+            match outcome {
+                Retried::Done(None) => {}
+                Retried::Done(Some(error)) | Retried::Exhausted(error) => {
+                    refused.push((position, error));
                 }
-                waits += 1;
-                if self.wait_or_abandon(waits).await {
-                    return None;
-                }
+                Retried::Abandoned => return None,
             }
         }
         Some(if refused.is_empty() {
@@ -401,27 +585,4 @@ impl Worker {
             Inserted::Except(refused)
         })
     }
-
-    /// Sleeps before retry `attempt`; true when shutdown's deadline has passed (give up).
-    async fn wait_or_abandon(&self, attempt: u32) -> bool {
-        if self.shutdown.past_deadline() {
-            return true;
-        }
-        self.shutdown.sleep(self.backoff().delay(attempt)).await;
-        self.shutdown.past_deadline()
-    }
-
-    fn abandon(&self, chunk: &Chunk) -> Done {
-        metrics::counter!(m::CHUNKS, "result" => "abandoned").increment(1);
-        tracing::warn!(chunk = %chunk.id, "shutdown deadline passed: the chunk stays in its processing list for recovery");
-        Done::Abandoned
-    }
-}
-
-enum Inserted {
-    All,
-    /// All but these rows (index, error), which ClickHouse refused.
-    Except(Vec<(usize, String)>),
-    /// The chunk failed `max_attempts` times.
-    Exhausted(String),
 }

@@ -4,6 +4,8 @@
 //! then `{ai:s}` and all of that shard's keys hash to one slot. Keeping the names here makes
 //! that a configuration change rather than a code change.
 
+use crate::hash::SemanticHash;
+
 /// The key names under one prefix (default `ai`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeySpace {
@@ -119,20 +121,19 @@ impl KeySpace {
     }
 }
 
-/// The shard of an intent, from its semantic hash (hex): every copy of one intent, with its
-/// claims and its stream chunks, meets in the same shard, and so do `event_id` retries of the
-/// same content. A retry whose content hashes differently (another `stream_id`, say) may land
-/// on another shard, where its `event_id` claim is not seen.
-pub fn shard_of(semantic_hash: &str, shards: usize) -> usize {
+/// The shard of an intent, from its semantic hash: every copy of one intent, with its claims
+/// and its stream chunks, meets in the same shard, and so do `event_id` retries of the same
+/// content. A retry whose content hashes differently (another `stream_id`, say) may land on
+/// another shard, where its `event_id` claim is not seen. (The hash's first 8 bytes, big
+/// endian, modulo the shards: the same shard as the first 16 hex characters gave before
+/// digests were kept as bytes.)
+pub fn shard_of(semantic_hash: &SemanticHash, shards: usize) -> usize {
     if shards <= 1 {
         return 0;
     }
-    let head = semantic_hash.get(..16).unwrap_or(semantic_hash);
-    let n = u64::from_str_radix(head, 16).unwrap_or_else(|_| {
-        head.bytes()
-            .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)))
-    });
-    (n % shards as u64) as usize
+    let mut head = [0u8; 8];
+    head.copy_from_slice(&semantic_hash.as_bytes()[..8]);
+    (u64::from_be_bytes(head) % shards as u64) as usize
 }
 
 /// A tenant's home shard, which counts its events against its rate limit when there are
@@ -188,12 +189,16 @@ mod tests {
         assert_eq!(KeySpace::shards("ai", 1), vec![KeySpace::new("ai")]);
         let three = KeySpace::shards("ai", 3);
         assert_eq!(three[2].queue(), "{ai:2}:queue");
-        assert_eq!(shard_of("ffffffffffffffff00", 1), 0);
-        assert_eq!(shard_of("0000000000000005ab", 3), 2);
+        let hash = |head: u64| {
+            let mut bytes = [0xabu8; 32];
+            bytes[..8].copy_from_slice(&head.to_be_bytes());
+            SemanticHash::from_hex(&hex::encode(bytes)).expect("hex")
+        };
+        assert_eq!(shard_of(&hash(u64::MAX), 1), 0);
+        assert_eq!(shard_of(&hash(5), 3), 2);
         let mut seen = [0usize; 4];
         for i in 0..4000u32 {
-            let hash = format!("{:016x}", u64::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-            seen[shard_of(&hash, 4)] += 1;
+            seen[shard_of(&hash(u64::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15)), 4)] += 1;
         }
         assert!(seen.iter().all(|n| *n > 800), "{seen:?}");
         assert_eq!(home_shard("acme", 5), home_shard("acme", 5));

@@ -15,7 +15,7 @@ pub mod record;
 pub mod validate;
 
 pub use event::Event;
-pub use hash::SemanticHash;
+pub use hash::{Digest, EventHashes, SemanticHash};
 pub use keys::KeySpace;
 pub use normalize::{normalize, NORMALIZER_VERSION};
 pub use record::{InvalidRecord, QueueRecord, RecordError};

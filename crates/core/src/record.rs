@@ -1,19 +1,27 @@
 //! What travels through Redis: the queue record the batcher turns into a ClickHouse row, and
 //! the record of an event the API refused.
 //!
-//! Both are JSON objects with a version field `v`. A decoder reads every version it knows and
-//! upgrades it to the current struct, so records written by an older ingest API stay readable
-//! by a newer batcher while both run during a rolling deploy.
+//! A queue record is written compact: one version byte (`2`), then its fields in postcard's
+//! encoding (varint integers, length-prefixed strings, the two digests as 32 raw bytes), about
+//! a quarter of the JSON it replaced, which matters because the queue lives in Redis's memory
+//! and every byte of it is copied by the API, Redis and the batcher. Records of version 1 (a
+//! JSON object with `"v":1` and hex digests) are still read, so a batcher drains what an older
+//! ingest API queued during a rolling deploy. A record borrows its strings from the bytes it
+//! was decoded from (or from the event it was built from), so neither side copies them.
+//!
+//! The invalid-event record stays JSON (`"v":1`): it carries the raw event for people to read.
+
+use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::event::Event;
-use crate::hash::{sha256_hex, SemanticHash};
-use crate::normalize::{normalize, NORMALIZER_VERSION};
+use crate::hash::{Digest, EventHashes, SemanticHash};
+use crate::normalize::NORMALIZER_VERSION;
 
-/// The version [`QueueRecord::encode`] writes.
-pub const QUEUE_RECORD_VERSION: u64 = 1;
+/// The version [`QueueRecord::encode`] writes: its first byte.
+pub const QUEUE_RECORD_VERSION: u8 = 2;
 /// The version [`InvalidRecord::encode`] writes.
 pub const INVALID_RECORD_VERSION: u64 = 1;
 
@@ -21,77 +29,243 @@ pub const INVALID_RECORD_VERSION: u64 = 1;
 pub enum RecordError {
     #[error("record is not JSON: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("record cannot be decoded: {0}")]
+    Binary(#[from] postcard::Error),
     #[error("record has no version field `v`")]
     MissingVersion,
     #[error("record version {0} is not supported by this build")]
     UnsupportedVersion(u64),
+    #[error("record field {0} is not a hex SHA-256 digest")]
+    BadDigest(&'static str),
+    #[error("record is empty")]
+    Empty,
 }
 
-/// One accepted intent, ready for ClickHouse. The prompt itself is not kept: only its hash.
+/// One accepted intent, ready for ClickHouse. The prompt itself is not kept: only its digest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct QueueRecord {
-    pub tenant_id: String,
-    pub semantic_hash: String,
+pub struct QueueRecord<'a> {
+    #[serde(borrow)]
+    pub tenant_id: Cow<'a, str>,
+    pub semantic_hash: SemanticHash,
     pub normalizer_version: u16,
-    pub prompt_hash: String,
-    pub session_id: String,
-    pub model_version: String,
+    pub prompt_hash: Digest,
+    #[serde(borrow)]
+    pub session_id: Cow<'a, str>,
+    #[serde(borrow)]
+    pub model_version: Cow<'a, str>,
     pub latency_ms: f64,
     pub token_count: u32,
     pub input_tokens: Option<u32>,
     pub output_tokens: Option<u32>,
     pub success: bool,
     pub timestamp_ms: i64,
-    pub event_id: Option<String>,
+    #[serde(borrow, deserialize_with = "borrowed_option")]
+    pub event_id: Option<Cow<'a, str>>,
     pub turn_index: Option<u32>,
-    pub stream_id: Option<String>,
+    #[serde(borrow, deserialize_with = "borrowed_option")]
+    pub stream_id: Option<Cow<'a, str>>,
     pub chunk_index: Option<u32>,
     pub is_final: bool,
-    pub fallback_chain: Vec<String>,
-    pub provider: Option<String>,
-    pub operation: Option<String>,
-    pub properties: Option<String>,
+    #[serde(borrow, deserialize_with = "borrowed_list")]
+    pub fallback_chain: Vec<Cow<'a, str>>,
+    #[serde(borrow, deserialize_with = "borrowed_option")]
+    pub provider: Option<Cow<'a, str>>,
+    #[serde(borrow, deserialize_with = "borrowed_option")]
+    pub operation: Option<Cow<'a, str>>,
+    #[serde(borrow, deserialize_with = "borrowed_option")]
+    pub properties: Option<Cow<'a, str>>,
     pub ingested_at_ms: i64,
 }
 
-impl QueueRecord {
-    /// Builds the record of `event` for `tenant`, its hash already computed.
-    pub fn new(tenant: &str, event: &Event, hash: &SemanticHash, ingested_at_ms: i64) -> Self {
+impl<'a> QueueRecord<'a> {
+    /// The record of `event` for `tenant`, borrowing its strings; its digests are computed
+    /// here, from one normalization of the prompt.
+    pub fn new(tenant: &'a str, event: &'a Event, ingested_at_ms: i64) -> Self {
+        Self::with_hashes(
+            tenant,
+            event,
+            EventHashes::of(tenant, event),
+            ingested_at_ms,
+        )
+    }
+
+    /// The record of `event` whose digests are already known.
+    pub fn with_hashes(
+        tenant: &'a str,
+        event: &'a Event,
+        hashes: EventHashes,
+        ingested_at_ms: i64,
+    ) -> Self {
         let stream = event.stream.as_ref();
+        let borrowed = |s: &'a Option<String>| s.as_deref().map(Cow::Borrowed);
         Self {
-            tenant_id: tenant.to_owned(),
-            semantic_hash: hash.to_hex(),
+            tenant_id: Cow::Borrowed(tenant),
+            semantic_hash: hashes.semantic,
             normalizer_version: NORMALIZER_VERSION,
-            prompt_hash: sha256_hex(&normalize(&event.prompt_text)),
-            session_id: event.session_id.clone(),
-            model_version: event.model_version.clone(),
+            prompt_hash: hashes.prompt,
+            session_id: Cow::Borrowed(&event.session_id),
+            model_version: Cow::Borrowed(&event.model_version),
             latency_ms: event.latency_ms,
             token_count: event.token_count,
             input_tokens: event.input_tokens,
             output_tokens: event.output_tokens,
             success: event.success,
             timestamp_ms: event.timestamp_ms,
-            event_id: event.event_id.clone(),
+            event_id: borrowed(&event.event_id),
             turn_index: event.turn_index,
-            stream_id: stream.map(|s| s.stream_id.clone()),
+            stream_id: stream.map(|s| Cow::Borrowed(s.stream_id.as_str())),
             chunk_index: stream.and_then(|s| s.chunk_index),
             is_final: stream.is_some_and(|s| s.is_final),
-            fallback_chain: event.fallback_chain.clone(),
-            provider: event.provider.clone(),
-            operation: event.operation.clone(),
-            properties: event.properties.clone(),
+            fallback_chain: event
+                .fallback_chain
+                .iter()
+                .map(|m| Cow::Borrowed(m.as_str()))
+                .collect(),
+            provider: borrowed(&event.provider),
+            operation: borrowed(&event.operation),
+            properties: borrowed(&event.properties),
             ingested_at_ms,
         }
     }
 
+    /// The record's bytes: the version byte, then postcard.
     pub fn encode(&self) -> Vec<u8> {
-        encode_versioned(QUEUE_RECORD_VERSION, self)
+        let mut out = Vec::with_capacity(160);
+        out.push(QUEUE_RECORD_VERSION);
+        // Serializing strings and numbers into a Vec cannot fail.
+        postcard::to_extend(self, out).unwrap_or_default()
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
-        let value = versioned(bytes, QUEUE_RECORD_VERSION)?;
-        Ok(serde_json::from_value(value)?)
+    /// Reads a record of any supported version; version 2 borrows its strings from `bytes`.
+    pub fn decode(bytes: &'a [u8]) -> Result<Self, RecordError> {
+        match bytes.first() {
+            None => Err(RecordError::Empty),
+            Some(&QUEUE_RECORD_VERSION) => {
+                let (record, rest) = postcard::take_from_bytes(&bytes[1..])?;
+                if rest.is_empty() {
+                    Ok(record)
+                } else {
+                    Err(RecordError::Binary(postcard::Error::DeserializeBadEncoding))
+                }
+            }
+            Some(b'{') => decode_v1(bytes),
+            Some(&other) => Err(RecordError::UnsupportedVersion(u64::from(other))),
+        }
     }
+
+    /// The record for people (`dlq show`): JSON, digests in hex.
+    pub fn to_json(&self) -> Value {
+        let mut value = serde_json::to_value(self).unwrap_or(Value::Null);
+        value["semantic_hash"] = Value::String(self.semantic_hash.to_hex());
+        value["prompt_hash"] = Value::String(self.prompt_hash.to_hex());
+        value
+    }
+
+    /// The same record owning its strings.
+    pub fn into_owned(self) -> QueueRecord<'static> {
+        let own = |s: Option<Cow<'a, str>>| s.map(|s| Cow::Owned(s.into_owned()));
+        QueueRecord {
+            tenant_id: Cow::Owned(self.tenant_id.into_owned()),
+            semantic_hash: self.semantic_hash,
+            normalizer_version: self.normalizer_version,
+            prompt_hash: self.prompt_hash,
+            session_id: Cow::Owned(self.session_id.into_owned()),
+            model_version: Cow::Owned(self.model_version.into_owned()),
+            latency_ms: self.latency_ms,
+            token_count: self.token_count,
+            input_tokens: self.input_tokens,
+            output_tokens: self.output_tokens,
+            success: self.success,
+            timestamp_ms: self.timestamp_ms,
+            event_id: own(self.event_id),
+            turn_index: self.turn_index,
+            stream_id: own(self.stream_id),
+            chunk_index: self.chunk_index,
+            is_final: self.is_final,
+            fallback_chain: self
+                .fallback_chain
+                .into_iter()
+                .map(|m| Cow::Owned(m.into_owned()))
+                .collect(),
+            provider: own(self.provider),
+            operation: own(self.operation),
+            properties: own(self.properties),
+            ingested_at_ms: self.ingested_at_ms,
+        }
+    }
+}
+
+// Serde borrows a `Cow<str>` field, but not one inside an `Option` or a `Vec`: these two
+// borrow from the record's bytes as well (postcard can; version 1 is read apart, owned).
+fn borrowed_option<'de: 'a, 'a, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Cow<'a, str>>, D::Error> {
+    Ok(Option::<&'de str>::deserialize(d)?.map(Cow::Borrowed))
+}
+
+fn borrowed_list<'de: 'a, 'a, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<Cow<'a, str>>, D::Error> {
+    Ok(Vec::<&'de str>::deserialize(d)?
+        .into_iter()
+        .map(Cow::Borrowed)
+        .collect())
+}
+
+/// Version 1: a JSON object, `"v":1`, digests as hex.
+#[derive(Deserialize)]
+struct RecordV1 {
+    tenant_id: String,
+    semantic_hash: String,
+    normalizer_version: u16,
+    prompt_hash: String,
+    session_id: String,
+    model_version: String,
+    latency_ms: f64,
+    token_count: u32,
+    input_tokens: Option<u32>,
+    output_tokens: Option<u32>,
+    success: bool,
+    timestamp_ms: i64,
+    event_id: Option<String>,
+    turn_index: Option<u32>,
+    stream_id: Option<String>,
+    chunk_index: Option<u32>,
+    is_final: bool,
+    fallback_chain: Vec<String>,
+    provider: Option<String>,
+    operation: Option<String>,
+    properties: Option<String>,
+    ingested_at_ms: i64,
+}
+
+fn decode_v1(bytes: &[u8]) -> Result<QueueRecord<'static>, RecordError> {
+    let r: RecordV1 = serde_json::from_value(versioned(bytes, 1)?)?;
+    let digest = |hex: &str, field| Digest::from_hex(hex).ok_or(RecordError::BadDigest(field));
+    Ok(QueueRecord {
+        semantic_hash: digest(&r.semantic_hash, "semantic_hash")?,
+        prompt_hash: digest(&r.prompt_hash, "prompt_hash")?,
+        tenant_id: Cow::Owned(r.tenant_id),
+        normalizer_version: r.normalizer_version,
+        session_id: Cow::Owned(r.session_id),
+        model_version: Cow::Owned(r.model_version),
+        latency_ms: r.latency_ms,
+        token_count: r.token_count,
+        input_tokens: r.input_tokens,
+        output_tokens: r.output_tokens,
+        success: r.success,
+        timestamp_ms: r.timestamp_ms,
+        event_id: r.event_id.map(Cow::Owned),
+        turn_index: r.turn_index,
+        stream_id: r.stream_id.map(Cow::Owned),
+        chunk_index: r.chunk_index,
+        is_final: r.is_final,
+        fallback_chain: r.fallback_chain.into_iter().map(Cow::Owned).collect(),
+        provider: r.provider.map(Cow::Owned),
+        operation: r.operation.map(Cow::Owned),
+        properties: r.properties.map(Cow::Owned),
+        ingested_at_ms: r.ingested_at_ms,
+    })
 }
 
 /// An event the API refused, kept raw with its error so operators can inspect and replay it.
@@ -107,7 +281,18 @@ pub struct InvalidRecord {
 
 impl InvalidRecord {
     pub fn encode(&self) -> Vec<u8> {
-        encode_versioned(INVALID_RECORD_VERSION, self)
+        #[derive(Serialize)]
+        struct Versioned<'a> {
+            v: u64,
+            #[serde(flatten)]
+            record: &'a InvalidRecord,
+        }
+        // Serializing plain structs of strings and numbers into memory cannot fail.
+        serde_json::to_vec(&Versioned {
+            v: INVALID_RECORD_VERSION,
+            record: self,
+        })
+        .unwrap_or_default()
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
@@ -116,18 +301,7 @@ impl InvalidRecord {
     }
 }
 
-fn encode_versioned<T: Serialize>(version: u64, record: &T) -> Vec<u8> {
-    #[derive(Serialize)]
-    struct Versioned<'a, T> {
-        v: u64,
-        #[serde(flatten)]
-        record: &'a T,
-    }
-    // Serializing plain structs of strings and numbers into memory cannot fail.
-    serde_json::to_vec(&Versioned { v: version, record }).unwrap_or_default()
-}
-
-/// Parses `bytes` and checks its version; versions older than `current` would be upgraded here.
+/// Parses a JSON record and checks that its version is `current`.
 fn versioned(bytes: &[u8], current: u64) -> Result<Value, RecordError> {
     let value: Value = serde_json::from_slice(bytes)?;
     match value.get("v").and_then(Value::as_u64) {

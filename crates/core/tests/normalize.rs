@@ -55,24 +55,61 @@ fn queue_records_round_trip_and_refuse_unknown_versions() {
     let body = json!({
         "session_id": "session-0001", "prompt_text": "Hi", "model_version": "v1.0.0",
         "latency_ms": 5, "token_count": 3, "fallback_chain": ["v2.0.0", "v1.0.0"],
-        "properties": {"feature": "chat", "beta": true},
+        "properties": {"feature": "chat", "beta": true}, "event_id": "evt-1",
     });
     let event = validate(&body, &Limits::default(), 1_790_000_000_000).expect("valid");
-    let hash = SemanticHash::of("acme", &event);
-    let record = QueueRecord::new("acme", &event, &hash, 1_790_000_000_001);
+    let record = QueueRecord::new("acme", &event, 1_790_000_000_001);
+    assert_eq!(record.semantic_hash, SemanticHash::of("acme", &event));
     let bytes = record.encode();
+    assert_eq!(bytes[0], 2, "version 2: binary");
+    assert!(bytes.len() < 200, "{} bytes", bytes.len());
+    let decoded = QueueRecord::decode(&bytes).expect("decodes");
+    assert_eq!(decoded, record);
     assert!(
-        bytes.starts_with(br#"{"v":1,"#),
-        "{}",
-        String::from_utf8_lossy(&bytes)
+        matches!(decoded.session_id, std::borrow::Cow::Borrowed(_)),
+        "strings are read in place"
     );
-    assert_eq!(QueueRecord::decode(&bytes).expect("decodes"), record);
     assert!(
-        !String::from_utf8_lossy(&bytes).contains("\"Hi\""),
+        !String::from_utf8_lossy(&bytes).contains("Hi"),
         "the prompt itself is not queued"
     );
 
-    let future = String::from_utf8_lossy(&bytes).replacen("\"v\":1", "\"v\":99", 1);
+    let mut future = bytes.clone();
+    future[0] = 99;
+    assert!(matches!(
+        QueueRecord::decode(&future),
+        Err(sift_core::RecordError::UnsupportedVersion(99))
+    ));
+    let mut truncated = bytes.clone();
+    truncated.truncate(bytes.len() - 3);
+    assert!(QueueRecord::decode(&truncated).is_err());
+}
+
+/// Records queued by an older ingest API (JSON, version 1, hex digests) are still read: the
+/// batcher drains them after an upgrade.
+#[test]
+fn version_1_json_records_are_still_read() {
+    let v1 = br#"{"v":1,"tenant_id":"acme","semantic_hash":"554a3ba1af1e69bbd9bd1a06cb2e2d9f5a4ffdc9b6b6ef9b22d9a8b39e5fc50e","normalizer_version":2,"prompt_hash":"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad","session_id":"session-0001","model_version":"v1.2.3","latency_ms":120.5,"token_count":42,"input_tokens":null,"output_tokens":7,"success":true,"timestamp_ms":1790000000000,"event_id":"e\u00e9","turn_index":3,"stream_id":null,"chunk_index":null,"is_final":false,"fallback_chain":["v2.0.0"],"provider":"openai","operation":null,"properties":"{\"a\":1}","ingested_at_ms":1790000000001}"#;
+    let record = QueueRecord::decode(v1).expect("a version 1 record");
+    assert_eq!(
+        record.semantic_hash.to_hex(),
+        "554a3ba1af1e69bbd9bd1a06cb2e2d9f5a4ffdc9b6b6ef9b22d9a8b39e5fc50e"
+    );
+    assert_eq!(record.event_id.as_deref(), Some("e\u{e9}"));
+    assert_eq!(record.properties.as_deref(), Some(r#"{"a":1}"#));
+    assert_eq!(record.output_tokens, Some(7));
+    assert_eq!(record.turn_index, Some(3));
+    assert_eq!(record.fallback_chain, vec!["v2.0.0"]);
+    // Written again, it is a version 2 record with the same content.
+    let again = record.encode();
+    assert_eq!(QueueRecord::decode(&again).expect("v2"), record);
+
+    let bad_digest = String::from_utf8_lossy(v1).replacen("554a", "zz4a", 1);
+    assert!(matches!(
+        QueueRecord::decode(bad_digest.as_bytes()),
+        Err(sift_core::RecordError::BadDigest("semantic_hash"))
+    ));
+    let future = String::from_utf8_lossy(v1).replacen("\"v\":1", "\"v\":99", 1);
     assert!(matches!(
         QueueRecord::decode(future.as_bytes()),
         Err(sift_core::RecordError::UnsupportedVersion(99))

@@ -69,7 +69,7 @@ impl Outcome {
 /// A valid event on its way to the queue.
 #[derive(Clone)]
 pub struct Claim<'a> {
-    pub record: &'a QueueRecord,
+    pub record: &'a QueueRecord<'a>,
     pub event_id_hash: Option<String>,
 }
 
@@ -229,13 +229,14 @@ impl Deduplicator {
             .arg(rate_limit.unwrap_or(0));
         for claim in claims {
             let r = claim.record;
-            let semantic = keys.dedup(&r.tenant_id, &r.semantic_hash);
+            let hash = r.semantic_hash.to_hex();
+            let semantic = keys.dedup(&r.tenant_id, &hash);
             let event_id = match &claim.event_id_hash {
                 Some(hash) => keys.event_id(&r.tenant_id, hash),
                 None => semantic.clone(),
             };
             let pending = match r.stream_id {
-                Some(_) => keys.stream_pending(&r.tenant_id, &r.semantic_hash),
+                Some(_) => keys.stream_pending(&r.tenant_id, &hash),
                 None => semantic.clone(),
             };
             invocation.key(semantic).key(event_id).key(pending);

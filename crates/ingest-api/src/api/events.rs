@@ -5,7 +5,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 use sift_core::hash::sha256_hex;
 use sift_core::validate::validate;
-use sift_core::{InvalidRecord, QueueRecord, SemanticHash};
+use sift_core::{Event, InvalidRecord, QueueRecord};
 
 use crate::auth::Caller;
 use crate::body::{self, Item};
@@ -85,9 +85,9 @@ async fn process(
 ) -> Result<Vec<EventResult>, ApiError> {
     let tenant = caller.tenant.as_str();
     let now = now_ms();
-    let mut records: Vec<(QueueRecord, Option<String>)> = Vec::new();
+    let mut events: Vec<Event> = Vec::with_capacity(items.len());
     let mut invalid: Vec<InvalidRecord> = Vec::new();
-    // For each item: Ok(index into records) or Err(index into invalid).
+    // For each item: Ok(index into events) or Err(index into invalid).
     let mut order: Vec<Result<usize, usize>> = Vec::with_capacity(items.len());
     for item in items {
         let checked = match item {
@@ -97,10 +97,8 @@ async fn process(
         };
         match checked {
             Ok(event) => {
-                let hash = SemanticHash::of(tenant, &event);
-                let event_id_hash = event.event_id.as_deref().map(sha256_hex);
-                order.push(Ok(records.len()));
-                records.push((QueueRecord::new(tenant, &event, &hash, now), event_id_hash));
+                order.push(Ok(events.len()));
+                events.push(event);
             }
             Err((raw, field, reason)) => {
                 order.push(Err(invalid.len()));
@@ -114,6 +112,13 @@ async fn process(
             }
         }
     }
+    let records: Vec<(QueueRecord<'_>, Option<String>)> = events
+        .iter()
+        .map(|event| {
+            let event_id_hash = event.event_id.as_deref().map(sha256_hex);
+            (QueueRecord::new(tenant, event, now), event_id_hash)
+        })
+        .collect();
     if let Some(limit) = caller
         .rate_limit
         .filter(|limit| records.len() > *limit as usize)
@@ -140,7 +145,7 @@ async fn process(
         .into_iter()
         .map(|slot| match slot {
             Ok(i) => {
-                let semantic_key = records[i].0.semantic_hash.clone();
+                let semantic_key = records[i].0.semantic_hash.to_hex();
                 match outcomes[i] {
                     Outcome::Accepted => {
                         count_event(tenant, "accepted");
