@@ -127,7 +127,7 @@ async fn rewriting_ai_events_keeps_every_row_and_counts_each_once() -> Result<()
     );
     ensure!(
         batcher
-            .metric("sift_batcher_retries_total{dependency=\"clickhouse\",reason=\"unreachable\"}")
+            .metric("sift_batcher_retries_total{dependency=\"clickhouse\",reason=\"schema\"}")
             .await?
             > 0.0,
         "the batcher did not wait for the migration"

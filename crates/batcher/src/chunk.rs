@@ -6,16 +6,18 @@
 //! the rest of the chunk goes on, and they are not part of the id, so that a chunk rebuilt from
 //! its dead letters (`dlq replay`) carries the token of the original.
 //!
-//! A chunk keeps its records as they came from Redis and decodes them where they are used
-//! (once here, to find the poison, the tenants and the hours; again while the insert writes
-//! them): a record borrows its strings from its bytes, so neither pass copies them.
+//! A chunk is decoded once, here: each record is checked, its tenant and hour noted, and its
+//! row written in RowBinary into the chunk's payload, which every attempt at the insert sends
+//! as it is (the records borrow their strings from their bytes, so nothing is copied twice).
 
 use std::collections::BTreeSet;
 
+use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
 use sift_core::{Digest, QueueRecord};
 
-use crate::clickhouse::{ChunkBounds, EventRow};
+use crate::clickhouse::ChunkBounds;
+use crate::rowbinary;
 
 pub struct Chunk {
     pub id: Digest,
@@ -26,6 +28,10 @@ pub struct Chunk {
     pub records: Vec<Vec<u8>>,
     /// Indexes (into `records`) of the records that decode, in order: the chunk's rows.
     pub rows: Vec<usize>,
+    /// The rows in RowBinary, one after the other.
+    pub payload: Bytes,
+    /// Where each row ends in `payload`.
+    row_ends: Vec<usize>,
     /// Indexes of the records that are not valid queue records, with the reason.
     pub poison: Vec<(usize, String)>,
     /// Every (tenant, hour start in epoch seconds) the chunk has rows for, once each.
@@ -37,6 +43,8 @@ pub struct Chunk {
 impl Chunk {
     pub fn new(records: Vec<Vec<u8>>) -> Self {
         let mut rows = Vec::with_capacity(records.len());
+        let mut payload = Vec::with_capacity(records.iter().map(Vec::len).sum::<usize>() + 64);
+        let mut row_ends = Vec::with_capacity(records.len());
         let mut poison = Vec::new();
         let mut hours = BTreeSet::new();
         let mut tenants = BTreeSet::new();
@@ -46,6 +54,9 @@ impl Chunk {
             match QueueRecord::decode(raw) {
                 Ok(record) => {
                     rows.push(i);
+                    // The chunk id is known once every record is read: filled in below.
+                    rowbinary::encode(&mut payload, &record, &Digest::default());
+                    row_ends.push(payload.len());
                     let hour = record.timestamp_ms.div_euclid(3_600_000) * 3600;
                     first_ms = first_ms.min(record.timestamp_ms);
                     last_ms = last_ms.max(record.timestamp_ms);
@@ -67,6 +78,10 @@ impl Chunk {
         } else {
             id_of(rows.iter().map(|i| records[*i].as_slice()))
         };
+        for end in &row_ends {
+            let at = end - rowbinary::CHUNK_ID_FROM_END;
+            payload[at..at + 32].copy_from_slice(id.as_bytes());
+        }
         let bounds = if rows.is_empty() {
             ChunkBounds::default()
         } else {
@@ -81,6 +96,8 @@ impl Chunk {
             id,
             records,
             rows,
+            payload: payload.into(),
+            row_ends,
             poison,
             hours: hours.into_iter().collect(),
             bounds,
@@ -100,15 +117,10 @@ impl Chunk {
         self.records.iter().map(Vec::len).sum()
     }
 
-    /// The chunk's rows, decoded from its records (which `new` found decodable).
-    pub fn event_rows(&self) -> impl Iterator<Item = EventRow<'_>> + '_ {
-        self.rows.iter().filter_map(|&i| self.row(i))
-    }
-
-    /// The row of record `i` (an index into `records`).
-    pub fn row(&self, i: usize) -> Option<EventRow<'_>> {
-        let record = QueueRecord::decode(&self.records[i]).ok()?;
-        Some(EventRow::new(record, &self.id))
+    /// The row number `position` of the chunk alone, in RowBinary.
+    pub fn row_payload(&self, position: usize) -> Bytes {
+        let start = position.checked_sub(1).map_or(0, |p| self.row_ends[p]);
+        self.payload.slice(start..self.row_ends[position])
     }
 
     /// The token of the chunk's row number `position` inserted alone (when ClickHouse
@@ -131,7 +143,7 @@ fn id_of<'a>(records: impl IntoIterator<Item = &'a [u8]>) -> Digest {
 
 #[cfg(test)]
 mod tests {
-    use super::Chunk;
+    use super::{rowbinary, Chunk};
 
     #[test]
     fn the_id_depends_on_records_and_their_order_only() {
@@ -168,7 +180,17 @@ mod tests {
             3,
             "the acknowledgement still removes all three"
         );
-        assert_eq!(with_poison.event_rows().count(), 2);
+        assert_eq!(with_poison.payload, clean.payload, "the rows are the same");
+        assert_eq!(
+            [clean.row_payload(0), clean.row_payload(1)].concat(),
+            clean.payload.to_vec()
+        );
+        let id_at = clean.payload.len() - rowbinary::CHUNK_ID_FROM_END;
+        assert_eq!(
+            &clean.payload[id_at..id_at + 32],
+            clean.id.as_bytes().as_slice(),
+            "each row carries the chunk id"
+        );
         assert_ne!(Chunk::new(vec![y, x]).id, clean.id);
     }
 

@@ -6,77 +6,19 @@
 //! letters), or anything else ClickHouse answers (retry, then dead-letter the chunk past a
 //! limit).
 
-use std::borrow::Cow;
 use std::time::Duration;
 
-use clickhouse::{Client, Row};
-use serde::Serialize;
-use sift_core::{Digest, QueueRecord};
+use bytes::Bytes;
+use clickhouse::Client;
+use sift_core::Digest;
 
 use crate::config::ClickHouseArgs;
+use crate::rowbinary::COLUMNS;
 
 pub const EVENTS_TABLE: &str = "ai_events";
 
-/// One row of `ai_events`, borrowing its strings from the queue record it was decoded from.
-/// Digests travel as their 32 bytes (`FixedString(32)`); DateTime64(3) columns as milliseconds
-/// since the epoch.
-#[derive(Debug, Clone, Row, Serialize)]
-pub struct EventRow<'a> {
-    pub tenant_id: Cow<'a, str>,
-    pub event_time: i64,
-    pub semantic_hash: [u8; 32],
-    pub session_id: Cow<'a, str>,
-    pub prompt_hash: [u8; 32],
-    pub normalizer_version: u16,
-    pub model_version: Cow<'a, str>,
-    pub provider: Cow<'a, str>,
-    pub operation: Cow<'a, str>,
-    pub latency_ms: f64,
-    pub token_count: u32,
-    pub input_tokens: u32,
-    pub output_tokens: u32,
-    pub success: bool,
-    pub event_id: Cow<'a, str>,
-    pub turn_index: Option<u32>,
-    pub stream_id: Cow<'a, str>,
-    pub chunk_index: Option<u32>,
-    pub is_final: bool,
-    pub fallback_chain: Vec<Cow<'a, str>>,
-    pub properties: Cow<'a, str>,
-    pub chunk_id: [u8; 32],
-    pub ingested_at: i64,
-}
-
-impl<'a> EventRow<'a> {
-    pub fn new(record: QueueRecord<'a>, chunk_id: &Digest) -> Self {
-        let text = |s: Option<Cow<'a, str>>| s.unwrap_or(Cow::Borrowed(""));
-        Self {
-            tenant_id: record.tenant_id,
-            event_time: record.timestamp_ms,
-            semantic_hash: record.semantic_hash.0,
-            session_id: record.session_id,
-            prompt_hash: record.prompt_hash.0,
-            normalizer_version: record.normalizer_version,
-            model_version: record.model_version,
-            provider: text(record.provider),
-            operation: text(record.operation),
-            latency_ms: record.latency_ms,
-            token_count: record.token_count,
-            input_tokens: record.input_tokens.unwrap_or(0),
-            output_tokens: record.output_tokens.unwrap_or(0),
-            success: record.success,
-            event_id: text(record.event_id),
-            turn_index: record.turn_index,
-            stream_id: text(record.stream_id),
-            chunk_index: record.chunk_index,
-            is_final: record.is_final,
-            fallback_chain: record.fallback_chain,
-            properties: text(record.properties),
-            chunk_id: chunk_id.0,
-            ingested_at: record.ingested_at_ms,
-        }
-    }
-}
+/// The largest piece of a payload sent (and LZ4-compressed) at once.
+const FRAME: usize = 1 << 20;
 
 /// How an insert failed, from the worker's point of view.
 #[derive(Debug, thiserror::Error)]
@@ -111,11 +53,6 @@ impl From<clickhouse::error::Error> for InsertError {
         let text = error.to_string();
         match &error {
             E::Network(_) | E::TimedOut => Self::Unreachable(text),
-            // The table is not the shape this build writes: an upgrade whose `migrate` has not
-            // run yet (or is running). The deployment's doing, not the data's: wait for it.
-            E::SchemaMismatch(_) => Self::Unreachable(format!(
-                "{text} (run `sift-batcher migrate` for this version)"
-            )),
             E::BadResponse(reason) => match sift_service::clickhouse_text::exception_code(reason) {
                 Some(code) if DATA_ERROR_CODES.contains(&code) => Self::Refused(text),
                 Some(code) if BUSY_CODES.contains(&code) => Self::Unreachable(text),
@@ -139,19 +76,25 @@ pub fn client(args: &ClickHouseArgs) -> Client {
     )
 }
 
-/// Inserts `rows` as one block with `insert_deduplication_token = token`: a retry of the same
-/// chunk (same rows, same order, same token) is dropped by ClickHouse instead of doubled. The
-/// client compresses what it sends with LZ4 (the crate's default).
-pub async fn insert_chunk<'a>(
+/// Inserts `payload` (rows in RowBinary, see [`crate::rowbinary`]) as one block with
+/// `insert_deduplication_token = token`: a retry of the same chunk (same rows, same order,
+/// same token) is dropped by ClickHouse instead of doubled. Sent LZ4-compressed (the client's
+/// default), in frames of at most a megabyte.
+pub async fn insert_payload(
     client: &Client,
     database: &str,
     token: &str,
-    rows: impl IntoIterator<Item = EventRow<'a>>,
+    payload: &Bytes,
 ) -> Result<(), InsertError> {
-    let client = client.clone().with_database(database);
+    let columns: Vec<&str> = COLUMNS.iter().map(|(name, _)| *name).collect();
+    let sql = format!(
+        "INSERT INTO {EVENTS_TABLE} ({}) FORMAT RowBinary",
+        columns.join(", ")
+    );
     let mut insert = client
-        .insert::<EventRow<'_>>(EVENTS_TABLE)
-        .await?
+        .clone()
+        .with_database(database)
+        .insert_formatted_with(sql)
         .with_setting("insert_deduplication_token", token)
         .with_setting("insert_deduplicate", "1")
         .with_setting("async_insert", "0")
@@ -162,11 +105,53 @@ pub async fn insert_chunk<'a>(
         // One chunk must stay one block, or the token would cover only part of it.
         .with_setting("max_insert_block_size", "1048576")
         .with_timeouts(Some(Duration::from_secs(30)), Some(Duration::from_secs(60)));
-    for row in rows {
-        insert.write(&row).await?;
+    let mut at = 0;
+    while at < payload.len() {
+        let end = (at + FRAME).min(payload.len());
+        insert.send(payload.slice(at..end)).await?;
+        at = end;
     }
     insert.end().await?;
     Ok(())
+}
+
+/// How `ai_events` differs from the columns the batcher writes ([`COLUMNS`]), if it does:
+/// `None` when it matches, or when the table is not there (the insert then says so). A table
+/// of an older version (`migrate` not run yet for this one) is waited for, not written into.
+pub async fn schema_mismatch(
+    client: &Client,
+    database: &str,
+) -> Result<Option<String>, InsertError> {
+    let found: Vec<(String, String)> = client
+        .query("SELECT name, type FROM system.columns WHERE database = ? AND table = ?")
+        .bind(database)
+        .bind(EVENTS_TABLE)
+        .fetch_all()
+        .await?;
+    Ok(mismatch(&found))
+}
+
+fn mismatch(found: &[(String, String)]) -> Option<String> {
+    if found.is_empty() {
+        return None;
+    }
+    let wrong: Vec<String> = COLUMNS
+        .iter()
+        .filter(|(name, ty)| !found.iter().any(|(n, t)| n == name && t == ty))
+        .map(|(name, ty)| {
+            let has = found
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or("missing", |(_, t)| t.as_str());
+            format!("{name} is {has}, not {ty}")
+        })
+        .collect();
+    (!wrong.is_empty()).then(|| {
+        format!(
+            "{EVENTS_TABLE} is not the shape this batcher writes ({}): run `sift-batcher migrate` for this version",
+            wrong.join("; ")
+        )
+    })
 }
 
 /// Rows of `ai_events` written by the chunk `chunk_id` (its rows carry the id). Used when an
@@ -217,12 +202,22 @@ mod tests {
     }
 
     #[test]
-    fn a_table_not_migrated_yet_is_waited_for() {
-        let error = clickhouse::error::Error::SchemaMismatch("semantic_hash is String".into());
-        assert!(matches!(
-            InsertError::from(error),
-            InsertError::Unreachable(text) if text.contains("sift-batcher migrate")
-        ));
+    fn a_table_of_another_shape_is_named_column_by_column() {
+        let mut found: Vec<(String, String)> = crate::rowbinary::COLUMNS
+            .iter()
+            .map(|(n, t)| ((*n).to_owned(), (*t).to_owned()))
+            .collect();
+        assert_eq!(super::mismatch(&found), None);
+        assert_eq!(super::mismatch(&[]), None, "no table: the insert says so");
+        found[2].1 = "String".into();
+        found.retain(|(n, _)| n != "chunk_id");
+        let text = super::mismatch(&found).expect("a mismatch");
+        assert!(
+            text.contains("semantic_hash is String, not FixedString(32)")
+                && text.contains("chunk_id is missing")
+                && text.contains("sift-batcher migrate"),
+            "{text}"
+        );
     }
 
     #[test]

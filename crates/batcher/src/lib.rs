@@ -3,8 +3,9 @@
 //!
 //! - [`config`]: the command line (every flag also read from the environment).
 //! - [`run`] and [`worker`]: the queue consumer; [`queue`] (Redis: reliable claim, heartbeats,
-//!   takeover), [`chunk`] (deterministic chunk ids), [`ledger`] (PostgreSQL chunk ledger),
-//!   [`clickhouse`] (rows and the token-carrying insert), [`retry`], [`shutdown`].
+//!   takeover), [`chunk`] (deterministic chunk ids), [`rowbinary`] (a record as a row),
+//!   [`ledger`] (PostgreSQL chunk ledger), [`clickhouse`] (the token-carrying insert),
+//!   [`retry`], [`shutdown`].
 //! - [`sessions`]: the flusher (session metrics) and its backfill; [`rollups`]: finalized
 //!   hourly figures for the read API.
 //! - [`dlq`]: dead letters and the operator commands on them.
@@ -23,6 +24,7 @@ pub mod postgres;
 pub mod queue;
 pub mod retry;
 pub mod rollups;
+pub mod rowbinary;
 pub mod run;
 pub mod sessions;
 pub mod shutdown;

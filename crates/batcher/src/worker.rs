@@ -14,6 +14,7 @@
 //!   ClickHouse drops it;
 //! - crash after the ledger, before the acknowledgement: the ledger says inserted, skip.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,7 @@ use clickhouse::Client;
 use tokio::sync::Mutex;
 
 use crate::chunk::Chunk;
-use crate::clickhouse::{insert_chunk, rows_of_chunk, InsertError};
+use crate::clickhouse::{insert_payload, rows_of_chunk, schema_mismatch, InsertError};
 use crate::dlq::{DeadLetter, DeadLetterKind};
 use crate::ledger::{ChunkState, Ledger};
 use crate::metrics as m;
@@ -94,6 +95,9 @@ struct Shared {
     retrier: Retrier,
     /// Held by the lane that is filling a chunk.
     filling: Mutex<()>,
+    /// Whether `ai_events` was found in the shape the rows are written in; checked before
+    /// the first insert and again after any insert fails.
+    schema_checked: AtomicBool,
 }
 
 /// One lane: a processing list and the chunk in it.
@@ -128,6 +132,7 @@ impl Worker {
             settings,
             retrier,
             filling: Mutex::new(()),
+            schema_checked: AtomicBool::new(false),
         });
         Self {
             lanes: (0..lanes)
@@ -295,6 +300,7 @@ impl Lane {
     /// Writes the chunk of `records` (this lane's processing list, oldest first) and
     /// acknowledges it.
     async fn process(&self, records: Vec<Vec<u8>>) -> ChunkOutcome {
+        let started = Instant::now();
         // Decoding and naming a large chunk is CPU work: off the threads that serve I/O.
         let chunk = match tokio::task::spawn_blocking(move || Chunk::new(records)).await {
             Ok(chunk) => chunk,
@@ -304,8 +310,18 @@ impl Lane {
                 return ChunkOutcome::Abandoned;
             }
         };
+        let decoded = started.elapsed();
         let outcome = self.write(&chunk).await;
         metrics::counter!(m::CHUNKS, "result" => outcome.label()).increment(1);
+        tracing::debug!(
+            chunk = %chunk.id_hex,
+            lane = %self.queue.worker(),
+            rows = chunk.rows.len(),
+            decode_ms = decoded.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            result = outcome.label(),
+            "chunk done"
+        );
         if outcome == ChunkOutcome::Abandoned {
             tracing::warn!(chunk = %chunk.id_hex, "shutdown deadline passed: the chunk stays in its processing list for recovery");
         }
@@ -459,16 +475,23 @@ impl Lane {
         let outcome = self
             .retrier()
             .run(&what, shared.settings.max_attempts, || async {
+                if let Some(wait) = self.check_schema().await {
+                    return wait;
+                }
                 let started = Instant::now();
-                let answer = insert_chunk(
+                let answer = insert_payload(
                     &shared.clickhouse,
                     &shared.database,
                     &chunk.id_hex,
-                    chunk.event_rows(),
+                    &chunk.payload,
                 )
                 .await;
+                if answer.is_err() {
+                    shared.schema_checked.store(false, Ordering::Relaxed);
+                }
                 match answer {
                     Ok(()) => {
+                        tracing::debug!(chunk = %chunk.id_hex, insert_ms = started.elapsed().as_millis() as u64, "inserted");
                         metrics::histogram!(m::INSERT_DURATION)
                             .record(started.elapsed().as_secs_f64());
                         metrics::counter!(m::ROWS_INSERTED).increment(chunk.rows.len() as u64);
@@ -526,6 +549,25 @@ impl Lane {
         }
     }
 
+    /// `Some(wait)` while `ai_events` is not the shape the rows are written in (an upgrade
+    /// whose `migrate` has not run yet): the deployment's doing, not the data's, so the chunk
+    /// waits for it instead of counting attempts.
+    async fn check_schema<T>(&self) -> Option<Try<T>> {
+        let shared = &self.shared;
+        if shared.schema_checked.load(Ordering::Relaxed) {
+            return None;
+        }
+        match schema_mismatch(&shared.clickhouse, &shared.database).await {
+            Ok(None) => {
+                shared.schema_checked.store(true, Ordering::Relaxed);
+                None
+            }
+            Ok(Some(mismatch)) => Some(Try::Wait(Failure::new("clickhouse", "schema", mismatch))),
+            // The insert finds out what is wrong with ClickHouse and says so.
+            Err(_) => None,
+        }
+    }
+
     /// A failed insert attempt, noted in the ledger for operators (best effort: it is also
     /// logged).
     async fn failed<T>(&self, chunk: &Chunk, reason: &'static str, error: String) -> Try<T> {
@@ -539,21 +581,14 @@ impl Lane {
     async fn insert_rows_alone(&self, chunk: &Chunk) -> Option<Inserted> {
         let shared = &self.shared;
         let mut refused = Vec::new();
-        for (position, &i) in chunk.rows.iter().enumerate() {
+        for position in 0..chunk.rows.len() {
             let token = chunk.row_token(position);
+            let row = chunk.row_payload(position);
             let outcome = self
                 .retrier()
                 .run("row insert", shared.settings.max_attempts, || async {
-                    let Some(row) = chunk.row(i) else {
-                        return Try::Done(Some("the record no longer decodes".to_owned()));
-                    };
-                    let answer = insert_chunk(
-                        &shared.clickhouse,
-                        &shared.database,
-                        &token,
-                        std::iter::once(row),
-                    )
-                    .await;
+                    let answer =
+                        insert_payload(&shared.clickhouse, &shared.database, &token, &row).await;
                     match answer {
                         Ok(()) => {
                             metrics::counter!(m::ROWS_INSERTED).increment(1);
