@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Result};
 use serde_json::{json, Value};
 use sift_e2e::{
-    clickhouse_query, event_in, redis_connection, take_queue_as, unique_events, Pipeline,
+    clickhouse_query, event_in, redis_connection, take_queue_as, unique_events, Batcher, Pipeline,
+    Proxy,
 };
 
 #[tokio::test]
@@ -221,5 +222,106 @@ async fn the_same_chunk_inserted_twice_is_kept_once_by_its_token() -> Result<()>
     );
     assert_eq!(p.rows().await?, 120, "ClickHouse dropped the second insert");
     drop(batcher);
+    p.cleanup().await
+}
+
+/// The chunk id of a processing list's records (oldest first), as the batcher names it: the
+/// SHA-256 of the records in order, each preceded by its length.
+fn chunk_id(records: &[Vec<u8>]) -> String {
+    let mut named = Vec::new();
+    for record in records {
+        named.extend_from_slice(&(record.len() as u64).to_be_bytes());
+        named.extend_from_slice(record);
+    }
+    sift_core::Digest::sha256(&named).to_hex()
+}
+
+/// A worker killed with a chunk in each of its lanes (ClickHouse hanging, so none is
+/// finished), restarted with fewer lanes: the lanes it still has take their own chunks back,
+/// the lists of the lanes it no longer runs are taken over once their heartbeats expire, and
+/// every chunk is written once, whole, under its own id and token.
+#[tokio::test]
+async fn kill_9_with_several_chunks_in_flight_recovers_each_with_its_own_token() -> Result<()> {
+    let p = Pipeline::new().await?;
+    let mut proxy = Proxy::clickhouse().await?;
+    proxy.stall().await?;
+    let env = proxy.clickhouse_env();
+    let lanes = ["--chunk-size", "100", "--chunks-in-flight", "4"];
+    let batcher = Batcher::start_with_env(
+        &p.db,
+        &p.redis,
+        &p.ingest.key_prefix,
+        "w-lanes",
+        &lanes,
+        &env,
+    )
+    .await?;
+    assert_eq!(p.send(&unique_events("lanes", 1000)).await?, 1000);
+    let names = ["w-lanes", "w-lanes#1", "w-lanes#2", "w-lanes#3"];
+    let started = Instant::now();
+    loop {
+        let mut held = 0;
+        for name in names {
+            if p.redis_len(&format!("processing:{name}")).await? == 100 {
+                held += 1;
+            }
+        }
+        if held == names.len() {
+            break;
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(30),
+            "the lanes did not each claim a chunk"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    batcher.kill9().await?;
+
+    let mut conn = redis_connection(&p.redis).await?;
+    let mut in_flight = Vec::new();
+    for name in names {
+        let mut records: Vec<Vec<u8>> = redis::cmd("LRANGE")
+            .arg(format!("{}:processing:{name}", p.ingest.key_prefix))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await?;
+        records.reverse();
+        in_flight.push(chunk_id(&records));
+    }
+    let distinct: std::collections::BTreeSet<&String> = in_flight.iter().collect();
+    assert_eq!(distinct.len(), 4, "four chunks of their own");
+
+    proxy.down().await;
+    proxy.up().await?;
+    let two = ["--chunk-size", "100", "--chunks-in-flight", "2"];
+    let batcher =
+        Batcher::start_with_env(&p.db, &p.redis, &p.ingest.key_prefix, "w-lanes", &two, &env)
+            .await?;
+    assert_eq!(p.settle(1000, Duration::from_secs(60)).await?, 1000);
+    assert_eq!(p.distinct().await?, 1000, "no duplicate");
+    let db = tokio_postgres::connect(&p.db.url, tokio_postgres::NoTls).await?;
+    tokio::spawn(db.1);
+    for id in &in_flight {
+        let rows = clickhouse_query(&format!(
+            "SELECT count() FROM {} WHERE chunk_id = unhex('{id}')",
+            p.table()
+        ))
+        .await?;
+        assert_eq!(rows, "100", "chunk {id} was written whole under its own id");
+        let status: String =
+            db.0.query_one("SELECT status FROM chunk_ledger WHERE chunk_id = $1", &[id])
+                .await?
+                .get(0);
+        assert_eq!(status, "inserted", "chunk {id}");
+    }
+    assert!(
+        batcher.metric("sift_batcher_recovered_lists_total").await? >= 2.0,
+        "the lists of the lanes no longer run were taken over"
+    );
+    for name in names {
+        assert_eq!(p.redis_len(&format!("processing:{name}")).await?, 0);
+    }
+    assert_eq!(p.redis_len("dlq").await?, 0);
     p.cleanup().await
 }
