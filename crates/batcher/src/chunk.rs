@@ -1,16 +1,19 @@
-//! A chunk: the records of one processing list, in order, with a deterministic id.
+//! A chunk: the elements of one processing list, in order, with a deterministic id.
 //!
-//! The id is the SHA-256 of the records it writes, in order, so a chunk recovered after a crash
-//! (same records, same order) has the same id, the same ledger row and the same ClickHouse
-//! token. Records that cannot be decoded are poison: they are set aside for the dead letters,
-//! the rest of the chunk goes on, and they are not part of the id, so that a chunk rebuilt from
-//! its dead letters (`dlq replay`) carries the token of the original.
+//! An element is one queue record or a frame of the records one request had accepted
+//! (`sift_core::records_of`). The id is the SHA-256 of the records it writes, in order, so a
+//! chunk recovered after a crash (same elements, same order) has the same id, the same ledger
+//! row and the same ClickHouse token; and so does a chunk rebuilt from its dead letters, which
+//! hold its records one by one (`dlq replay`). Elements and records that cannot be decoded
+//! are poison: they are set aside for the dead letters, the rest of the chunk goes on, and
+//! they are not part of the id.
 //!
 //! A chunk is decoded once, here: each record is checked, its tenant and hour noted, and its
 //! row written in RowBinary into the chunk's payload, which every attempt at the insert sends
 //! as it is (the records borrow their strings from their bytes, so nothing is copied twice).
 
 use std::collections::BTreeSet;
+use std::ops::Range;
 
 use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
@@ -19,21 +22,24 @@ use sift_core::{Digest, QueueRecord};
 use crate::clickhouse::ChunkBounds;
 use crate::rowbinary;
 
+/// Where a record lies: an element, and the record's bytes within it.
+type Span = (usize, Range<usize>);
+
 pub struct Chunk {
     pub id: Digest,
     /// The id as hex: the ClickHouse token, the ledger's key, the dead letters' `chunk_id`.
     pub id_hex: String,
-    /// Every record of the processing list, oldest first (poison included: the
+    /// Every element of the processing list, oldest first (poison included: the
     /// acknowledgement removes exactly these).
-    pub records: Vec<Vec<u8>>,
-    /// Indexes (into `records`) of the records that decode, in order: the chunk's rows.
-    pub rows: Vec<usize>,
+    pub elements: Vec<Vec<u8>>,
+    /// The records that decode, in order: the chunk's rows.
+    rows: Vec<Span>,
     /// The rows in RowBinary, one after the other.
     pub payload: Bytes,
     /// Where each row ends in `payload`.
     row_ends: Vec<usize>,
-    /// Indexes of the records that are not valid queue records, with the reason.
-    pub poison: Vec<(usize, String)>,
+    /// What cannot be decoded (a whole element, or one record of a frame), with the reason.
+    poison: Vec<(Span, String)>,
     /// Every (tenant, hour start in epoch seconds) the chunk has rows for, once each.
     pub hours: Vec<(String, i64)>,
     /// Where the rows sort in `ai_events`.
@@ -41,42 +47,54 @@ pub struct Chunk {
 }
 
 impl Chunk {
-    pub fn new(records: Vec<Vec<u8>>) -> Self {
-        let mut rows = Vec::with_capacity(records.len());
-        let mut payload = Vec::with_capacity(records.iter().map(Vec::len).sum::<usize>() + 64);
-        let mut row_ends = Vec::with_capacity(records.len());
+    pub fn new(elements: Vec<Vec<u8>>) -> Self {
+        let mut rows = Vec::with_capacity(elements.len());
+        let mut payload = Vec::with_capacity(elements.iter().map(Vec::len).sum::<usize>() + 64);
+        let mut row_ends = Vec::with_capacity(elements.len());
         let mut poison = Vec::new();
         let mut hours = BTreeSet::new();
         let mut tenants = BTreeSet::new();
         let (mut first_ms, mut last_ms) = (i64::MAX, i64::MIN);
         let mut last: Option<(String, i64)> = None;
-        for (i, raw) in records.iter().enumerate() {
-            match QueueRecord::decode(raw) {
-                Ok(record) => {
-                    rows.push(i);
-                    // The chunk id is known once every record is read: filled in below.
-                    rowbinary::encode(&mut payload, &record, &Digest::default());
-                    row_ends.push(payload.len());
-                    let hour = record.timestamp_ms.div_euclid(3_600_000) * 3600;
-                    first_ms = first_ms.min(record.timestamp_ms);
-                    last_ms = last_ms.max(record.timestamp_ms);
-                    // Neighbouring records mostly share their tenant and hour: look before
-                    // allocating.
-                    let tenant = record.tenant_id.as_ref();
-                    if last.as_ref().is_none_or(|(t, h)| t != tenant || *h != hour) {
-                        tenants.insert(tenant.to_owned());
-                        hours.insert((tenant.to_owned(), hour));
-                        last = Some((tenant.to_owned(), hour));
-                    }
+        for (e, element) in elements.iter().enumerate() {
+            let records = match sift_core::records_of(element) {
+                Ok(records) => records,
+                Err(error) => {
+                    poison.push(((e, 0..element.len()), error.to_string()));
+                    continue;
                 }
-                Err(error) => poison.push((i, error.to_string())),
+            };
+            for record in records {
+                let start = record.as_ptr() as usize - element.as_ptr() as usize;
+                let span = (e, start..start + record.len());
+                match QueueRecord::decode(record) {
+                    Ok(record) => {
+                        rows.push(span);
+                        // The chunk id is known once every record is read: filled in below.
+                        rowbinary::encode(&mut payload, &record, &Digest::default());
+                        row_ends.push(payload.len());
+                        let hour = record.timestamp_ms.div_euclid(3_600_000) * 3600;
+                        first_ms = first_ms.min(record.timestamp_ms);
+                        last_ms = last_ms.max(record.timestamp_ms);
+                        // Neighbouring records mostly share their tenant and hour: look
+                        // before allocating.
+                        let tenant = record.tenant_id.as_ref();
+                        if last.as_ref().is_none_or(|(t, h)| t != tenant || *h != hour) {
+                            tenants.insert(tenant.to_owned());
+                            hours.insert((tenant.to_owned(), hour));
+                            last = Some((tenant.to_owned(), hour));
+                        }
+                    }
+                    Err(error) => poison.push((span, error.to_string())),
+                }
             }
         }
+        let bytes = |(e, range): &Span| &elements[*e][range.clone()];
         // A chunk of poison only still gets an id of its own, for its dead letters.
         let id = if rows.is_empty() {
-            id_of(poison.iter().map(|(i, _)| records[*i].as_slice()))
+            id_of(poison.iter().map(|(span, _)| bytes(span)))
         } else {
-            id_of(rows.iter().map(|i| records[*i].as_slice()))
+            id_of(rows.iter().map(bytes))
         };
         for end in &row_ends {
             let at = end - rowbinary::CHUNK_ID_FROM_END;
@@ -94,7 +112,7 @@ impl Chunk {
         Self {
             id_hex: id.to_hex(),
             id,
-            records,
+            elements,
             rows,
             payload: payload.into(),
             row_ends,
@@ -105,16 +123,29 @@ impl Chunk {
     }
 
     pub fn oldest(&self) -> &[u8] {
-        self.records.first().map_or(&[], Vec::as_slice)
+        self.elements.first().map_or(&[], Vec::as_slice)
     }
 
     pub fn newest(&self) -> &[u8] {
-        self.records.last().map_or(&[], Vec::as_slice)
+        self.elements.last().map_or(&[], Vec::as_slice)
     }
 
-    /// The bytes of the records, for sizing chunks.
-    pub fn bytes(&self) -> usize {
-        self.records.iter().map(Vec::len).sum()
+    /// How many rows the chunk writes.
+    pub fn row_count(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// The queue record of row `position`.
+    pub fn row_record(&self, position: usize) -> &[u8] {
+        let (e, range) = &self.rows[position];
+        &self.elements[*e][range.clone()]
+    }
+
+    /// What cannot be decoded, with the reason.
+    pub fn poison(&self) -> impl Iterator<Item = (&[u8], &str)> + '_ {
+        self.poison
+            .iter()
+            .map(|((e, range), error)| (&self.elements[*e][range.clone()], error.as_str()))
     }
 
     /// The row number `position` of the chunk alone, in RowBinary.
@@ -154,7 +185,7 @@ mod tests {
         assert_eq!(a.id, b.id);
         assert_ne!(a.id, c.id);
         assert_ne!(a.id, d.id);
-        assert_eq!(a.poison.len(), 2, "neither is a queue record");
+        assert_eq!(a.poison().count(), 2, "neither is a queue record");
     }
 
     fn record(tenant: &str, prompt: &str, at_ms: i64) -> Vec<u8> {
@@ -172,11 +203,11 @@ mod tests {
         let (x, y) = (record("t", "x", 0), record("t", "y", 0));
         let clean = Chunk::new(vec![x.clone(), y.clone()]);
         let with_poison = Chunk::new(vec![x.clone(), b"junk".to_vec(), y.clone()]);
-        assert_eq!(clean.rows.len(), 2);
-        assert_eq!(with_poison.poison.len(), 1);
+        assert_eq!(clean.row_count(), 2);
+        assert_eq!(with_poison.poison().count(), 1);
         assert_eq!(clean.id, with_poison.id);
         assert_eq!(
-            with_poison.records.len(),
+            with_poison.elements.len(),
             3,
             "the acknowledgement still removes all three"
         );
@@ -192,6 +223,33 @@ mod tests {
             "each row carries the chunk id"
         );
         assert_ne!(Chunk::new(vec![y, x]).id, clean.id);
+    }
+
+    /// A frame's records are rows like any others: the same chunk id as the records queued
+    /// one by one (as a chunk rebuilt from its dead letters holds them), and a bad record
+    /// inside a frame is set aside alone.
+    #[test]
+    fn a_frame_is_its_records() {
+        let (x, y, z) = (
+            record("t", "x", 0),
+            record("t", "y", 0),
+            record("t", "z", 0),
+        );
+        let framed = sift_core::frame(&[&x, &y]);
+        let one_by_one = Chunk::new(vec![x.clone(), y.clone(), z.clone()]);
+        let in_frame = Chunk::new(vec![framed, z.clone()]);
+        assert_eq!(in_frame.row_count(), 3);
+        assert_eq!(in_frame.id, one_by_one.id);
+        assert_eq!(in_frame.payload, one_by_one.payload);
+        assert_eq!(in_frame.row_record(1), y.as_slice());
+        assert_eq!(in_frame.elements.len(), 2);
+
+        let with_junk = Chunk::new(vec![sift_core::frame(&[&x, b"junk", &y])]);
+        assert_eq!(with_junk.row_count(), 2);
+        let poison: Vec<&[u8]> = with_junk.poison().map(|(raw, _)| raw).collect();
+        assert_eq!(poison, vec![b"junk".as_slice()]);
+        let cut = Chunk::new(vec![sift_core::frame(&[&x, &y])[..20].to_vec()]);
+        assert_eq!((cut.row_count(), cut.poison().count()), (0, 1));
     }
 
     #[test]

@@ -24,34 +24,39 @@ impl From<deadpool_redis::PoolError> for QueueError {
     }
 }
 
-/// Moves records from the queue's tail to the processing list's head and returns them, oldest
-/// first: at most ARGV[1] records and ARGV[2] bytes (but at least one record when ARGV[4] is
-/// 1, however large). KEYS: queue, processing list, worker set. ARGV: rows, bytes, this
-/// worker's id, at-least-one. Returns {1 when the byte budget stopped it else 0, records}. Registers the worker with every claim, so that a list is never
-/// left where no one would look for it. One LRANGE, LTRIM and LPUSH for the lot: the cost of a
-/// claim is the records it copies, not a call per record.
+/// Moves elements (records, or frames of records) from the queue's tail to the processing
+/// list's head and returns them, oldest first: at most ARGV[1] records and ARGV[2] bytes (but
+/// at least one element when ARGV[4] is 1, however large). A frame counts as the records its
+/// header says it holds. KEYS: queue, processing list, worker set. ARGV: rows, bytes, this
+/// worker's id, at-least-one. Returns {1 when a budget stopped it else 0, records taken,
+/// elements}. Registers the worker with every claim, so that a list is never left where no
+/// one would look for it. One LRANGE, LTRIM and LPUSH for the lot: the cost of a claim is
+/// the elements it copies, not a call per element.
 /// `allow-oom`: a full Redis must still be drained (moving records does not grow it).
 const CLAIM: &str = r"#!lua flags=allow-oom
 redis.call('SADD', KEYS[3], ARGV[3])
 local rows, budget = tonumber(ARGV[1]), tonumber(ARGV[2])
 local tail = redis.call('LRANGE', KEYS[1], -rows, -1)
-local taken, bytes, full = {}, 0, 0
+local taken, bytes, count, full = {}, 0, 0, 0
 for i = #tail, 1, -1 do
-  local size = #tail[i]
-  if bytes + size > budget and (#taken > 0 or ARGV[4] ~= '1') then
+  local e = tail[i]
+  local n = 1
+  if #e >= 3 and string.byte(e, 1) == 3 then n = string.byte(e, 2) * 256 + string.byte(e, 3) end
+  if (bytes + #e > budget or count + n > rows) and (#taken > 0 or ARGV[4] ~= '1') then
     full = 1
     break
   end
-  bytes = bytes + size
-  taken[#taken + 1] = tail[i]
+  bytes = bytes + #e
+  count = count + n
+  taken[#taken + 1] = e
 end
 local n = #taken
-if n == 0 then return {full, taken} end
+if n == 0 then return {full, 0, taken} end
 redis.call('LTRIM', KEYS[1], 0, -n - 1)
 for i = 1, n, 1000 do
   redis.call('LPUSH', KEYS[2], unpack(taken, i, math.min(i + 999, n)))
 end
-return {full, taken}";
+return {full, count, taken}";
 
 /// Acknowledges a chunk: removes exactly its records from the tail of the processing list and
 /// dead-letters some of them in the same step, so a crash can never dead-letter a record and
@@ -103,6 +108,16 @@ for _, w in ipairs(redis.call('SMEMBERS', KEYS[1])) do
 end
 return n";
 
+/// What one claim moved into the processing list.
+pub struct Claimed {
+    /// A budget (rows or bytes) stopped the claim: the chunk is full.
+    pub full: bool,
+    /// The records the elements hold.
+    pub rows: usize,
+    /// The elements, oldest first.
+    pub elements: Vec<Vec<u8>>,
+}
+
 pub struct Queue {
     pool: Pool,
     keys: KeySpace,
@@ -142,17 +157,17 @@ impl Queue {
         self.keys.processing(&self.worker)
     }
 
-    /// Moves up to `rows` records and `bytes` bytes (at least one record if `at_least_one`)
-    /// into this worker's processing list; returns them, oldest first, and whether the byte
-    /// budget stopped the claim (the chunk is full).
+    /// Moves up to `rows` records and `bytes` bytes (at least one element if `at_least_one`)
+    /// into this worker's processing list; returns whether a budget stopped the claim (the
+    /// chunk is full), the records taken, and the elements, oldest first.
     pub async fn claim(
         &self,
         rows: usize,
         bytes: usize,
         at_least_one: bool,
-    ) -> Result<(bool, Vec<Vec<u8>>), QueueError> {
+    ) -> Result<Claimed, QueueError> {
         let mut conn = self.conn().await?;
-        let (full, records): (u8, Vec<Vec<u8>>) = self
+        let (full, rows, elements): (u8, usize, Vec<Vec<u8>>) = self
             .claim
             .key(self.keys.queue())
             .key(self.processing())
@@ -163,7 +178,11 @@ impl Queue {
             .arg(u8::from(at_least_one))
             .invoke_async(&mut conn)
             .await?;
-        Ok((full == 1, records))
+        Ok(Claimed {
+            full: full == 1,
+            rows,
+            elements,
+        })
     }
 
     /// Waits up to `timeout` for one record and moves it; returns it if one came.

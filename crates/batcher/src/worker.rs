@@ -259,39 +259,41 @@ impl Lane {
         let settings = &self.shared.settings;
         let shutdown = &self.retrier().shutdown;
         let (rows, bytes) = (settings.chunk_rows.max(1), settings.chunk_bytes.max(1));
-        let mut records: Vec<Vec<u8>> = Vec::new();
-        let mut size = 0;
+        let mut elements: Vec<Vec<u8>> = Vec::new();
+        let (mut size, mut count) = (0, 0);
         let mut first: Option<Instant> = None;
         loop {
-            let (full, claimed) = self
+            let claimed = self
                 .queue
                 .claim(
-                    rows - records.len(),
+                    rows - count.min(rows),
                     bytes - size.min(bytes),
-                    records.is_empty(),
+                    elements.is_empty(),
                 )
                 .await?;
-            size += claimed.iter().map(Vec::len).sum::<usize>();
-            records.extend(claimed);
-            if !records.is_empty() {
+            size += claimed.elements.iter().map(Vec::len).sum::<usize>();
+            count += claimed.rows;
+            elements.extend(claimed.elements);
+            if !elements.is_empty() {
                 first.get_or_insert_with(Instant::now);
             }
-            if full || records.len() >= rows || size >= bytes || shutdown.requested() {
-                return Ok(records);
+            if claimed.full || count >= rows || size >= bytes || shutdown.requested() {
+                return Ok(elements);
             }
             let wait = match first {
-                Some(f) if f.elapsed() >= settings.flush_interval => return Ok(records),
+                Some(f) if f.elapsed() >= settings.flush_interval => return Ok(elements),
                 Some(f) => (settings.flush_interval - f.elapsed()).min(POLL),
                 None => POLL,
             };
             match self.queue.claim_blocking(wait).await? {
-                Some(record) => {
-                    size += record.len();
-                    records.push(record);
+                Some(element) => {
+                    size += element.len();
+                    count += sift_core::rows_in(&element);
+                    elements.push(element);
                     first.get_or_insert_with(Instant::now);
                 }
                 // Idle: let the caller look for dead workers and shutdown.
-                None if first.is_none() => return Ok(records),
+                None if first.is_none() => return Ok(elements),
                 None => {}
             }
         }
@@ -316,7 +318,7 @@ impl Lane {
         tracing::debug!(
             chunk = %chunk.id_hex,
             lane = %self.queue.worker(),
-            rows = chunk.rows.len(),
+            rows = chunk.row_count(),
             decode_ms = decoded.as_millis() as u64,
             total_ms = started.elapsed().as_millis() as u64,
             result = outcome.label(),
@@ -332,30 +334,24 @@ impl Lane {
         let shared = &self.shared;
         let worker = self.queue.worker();
         let mut dead: Vec<Vec<u8>> = chunk
-            .poison
-            .iter()
-            .map(|(i, error)| {
-                self.dead_letter(
-                    chunk,
-                    DeadLetterKind::Poison,
-                    error.clone(),
-                    &chunk.records[*i],
-                )
-                .encode()
+            .poison()
+            .map(|(raw, error)| {
+                self.dead_letter(chunk, DeadLetterKind::Poison, error.to_owned(), raw)
+                    .encode()
             })
             .collect();
-        if !chunk.poison.is_empty() {
-            tracing::warn!(chunk = %chunk.id_hex, records = chunk.poison.len(), "undecodable records go to the dead letters");
+        if !dead.is_empty() {
+            tracing::warn!(chunk = %chunk.id_hex, records = dead.len(), "undecodable records go to the dead letters");
         }
 
         let mut outcome = ChunkOutcome::Inserted;
-        if !chunk.rows.is_empty() {
+        if chunk.row_count() > 0 {
             let state = self
                 .retrier()
                 .until_done("recording the chunk in the ledger", || async {
                     shared
                         .ledger
-                        .begin(&chunk.id_hex, worker, chunk.rows.len())
+                        .begin(&chunk.id_hex, worker, chunk.row_count())
                         .await
                         .map_or_else(
                             |e| Try::Wait(Failure::new("postgres", "unreachable", e)),
@@ -398,7 +394,7 @@ impl Lane {
                         // chunk is safe, each of its rows went in with a token of its own.
                         outcome = ChunkOutcome::PartlyInserted;
                         for (position, error) in refused {
-                            let raw = &chunk.records[chunk.rows[position]];
+                            let raw = chunk.row_record(position);
                             dead.push(
                                 self.dead_letter(chunk, DeadLetterKind::Refused, error, raw)
                                     .encode(),
@@ -407,13 +403,13 @@ impl Lane {
                     }
                     Some(Inserted::Exhausted(error)) => {
                         outcome = ChunkOutcome::DeadLettered;
-                        let rows = u32::try_from(chunk.rows.len()).unwrap_or(u32::MAX);
-                        dead.extend(chunk.rows.iter().enumerate().map(|(position, i)| {
+                        let rows = u32::try_from(chunk.row_count()).unwrap_or(u32::MAX);
+                        dead.extend((0..chunk.row_count()).map(|position| {
                             let mut entry = self.dead_letter(
                                 chunk,
                                 DeadLetterKind::Exhausted,
                                 error.clone(),
-                                &chunk.records[*i],
+                                chunk.row_record(position),
                             );
                             entry.attempts = shared.settings.max_attempts;
                             entry.position = u32::try_from(position).unwrap_or(u32::MAX);
@@ -429,7 +425,7 @@ impl Lane {
             .until_done("acknowledging the chunk", || async {
                 self.queue
                     .ack(
-                        chunk.records.len(),
+                        chunk.elements.len(),
                         chunk.oldest(),
                         chunk.newest(),
                         &dead,
@@ -494,7 +490,7 @@ impl Lane {
                         tracing::debug!(chunk = %chunk.id_hex, insert_ms = started.elapsed().as_millis() as u64, "inserted");
                         metrics::histogram!(m::INSERT_DURATION)
                             .record(started.elapsed().as_secs_f64());
-                        metrics::counter!(m::ROWS_INSERTED).increment(chunk.rows.len() as u64);
+                        metrics::counter!(m::ROWS_INSERTED).increment(chunk.row_count() as u64);
                         Try::Done(true)
                     }
                     Err(InsertError::Unreachable(error)) => {
@@ -513,7 +509,7 @@ impl Lane {
                     {
                         // Not all there: the table refused it (rows of an earlier pass one by
                         // one that was cut short keep their own tokens).
-                        Ok(rows) if rows < chunk.rows.len() as u64 => {
+                        Ok(rows) if rows < chunk.row_count() as u64 => {
                             tracing::warn!(%error, chunk = %chunk.id_hex, "ClickHouse refused the chunk; inserting its rows one by one");
                             Try::Done(false)
                         }
@@ -581,7 +577,7 @@ impl Lane {
     async fn insert_rows_alone(&self, chunk: &Chunk) -> Option<Inserted> {
         let shared = &self.shared;
         let mut refused = Vec::new();
-        for position in 0..chunk.rows.len() {
+        for position in 0..chunk.row_count() {
             let token = chunk.row_token(position);
             let row = chunk.row_payload(position);
             let outcome = self

@@ -16,9 +16,46 @@ use sha2::{Digest as _, Sha256};
 use crate::event::Event;
 use crate::normalize::normalize;
 
-/// A SHA-256 digest, shown as 64 lowercase hex characters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+/// A SHA-256 digest, shown as 64 lowercase hex characters. Serialized as hex for people
+/// (JSON) and as its 32 bytes otherwise (queue records).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Digest(pub [u8; 32]);
+
+impl Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            serializer.serialize_str(&self.to_hex())
+        } else {
+            serializer.serialize_bytes(&self.0)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Digest;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("32 bytes, or 64 hex characters")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> Result<Digest, E> {
+                <[u8; 32]>::try_from(bytes)
+                    .map(Digest)
+                    .map_err(|_| E::invalid_length(bytes.len(), &self))
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Digest, E> {
+                Digest::from_hex(text)
+                    .ok_or_else(|| E::invalid_value(serde::de::Unexpected::Str(text), &self))
+            }
+        }
+        if deserializer.is_human_readable() {
+            deserializer.deserialize_str(Visitor)
+        } else {
+            deserializer.deserialize_bytes(Visitor)
+        }
+    }
+}
 
 impl Digest {
     /// SHA-256 of `bytes`.
@@ -105,6 +142,17 @@ pub fn sha256_hex(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::Digest;
+
+    #[test]
+    fn digests_are_hex_in_json_and_bytes_in_records() {
+        let d = Digest::sha256(b"abc");
+        let json = serde_json::to_string(&d).expect("json");
+        assert_eq!(json, format!("\"{}\"", d.to_hex()));
+        assert_eq!(serde_json::from_str::<Digest>(&json).expect("back"), d);
+        let bytes = postcard::to_allocvec(&d).expect("postcard");
+        assert_eq!(bytes.len(), 33, "a length byte and the digest");
+        assert_eq!(postcard::from_bytes::<Digest>(&bytes).expect("back"), d);
+    }
 
     #[test]
     fn digests_round_trip_through_hex() {

@@ -18,5 +18,5 @@ pub use event::Event;
 pub use hash::{Digest, EventHashes, SemanticHash};
 pub use keys::KeySpace;
 pub use normalize::{normalize, NORMALIZER_VERSION};
-pub use record::{InvalidRecord, QueueRecord, RecordError};
+pub use record::{frame, records_of, rows_in, InvalidRecord, QueueRecord, RecordError};
 pub use validate::{Limits, ValidationError};

@@ -22,6 +22,8 @@ use crate::normalize::NORMALIZER_VERSION;
 
 /// The version [`QueueRecord::encode`] writes: its first byte.
 pub const QUEUE_RECORD_VERSION: u8 = 2;
+/// The first byte of a frame: the records one request had accepted, queued as one element.
+pub const FRAME_VERSION: u8 = 3;
 /// The version [`InvalidRecord::encode`] writes.
 pub const INVALID_RECORD_VERSION: u64 = 1;
 
@@ -39,6 +41,58 @@ pub enum RecordError {
     BadDigest(&'static str),
     #[error("record is empty")]
     Empty,
+    #[error("frame is cut short or has bytes past its records")]
+    BadFrame,
+}
+
+/// The records of one queue element: the element itself, or the records of a frame.
+///
+/// A frame is what the ingest API queues for a request that had several events accepted:
+/// byte 3, the number of records (`u16`, big endian), then each record as its length (`u32`,
+/// big endian) and its bytes. One list element for a batch instead of one per event: Redis
+/// and the batcher handle elements, not bytes, so a batch costs them one element.
+pub fn records_of(element: &[u8]) -> Result<Vec<&[u8]>, RecordError> {
+    if element.first() != Some(&FRAME_VERSION) {
+        return Ok(vec![element]);
+    }
+    let count = element.get(1..3).ok_or(RecordError::BadFrame)?;
+    let count = usize::from(u16::from_be_bytes([count[0], count[1]]));
+    let mut records = Vec::with_capacity(count);
+    let mut at = 3;
+    for _ in 0..count {
+        let len = element.get(at..at + 4).ok_or(RecordError::BadFrame)?;
+        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        at += 4;
+        records.push(element.get(at..at + len).ok_or(RecordError::BadFrame)?);
+        at += len;
+    }
+    if at == element.len() {
+        Ok(records)
+    } else {
+        Err(RecordError::BadFrame)
+    }
+}
+
+/// How many records an element holds, from a frame's header (without reading the records).
+pub fn rows_in(element: &[u8]) -> usize {
+    match element {
+        [FRAME_VERSION, hi, lo, ..] => usize::from(u16::from_be_bytes([*hi, *lo])),
+        _ => 1,
+    }
+}
+
+/// The frame of `records` (see [`records_of`]); the ingest API builds the same in its script.
+/// At most `u16::MAX` records.
+pub fn frame(records: &[&[u8]]) -> Vec<u8> {
+    let n = records.len().min(usize::from(u16::MAX));
+    let mut out = Vec::with_capacity(3 + records.iter().map(|r| r.len() + 4).sum::<usize>());
+    out.push(FRAME_VERSION);
+    out.extend_from_slice(&(n as u16).to_be_bytes());
+    for record in &records[..n] {
+        out.extend_from_slice(&(record.len() as u32).to_be_bytes());
+        out.extend_from_slice(record);
+    }
+    out
 }
 
 /// One accepted intent, ready for ClickHouse. The prompt itself is not kept: only its digest.
@@ -155,10 +209,7 @@ impl<'a> QueueRecord<'a> {
 
     /// The record for people (`dlq show`): JSON, digests in hex.
     pub fn to_json(&self) -> Value {
-        let mut value = serde_json::to_value(self).unwrap_or(Value::Null);
-        value["semantic_hash"] = Value::String(self.semantic_hash.to_hex());
-        value["prompt_hash"] = Value::String(self.prompt_hash.to_hex());
-        value
+        serde_json::to_value(self).unwrap_or(Value::Null)
     }
 
     /// The same record owning its strings.

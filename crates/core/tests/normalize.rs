@@ -115,3 +115,23 @@ fn version_1_json_records_are_still_read() {
         Err(sift_core::RecordError::UnsupportedVersion(99))
     ));
 }
+
+/// A frame holds the records of one request; an element that is no frame is one record.
+#[test]
+fn frames_hold_records_and_refuse_to_be_cut() {
+    let (a, b) = (b"\x02first".as_slice(), b"\x02second record".as_slice());
+    let framed = sift_core::frame(&[a, b]);
+    assert_eq!(framed[..3], [3, 0, 2]);
+    assert_eq!(sift_core::records_of(&framed).expect("a frame"), vec![a, b]);
+    assert_eq!(sift_core::records_of(a).expect("one record"), vec![a]);
+    assert_eq!((sift_core::rows_in(&framed), sift_core::rows_in(a)), (2, 1));
+    for cut in [1, 3, 8, framed.len() - 1] {
+        assert!(
+            sift_core::records_of(&framed[..cut]).is_err(),
+            "cut at {cut}"
+        );
+    }
+    let mut longer = framed.clone();
+    longer.push(0);
+    assert!(sift_core::records_of(&longer).is_err());
+}

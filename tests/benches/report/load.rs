@@ -1,0 +1,53 @@
+//! Fills a queue straight in Redis with what the ingest API would have queued for a realistic
+//! mix of events (tenants, sessions, models, prompts, an hour of timestamps) sent in batches
+//! of 100 (one frame of records each), so that a batcher's drain is measured alone, without
+//! the API in front of it.
+
+use anyhow::Result;
+use serde_json::json;
+
+/// Queues `n` distinct intents under `prefix` (one Redis shard); returns the bytes queued.
+pub async fn fill_queue(redis: &str, prefix: &str, n: usize, tenants: usize) -> Result<u64> {
+    let mut conn = sift_e2e::redis_connection(redis).await?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
+    let limits = sift_core::Limits::default();
+    let models = ["v1.0.0", "v1.1.0", "v2.0.0", "v2.1.0", "v3.0.0"];
+    let mut bytes = 0;
+    let mut batch: Vec<Vec<u8>> = Vec::with_capacity(100);
+    let mut frames: Vec<Vec<u8>> = Vec::with_capacity(100);
+    let queue = format!("{prefix}:queue");
+    for i in 0..n {
+        let value = json!({
+            "session_id": format!("bench-session-{:06}", i / 8),
+            "prompt_text": format!("Summarise support ticket {i} for the customer, in three bullet points"),
+            "model_version": models[i % models.len()],
+            "latency_ms": 40.0 + (i % 900) as f64,
+            "input_tokens": (i % 700) as u64, "output_tokens": (i % 1300) as u64,
+            "success": i % 17 != 0,
+            "provider": "openai", "operation": "chat",
+            "timestamp": (now - (i as i64 * 7919) % 3_600_000) as f64 / 1000.0,
+        });
+        let event = sift_core::validate::validate(&value, &limits, now)?;
+        let tenant = format!("tenant-{}", i % tenants);
+        let record = sift_core::QueueRecord::new(&tenant, &event, now).encode();
+        batch.push(record);
+        if batch.len() == 100 || i + 1 == n {
+            let records: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
+            let frame = sift_core::frame(&records);
+            bytes += frame.len() as u64;
+            frames.push(frame);
+            batch.clear();
+        }
+        if frames.len() == 100 || (i + 1 == n && !frames.is_empty()) {
+            redis::cmd("LPUSH")
+                .arg(&queue)
+                .arg(&frames)
+                .query_async::<()>(&mut conn)
+                .await?;
+            frames.clear();
+        }
+    }
+    Ok(bytes)
+}
