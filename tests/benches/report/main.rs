@@ -11,6 +11,7 @@
 mod drain;
 mod load;
 mod procs;
+mod storage;
 
 use anyhow::Result;
 use serde_json::json;
@@ -34,11 +35,15 @@ async fn main() -> Result<()> {
     let rows = scaled(2_000_000.0);
     let mut drains = Vec::new();
     let mut limits = Vec::new();
+    let mut stored: Option<storage::Storage> = None;
     for batchers in [1, 2] {
         let db = Database::create_with_clickhouse().await?;
         let prefix = unique("bench");
         eprintln!("(b) filling a queue of {rows} records ...");
-        let bytes = load::fill_queue(&redis, &prefix, rows as usize, 5).await?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis() as i64;
+        let bytes = load::fill_queue(&redis, &prefix, rows as usize, 5, now).await?;
         eprintln!(
             "(b) {batchers} batcher(s) draining {rows} records ({} bytes a record) ...",
             bytes / rows
@@ -57,11 +62,20 @@ async fn main() -> Result<()> {
                 );
                 limits.push(l);
             }
+            eprintln!("(d) bytes per event on disk ...");
+            let s = storage::compare(&db, rows, now).await?;
+            eprintln!(
+                "    ClickHouse {:.1}, PostgreSQL JSON rows {:.1} bytes an event",
+                s.clickhouse_bytes_per_event, s.postgres_bytes_per_event
+            );
+            stored = Some(s);
         }
     }
     println!(
         "{}",
-        serde_json::to_string_pretty(&json!({"drains": drains, "limits": limits}))?
+        serde_json::to_string_pretty(
+            &json!({"drains": drains, "limits": limits, "storage": stored})
+        )?
     );
     Ok(())
 }
