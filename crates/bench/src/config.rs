@@ -388,7 +388,7 @@ mod tests {
             &["--key", "k", "--stream-chunks", "1"],
             &["--key", "k", "--clickhouse-database", "x; DROP"],
         ] {
-            let error = parse(args).err().expect("refused");
+            let error = parse(args).expect_err("refused");
             assert_eq!(error.exit_code(), 2, "{args:?}");
         }
     }
