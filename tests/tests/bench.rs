@@ -267,6 +267,53 @@ async fn an_open_loop_keeps_its_rate_with_gzip_single_events() -> Result<()> {
     delete_prefix(&redis, &ingest.key_prefix).await
 }
 
+/// A server that stops answering for a second, with 4 connections for 200 requests a second:
+/// the requests due meanwhile wait for a connection, and an open loop counts that wait
+/// (coordinated omission). Measured from their actual send instead, they would look fast.
+#[tokio::test]
+async fn a_stalled_server_shows_as_latency_in_an_open_loop() -> Result<()> {
+    let db = Database::create().await?;
+    let key = db.tenant_with_key("bench-e").await?;
+    let redis = redis_url();
+    let ingest = Ingest::start(&db, &redis, &[]).await?;
+    let pid = ingest.child.id().context("sift-ingest exited")?.to_string();
+    let signal = |name: &'static str, pid: String| {
+        std::process::Command::new("kill")
+            .args([name, &pid])
+            .status()
+    };
+    let stall = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+        let _ = signal("-STOP", pid.clone());
+        tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+        signal("-CONT", pid)
+    });
+    let run = bench_json(&[
+        "--url",
+        &ingest.base,
+        "--key",
+        &key,
+        "--rate",
+        "200",
+        "--concurrency",
+        "4",
+        "--duration",
+        "3s",
+    ])
+    .await;
+    stall.await??;
+    let (code, report, text) = run?;
+    ensure!(code == 0, "sift-bench exited {code}:\n{text}");
+    // About 200 of the 600 requests were due during the stall, most of them waiting there
+    // for one of the 4 connections: a third of the samples are long.
+    let p90 = f(&report, "/latency_ms/p90");
+    let max = f(&report, "/latency_ms/max");
+    assert!(p90 >= 200.0, "p90 {p90} ms hides the stall:\n{text}");
+    assert!(max >= 700.0, "max {max} ms hides the stall:\n{text}");
+    assert!(u(&report, "/rates/late_sends_server") >= 50, "{text}");
+    delete_prefix(&redis, &ingest.key_prefix).await
+}
+
 #[tokio::test]
 async fn help_lists_every_flag_and_bad_usage_exits_2() -> Result<()> {
     let out = bench(&["--help"]).await?;

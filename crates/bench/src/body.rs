@@ -229,6 +229,11 @@ fn push_2(buf: &mut Vec<u8>, n: u32) {
 
 /// A JSON string's content: `"`, `\` and control characters escaped, the rest as it is.
 fn push_escaped(buf: &mut Vec<u8>, text: &str) {
+    // Most text needs no escape: one scan, one copy.
+    if !text.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        buf.extend_from_slice(text.as_bytes());
+        return;
+    }
     for &b in text.as_bytes() {
         match b {
             b'"' => buf.extend_from_slice(b"\\\""),

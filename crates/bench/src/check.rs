@@ -59,6 +59,8 @@ fn skipped(name: &'static str, why: &str) -> Check {
 pub struct Inputs<'a> {
     pub stats: &'a Stats,
     pub unique_intents: u64,
+    /// Streams given up unfinished after failed requests (written late by the server).
+    pub abandoned_streams: u64,
     pub max_error_rate: f64,
     /// `None`: no `--clickhouse-url`; `Some(Err)`: ClickHouse could not be read.
     pub e2e: Option<&'a Result<EndToEnd, String>>,
@@ -202,6 +204,14 @@ fn end_to_end(checks: &mut Vec<Check>, stats: &Stats, input: &Inputs<'_>, e2e: &
             ),
         )
     };
+    let detail = if rows < accepted && input.abandoned_streams > 0 {
+        format!(
+            "{detail}; {} accepted streams were given up after failed requests: the server writes them after its stream timeout (60 s by default), so a --lag-timeout past it would find them",
+            input.abandoned_streams
+        )
+    } else {
+        detail
+    };
     checks.push(check("rows_match_accepted", passed, detail));
     if unknown == 0 {
         let unique = input.unique_intents;
@@ -284,6 +294,7 @@ mod tests {
         verdict(&Inputs {
             stats,
             unique_intents: unique,
+            abandoned_streams: 0,
             max_error_rate: 1.0,
             e2e,
             lag_timeout: Duration::from_secs(2),

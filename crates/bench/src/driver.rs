@@ -1,9 +1,10 @@
 //! The load loop: one scheduler task builds every request (it owns the workload and the
-//! stats, so neither needs a lock) and hands each to a task of its own, at most
-//! `--concurrency` at a time (a semaphore); answers come back over a channel.
+//! stats, so neither needs a lock) and hands each to a task of its own with one of
+//! `--concurrency` connections; the answer comes back over a channel with the connection,
+//! which is then free for the next request.
 //!
-//! - Closed loop: a request is built as soon as a permit is free, that is as soon as one in
-//!   flight was answered; its latency runs from its send.
+//! - Closed loop: a request is built as soon as a connection is free, that is as soon as one
+//!   in flight was answered; its latency runs from its send.
 //! - Open loop: request i is due at t0 + (events before it) / rate. The scheduler sleeps until
 //!   shortly before that, so a request leaves at most a timer tick early and not late by the
 //!   timer; its latency runs from the earlier of its due time and its send. A request that
@@ -20,11 +21,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::mpsc;
 use tokio::time::sleep_until;
 
 use crate::config::Length;
-use crate::http::{Answered, Failure, Sender};
+use crate::http::{Answered, Connection, Failure, Sender};
 use crate::stats::{Live, Stats, LATE_AFTER};
 use crate::workload::{Meta, Workload};
 
@@ -36,6 +37,9 @@ pub struct Plan {
     pub concurrency: u32,
     pub length: Length,
     pub warmup: Duration,
+    /// After the run's end, how long the open streams may take to finish (they are given up
+    /// then: a failing server must not keep the run going).
+    pub finish_within: Duration,
 }
 
 /// What the run leaves for the report and the checks.
@@ -50,6 +54,7 @@ pub struct RunOutcome {
 
 /// One request's answer, back to the scheduler.
 struct Done {
+    connection: Connection,
     tenant: usize,
     meta: Meta,
     result: Result<Answered, Failure>,
@@ -93,7 +98,8 @@ struct Scheduler {
     workload: Workload,
     stats: Stats,
     live: Arc<Live>,
-    permits: Arc<Semaphore>,
+    /// Connections not in use: a request may be sent when one is here.
+    idle: Vec<Connection>,
     tx: mpsc::UnboundedSender<Message>,
     rx: mpsc::UnboundedReceiver<Message>,
     in_flight: usize,
@@ -116,7 +122,9 @@ pub async fn run(
         workload,
         stats: Stats::new(),
         live,
-        permits: Arc::new(Semaphore::new(plan.concurrency as usize)),
+        idle: (0..plan.concurrency)
+            .map(|_| Connection::default())
+            .collect(),
         tx,
         rx,
         in_flight: 0,
@@ -161,6 +169,8 @@ impl Scheduler {
             Length::Duration(_) => None,
         };
         let mut measuring = false;
+        // When the run's end was reached (then the open streams' last chunks go out).
+        let mut finished_at: Option<Instant> = None;
         // Open loop: events scheduled so far; request i is due at t0 + scheduled / rate.
         let mut scheduled: f64 = 0.0;
         loop {
@@ -175,6 +185,9 @@ impl Scheduler {
             if finishing && self.workload.open_streams() == 0 {
                 break;
             }
+            if finishing && now >= *finished_at.get_or_insert(now) + self.plan.finish_within {
+                break;
+            }
             if let (Some(at), false) = (due, finishing) {
                 // Wake a timer tick early rather than late (see the module comment).
                 let wake = at.checked_sub(Duration::from_millis(1)).unwrap_or(at);
@@ -182,7 +195,7 @@ impl Scheduler {
                     continue;
                 }
             }
-            let Some(permit) = self.permit(if finishing { None } else { due }).await else {
+            let Some(connection) = self.connection(if finishing { None } else { due }).await else {
                 continue;
             };
             self.drain();
@@ -201,11 +214,14 @@ impl Scheduler {
                     if self.plan.rate.is_some() && !finishing {
                         scheduled += request.meta.events() as f64;
                     }
-                    self.spawn(request, permit, due, measuring);
+                    if measuring && !finishing {
+                        self.stats.sent(now, request.meta.events());
+                    }
+                    self.spawn(request, connection, due, measuring);
                 }
                 None => {
                     // Only stream chunks are left and all are in flight: wait for one.
-                    drop(permit);
+                    self.idle.push(connection);
                     if self.in_flight == 0 {
                         break;
                     }
@@ -216,6 +232,7 @@ impl Scheduler {
         while self.in_flight > 0 {
             self.next_message().await;
         }
+        self.workload.abandon_open_streams();
         self.live.update(&self.stats);
     }
 
@@ -234,26 +251,18 @@ impl Scheduler {
         }
     }
 
-    /// A free request slot, handling answers while waiting; `None` when interrupted.
-    async fn permit(&mut self, due: Option<Instant>) -> Option<OwnedSemaphorePermit> {
-        let permit = match self.permits.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                self.stalled = true;
-                loop {
-                    tokio::select! {
-                        permit = self.permits.clone().acquire_owned() => {
-                            // The semaphore is never closed.
-                            break permit.ok()?;
-                        }
-                        message = self.rx.recv() => {
-                            self.handle(message);
-                            if self.interrupted {
-                                return None;
-                            }
-                        }
-                    }
-                }
+    /// A free connection, handling answers while waiting; `None` when interrupted.
+    async fn connection(&mut self, due: Option<Instant>) -> Option<Connection> {
+        if self.idle.is_empty() {
+            self.stalled = true;
+        }
+        let connection = loop {
+            if let Some(connection) = self.idle.pop() {
+                break connection;
+            }
+            self.next_message().await;
+            if self.interrupted {
+                return None;
             }
         };
         if let Some(at) = due {
@@ -269,13 +278,13 @@ impl Scheduler {
                 self.stalled = false;
             }
         }
-        Some(permit)
+        Some(connection)
     }
 
     fn spawn(
         &mut self,
         request: crate::workload::Request,
-        permit: OwnedSemaphorePermit,
+        mut connection: Connection,
         due: Option<Instant>,
         measured: bool,
     ) {
@@ -288,22 +297,24 @@ impl Scheduler {
                 Ok(body) => {
                     let sent = Instant::now();
                     let origin = due.map_or(sent, |at| at.min(sent));
-                    let result = sender.send(request.tenant, body, events).await;
+                    let result = sender
+                        .send(&mut connection, request.tenant, body, events)
+                        .await;
                     (result, origin.elapsed())
                 }
                 Err(failure) => (Err(failure), Duration::ZERO),
             };
             let done = Done {
+                connection,
                 tenant: request.tenant,
                 meta: request.meta,
                 result,
                 latency,
                 measured,
             };
-            // The answer is queued before the slot is freed, so the scheduler sees it before
-            // it builds the next request (duplicates are made of answered intents).
+            // The connection comes back with the answer, so the scheduler has seen the answer
+            // before it builds the next request on it (duplicates are made of answered intents).
             let _ = tx.send(Message::Done(Box::new(done)));
-            drop(permit);
         });
     }
 
@@ -323,6 +334,7 @@ impl Scheduler {
         match message {
             Some(Message::Done(done)) => {
                 let Done {
+                    connection,
                     tenant,
                     meta,
                     result,
@@ -331,6 +343,7 @@ impl Scheduler {
                 } = *done;
                 let now = Instant::now();
                 self.in_flight -= 1;
+                self.idle.push(connection);
                 self.stats
                     .record(&meta.tags, &result, latency, measured, now);
                 let outcomes = result.as_ref().ok().map(|a| a.outcomes.as_slice());

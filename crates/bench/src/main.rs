@@ -31,7 +31,8 @@
 //!   clickhouse {url, database, lag_timeout_s, settle_s}|null}`,
 //! - `counts {requests, events, warmup_requests, warmup_events, measured_requests,
 //!   measured_events, accepted, collapsed {total, duplicate_intent, duplicate_event_id,
-//!   stream_chunk, other}, rejected, first_rejection, unique_intents, failed_requests,
+//!   stream_chunk, other}, rejected, first_rejection, unique_intents, abandoned_streams,
+//!   failed_requests,
 //!   errors {"http_429"|"http_503"|"timeout"|"connect"|"transport"|"bad_answer": n},
 //!   first_errors {same keys: message}, unknown_outcome_requests, unknown_outcome_events,
 //!   sent_by_kind {fresh, retry, variant, stream_first_chunk, stream_later_chunk},
@@ -39,8 +40,9 @@
 //!   other, rejected}}, unexpected_answers}` (whole run, warmup included),
 //! - `dedup_ratio` (answered events per accepted one; null when none was accepted),
 //! - `rates {elapsed_s, events_per_s, requests_per_s, target_events_per_s, achieved_ratio,
-//!   late_sends_server, late_sends_tool, max_send_delay_ms, kept_up}` (measured phase; the
-//!   last four are about the open loop's schedule, `kept_up` null in a closed loop),
+//!   late_sends_server, late_sends_tool, max_send_delay_ms, kept_up}` (measured phase: a
+//!   closed loop's answers until the last one, an open loop's scheduled sends over their
+//!   span; the last four are about the open loop's schedule, `kept_up` null when closed),
 //! - `latency_ms {measured_from: "send"|"intended_send", count, mean, p50, p90, p99, p999, max}`
 //!   (per request, measured phase),
 //! - `e2e {rows, distinct_rows, expected_rows, unique_intents, reached, waited_s, drain_ms,
@@ -60,6 +62,7 @@ mod workload;
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use rand::Rng;
@@ -90,9 +93,16 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(cli, threads)) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
+    // On a worker thread, not the main thread of `block_on`: the scheduler and the request
+    // tasks then wake each other without crossing threads (a futex per request otherwise).
+    let result = runtime.block_on(async { tokio::spawn(run(cli, threads)).await });
+    match result {
+        Ok(Ok(true)) => ExitCode::SUCCESS,
+        Ok(Ok(false)) => ExitCode::from(1),
+        Ok(Err(error)) => {
+            eprintln!("sift-bench: error: {error:#}");
+            ExitCode::from(1)
+        }
         Err(error) => {
             eprintln!("sift-bench: error: {error:#}");
             ExitCode::from(1)
@@ -135,14 +145,7 @@ async fn run(cli: Cli, threads: usize) -> Result<bool> {
     };
 
     let concurrency = cli.concurrency();
-    let sender = Arc::new(Sender::new(
-        &cli.url,
-        &cli.keys,
-        format,
-        cli.gzip,
-        concurrency as usize,
-        cli.timeout,
-    )?);
+    let sender = Arc::new(Sender::new(&cli.url, &cli.keys, format, cli.gzip, cli.timeout).await?);
     let workload = Workload::new(WorkloadConfig {
         run_id: run_id.clone(),
         tenants: cli.keys.len(),
@@ -161,6 +164,7 @@ async fn run(cli: Cli, threads: usize) -> Result<bool> {
         concurrency,
         length: cli.length(),
         warmup: cli.warmup,
+        finish_within: (cli.timeout * 2).max(Duration::from_secs(5)),
     };
     say(format!(
         "run {run_id}: {} against {} ({})",
@@ -210,6 +214,7 @@ async fn run(cli: Cli, threads: usize) -> Result<bool> {
     let checks = check::verdict(&check::Inputs {
         stats,
         unique_intents: outcome.workload.unique_intents(),
+        abandoned_streams: outcome.workload.abandoned_streams(),
         max_error_rate: cli.max_error_rate,
         e2e: e2e.as_ref(),
         lag_timeout: cli.lag_timeout,
@@ -222,6 +227,7 @@ async fn run(cli: Cli, threads: usize) -> Result<bool> {
         format,
         stats,
         unique_intents: outcome.workload.unique_intents(),
+        abandoned_streams: outcome.workload.abandoned_streams(),
         started_ms: outcome.started_ms,
         interrupted: outcome.interrupted,
         e2e: e2e.as_ref(),

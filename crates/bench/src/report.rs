@@ -96,6 +96,8 @@ pub struct Counts {
     pub rejected: u64,
     pub first_rejection: Option<String>,
     pub unique_intents: u64,
+    /// Streams given up unfinished after failed requests.
+    pub abandoned_streams: u64,
     pub failed_requests: u64,
     pub errors: BTreeMap<String, u64>,
     pub first_errors: BTreeMap<String, String>,
@@ -174,6 +176,7 @@ pub struct Parts<'a> {
     pub format: Format,
     pub stats: &'a Stats,
     pub unique_intents: u64,
+    pub abandoned_streams: u64,
     pub started_ms: i64,
     pub interrupted: bool,
     pub e2e: Option<&'a Result<EndToEnd, String>>,
@@ -191,7 +194,7 @@ impl Report {
             Length::Duration(d) => (Some(d.as_secs_f64()), None),
             Length::Events(n) => (None, Some(n)),
         };
-        let elapsed = stats.measured_elapsed().as_secs_f64();
+        let elapsed = stats.measured_elapsed(cli.rate).as_secs_f64();
         let per_s = |n: u64| {
             if elapsed > 0.0 {
                 n as f64 / elapsed
@@ -199,7 +202,12 @@ impl Report {
                 0.0
             }
         };
-        let events_per_s = per_s(stats.measured_events);
+        // An open loop's rate is that of its scheduled sends; a closed loop's, of its answers.
+        let (rate_events, rate_requests) = match cli.rate {
+            Some(_) => (stats.sent_events, stats.sent_requests),
+            None => (stats.measured_events, stats.measured_requests),
+        };
+        let events_per_s = per_s(rate_events);
         let achieved_ratio = cli.rate.map(|target| events_per_s / target);
         let kept_up = achieved_ratio.map(|ratio| ratio >= KEPT_UP);
         let ms = |us: u64| us as f64 / 1000.0;
@@ -265,6 +273,7 @@ impl Report {
                 rejected: stats.count(Outcome::Rejected),
                 first_rejection: stats.first_rejection.clone(),
                 unique_intents: parts.unique_intents,
+                abandoned_streams: parts.abandoned_streams,
                 failed_requests: stats.failed_requests,
                 errors: stats.errors.clone(),
                 first_errors: stats.first_error.clone(),
@@ -291,7 +300,7 @@ impl Report {
             rates: Rates {
                 elapsed_s: elapsed,
                 events_per_s,
-                requests_per_s: per_s(stats.measured_requests),
+                requests_per_s: per_s(rate_requests),
                 target_events_per_s: cli.rate,
                 achieved_ratio,
                 late_sends_server: stats.late_server,

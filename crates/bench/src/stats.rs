@@ -46,6 +46,12 @@ pub struct Stats {
     pub max_send_delay: Duration,
     pub measure_start: Option<Instant>,
     pub last_measured_answer: Option<Instant>,
+    /// The last send of the measured phase and its events.
+    pub last_measured_send: Option<(Instant, usize)>,
+    /// Requests and events sent in the measured phase (not the open streams' last chunks
+    /// after its end): an open loop's achieved rate.
+    pub sent_requests: u64,
+    pub sent_events: u64,
     pub last_answer: Option<Instant>,
 }
 
@@ -81,6 +87,9 @@ impl Stats {
             max_send_delay: Duration::ZERO,
             measure_start: None,
             last_measured_answer: None,
+            last_measured_send: None,
+            sent_requests: 0,
+            sent_events: 0,
             last_answer: None,
         }
     }
@@ -100,8 +109,11 @@ impl Stats {
         if measured {
             self.measured_requests += 1;
             self.measured_events += events;
-            let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-            self.latency.saturating_record(us.clamp(1, MAX_LATENCY_US));
+            // A request that found no connection was never sent: it has no latency.
+            if !matches!(result, Err(Failure::Connect(_))) {
+                let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+                self.latency.saturating_record(us.clamp(1, MAX_LATENCY_US));
+            }
             self.last_measured_answer = Some(at);
         } else {
             self.warmup_requests += 1;
@@ -171,10 +183,27 @@ impl Stats {
         (accepted > 0).then(|| (accepted + self.collapsed()) as f64 / accepted as f64)
     }
 
-    /// The measured phase: from its start to its last answer.
-    pub fn measured_elapsed(&self) -> Duration {
-        match (self.measure_start, self.last_measured_answer) {
-            (Some(start), Some(end)) => end.saturating_duration_since(start),
+    /// A request of the measured phase leaves now with `events` events.
+    pub fn sent(&mut self, at: Instant, events: usize) {
+        self.last_measured_send = Some((at, events));
+        self.sent_requests += 1;
+        self.sent_events += events as u64;
+    }
+
+    /// The measured phase. Closed loop: from its start to its last answer. Open loop at
+    /// `rate`: the span of its sends, to the last send plus that request's share of the
+    /// schedule, so that a loop on time measures its target whatever the server's latency,
+    /// and sends held back (no free connection, a busy tool) stretch it.
+    pub fn measured_elapsed(&self, rate: Option<f64>) -> Duration {
+        let Some(start) = self.measure_start else {
+            return Duration::ZERO;
+        };
+        match (rate, self.last_measured_send, self.last_measured_answer) {
+            (Some(rate), Some((sent, events)), _) => {
+                sent.saturating_duration_since(start)
+                    + Duration::from_secs_f64(events as f64 / rate)
+            }
+            (_, _, Some(end)) => end.saturating_duration_since(start),
             _ => Duration::ZERO,
         }
     }

@@ -49,7 +49,7 @@ const RETRY_MAX_AGE: Duration = Duration::from_secs(60);
 /// Accepted intents remembered per tenant for duplicates.
 const RING_CAPACITY: usize = 8192;
 /// A stream whose chunks keep failing is given up after this many re-sends.
-const STREAM_MAX_RESENDS: u32 = 3;
+const STREAM_MAX_RESENDS: u32 = 20;
 
 /// What an event is, for the counts and the expected answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,6 +222,7 @@ pub struct Workload {
     /// Events left in the run (`--events`); `None`: no bound (a timed run, the warmup).
     budget: Option<u64>,
     unique: u64,
+    abandoned: u64,
 }
 
 impl Workload {
@@ -254,6 +255,7 @@ impl Workload {
             open_streams: 0,
             budget: None,
             unique: 0,
+            abandoned: 0,
         }
     }
 
@@ -270,6 +272,23 @@ impl Workload {
     /// Streams begun and not yet answered to their final chunk.
     pub fn open_streams(&self) -> u64 {
         self.open_streams
+    }
+
+    /// Streams given up after their chunks' requests kept failing: the server holds what it
+    /// has of them until its stream timeout (60 s by default), then writes it.
+    pub fn abandoned_streams(&self) -> u64 {
+        self.abandoned
+    }
+
+    /// Gives up the streams still open at the end (the run's time to finish them is over).
+    pub fn abandon_open_streams(&mut self) {
+        for state in &mut self.tenants {
+            for stream in state.ready.drain(..) {
+                self.abandoned += u64::from(stream.delivered);
+                self.owed -= u64::from(stream.chunks - stream.next);
+                self.open_streams -= 1;
+            }
+        }
     }
 
     /// Distinct intents that reached the server in an answered request (what ClickHouse must
@@ -562,6 +581,9 @@ impl Workload {
                         // Given up: the server writes what it has after its stream timeout.
                         self.owed -= u64::from(stream.chunks - stream.next);
                         self.open_streams -= 1;
+                        if stream.delivered {
+                            self.abandoned += 1;
+                        }
                         continue;
                     }
                     self.owed += u64::from(stream.next - stream.first_in_request);
@@ -817,5 +839,18 @@ mod tests {
         let again = workload.build(now, 1_796_158_800_000, true).unwrap();
         assert!(matches!(again.meta.tags[0], Tag::StreamStart));
         assert_eq!(workload.unique_intents(), 0);
+        // Answered now, then failing for good: given up, and counted (the server has it).
+        let outcomes = vec![Outcome::Accepted; again.meta.events()];
+        workload.answered(again.tenant, again.meta, Some(&outcomes), now);
+        // One failure was counted above already.
+        for _ in 0..STREAM_MAX_RESENDS {
+            let request = workload.build(now, 1_796_158_800_000, true).unwrap();
+            assert!(matches!(request.meta.tags[0], Tag::StreamChunk));
+            workload.answered(request.tenant, request.meta, None, now);
+        }
+        assert!(workload.build(now, 1_796_158_800_000, true).is_none());
+        assert_eq!(workload.open_streams(), 0);
+        assert_eq!(workload.abandoned_streams(), 1);
+        assert_eq!(workload.unique_intents(), 1);
     }
 }
