@@ -141,7 +141,8 @@ pub struct Connection(Option<SendRequest<Full<Bytes>>>);
 
 /// Sends the run's requests to one sift-ingest.
 pub struct Sender {
-    addr: SocketAddr,
+    /// The host's addresses, tried in turn (`localhost` may list `::1` before 127.0.0.1).
+    addrs: Vec<SocketAddr>,
     host: HeaderValue,
     path: Uri,
     /// `Bearer <key>`, one per tenant.
@@ -153,7 +154,7 @@ pub struct Sender {
 }
 
 impl Sender {
-    /// Resolves the URL's host once (the first address it has).
+    /// Resolves the URL's host once.
     pub async fn new(
         base: &Url,
         keys: &[String],
@@ -163,11 +164,11 @@ impl Sender {
     ) -> anyhow::Result<Self> {
         let host = base.host_str().context("the URL has no host")?;
         let port = base.port_or_known_default().unwrap_or(80);
-        let addr = tokio::net::lookup_host((host, port))
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
             .await
             .with_context(|| format!("resolving {host}"))?
-            .next()
-            .with_context(|| format!("{host} has no address"))?;
+            .collect();
+        anyhow::ensure!(!addrs.is_empty(), "{host} has no address");
         let authority = match base.port() {
             Some(port) => format!("{host}:{port}"),
             None => host.to_owned(),
@@ -181,7 +182,7 @@ impl Sender {
             })
             .collect::<anyhow::Result<_>>()?;
         Ok(Self {
-            addr,
+            addrs,
             host: HeaderValue::try_from(authority)?,
             path: Uri::try_from(endpoint(base, format.path()).path())?,
             auth,
@@ -272,12 +273,12 @@ impl Sender {
         }
         Err(Failure::Connect(format!(
             "the connection to {} closed before the request could be sent",
-            self.addr
+            self.addrs[0]
         )))
     }
 
     async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, Failure> {
-        let stream = match TcpStream::connect(self.addr).await {
+        let stream = match TcpStream::connect(&self.addrs[..]).await {
             Ok(stream) => stream,
             Err(error) => {
                 // A refused connection holds its slot a while: a server that is down is
@@ -285,7 +286,7 @@ impl Sender {
                 tokio::time::sleep(CONNECT_BACKOFF).await;
                 return Err(Failure::Connect(format!(
                     "connecting to {}: {error}",
-                    self.addr
+                    self.addrs[0]
                 )));
             }
         };
