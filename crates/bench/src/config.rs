@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::BoolishValueParser;
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser};
 use reqwest::Url;
@@ -40,6 +41,7 @@ pub struct Cli {
     /// separate keys with commas.
     #[arg(
         long = "key",
+        value_name = "KEY",
         env = "SIFT_BENCH_KEY",
         required = true,
         value_delimiter = ',',
@@ -65,11 +67,11 @@ pub struct Cli {
 
     /// Send batches as NDJSON (`Content-Type: application/x-ndjson`), one event per line, to
     /// /v1/ai/events/batch (with --batch-size 1 too).
-    #[arg(long, env = "SIFT_BENCH_NDJSON")]
+    #[arg(long, env = "SIFT_BENCH_NDJSON", value_parser = BoolishValueParser::new())]
     pub ndjson: bool,
 
     /// Compress bodies (`Content-Encoding: gzip`, fastest level, done by the sending task).
-    #[arg(long, env = "SIFT_BENCH_GZIP")]
+    #[arg(long, env = "SIFT_BENCH_GZIP", value_parser = BoolishValueParser::new())]
     pub gzip: bool,
 
     /// Sessions per tenant; each intent is in one of them, drawn at random.
@@ -137,7 +139,7 @@ pub struct Cli {
     pub run_id: Option<String>,
 
     /// Hide the progress bar (it is hidden anyway when stderr is not a terminal).
-    #[arg(long, short, env = "SIFT_BENCH_QUIET")]
+    #[arg(long, short, env = "SIFT_BENCH_QUIET", value_parser = BoolishValueParser::new())]
     pub quiet: bool,
 
     /// Also write the report as JSON to this file (schema: see the crate's documentation).
@@ -391,6 +393,25 @@ mod tests {
             let error = parse(args).expect_err("refused");
             assert_eq!(error.exit_code(), 2, "{args:?}");
         }
+    }
+
+    #[test]
+    fn flags_read_their_environment() {
+        // Both spellings of a true flag (1, true), as a shell or a manifest writes them.
+        std::env::set_var("SIFT_BENCH_GZIP", "1");
+        std::env::set_var("SIFT_BENCH_NDJSON", "true");
+        std::env::set_var("SIFT_BENCH_SESSIONS", "7");
+        let cli = parse(&["--key", "k"]);
+        for name in [
+            "SIFT_BENCH_GZIP",
+            "SIFT_BENCH_NDJSON",
+            "SIFT_BENCH_SESSIONS",
+        ] {
+            std::env::remove_var(name);
+        }
+        let cli = cli.unwrap();
+        assert!(cli.gzip && cli.ndjson && !cli.quiet);
+        assert_eq!(cli.sessions, 7);
     }
 
     #[test]

@@ -257,7 +257,8 @@ impl Sender {
             match sender.try_send_request(request).await {
                 Ok(response) => {
                     let result = self.read(response, events).await;
-                    if result.is_err() {
+                    // An answer read whole leaves the connection usable, whatever it said.
+                    if matches!(result, Err(Failure::Transport(_))) {
                         connection.0 = None;
                     }
                     return result;
