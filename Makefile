@@ -1,6 +1,6 @@
 # sift: the two commands of the README are `make run` and `make test`.
 SHELL := /bin/bash
-.PHONY: run test build up down browser lint fmt bench bench-ingest
+.PHONY: run test build up down browser lint fmt bench bench-ingest load
 
 # Bring up Redis, PostgreSQL and ClickHouse (installing them when missing), migrate, create a
 # local tenant and key, and run sift in the foreground.
@@ -47,3 +47,10 @@ bench: up
 bench-ingest: up
 	cargo build --release --bins
 	cargo bench -p sift-e2e --bench ingest
+
+# sift-bench against a running stack (`make run`), with the end-to-end check in ClickHouse:
+# KEY=sk_... make load ARGS='--batch-size 100 --duration 20s' (see sift-bench --help).
+load:
+	cargo build --release -p sift-bench
+	flock /tmp/sift-bench.lock target/release/sift-bench --key "$(KEY)" \
+		--clickhouse-url "$${SIFT_CLICKHOUSE_URL:-http://127.0.0.1:8123}" $(ARGS)
