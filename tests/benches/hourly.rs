@@ -3,7 +3,7 @@
 //! one run.
 //!
 //! `make bench` (or `cargo bench -p sift-e2e --bench hourly` after `cargo build --release
-//! --bins`). Environment: SIFT_BENCH_EVENTS (10000000), SIFT_BENCH_REQUESTS (200 per
+//! --bins`). Environment: SIFT_BENCH_HOURLY_EVENTS (10000000, times SIFT_BENCH_SCALE), SIFT_BENCH_REQUESTS (200 per
 //! question). Prints a Markdown report and writes it to `target/bench-report.md`.
 
 use std::time::{Duration, Instant};
@@ -46,7 +46,16 @@ where
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let events = env_u64("SIFT_BENCH_EVENTS", 10_000_000);
+    // `make bench` shrinks every scenario with SIFT_BENCH_SCALE; this size can also be set alone.
+    let scale: f64 = std::env::var("SIFT_BENCH_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|s: &f64| *s > 0.0)
+        .unwrap_or(1.0);
+    let events = env_u64(
+        "SIFT_BENCH_HOURLY_EVENTS",
+        ((10_000_000.0 * scale) as u64).max(100_000),
+    );
     let requests = env_u64("SIFT_BENCH_REQUESTS", 200);
     let db = Database::create_with_clickhouse().await?;
     let key = db.tenant_with_key("tenant-0").await?;
