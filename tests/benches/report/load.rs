@@ -55,7 +55,7 @@ pub fn event(i: usize, now_ms: i64) -> serde_json::Value {
         "model_version": models[i % models.len()],
         "latency_ms": 40.0 + (i % 900) as f64,
         "input_tokens": (i % 700) as u64, "output_tokens": (i % 1300) as u64,
-        "success": i % 17 != 0,
+        "success": !i.is_multiple_of(17),
         "provider": "openai", "operation": "chat",
         "timestamp": (now_ms - (i as i64 * 7919) % 3_600_000) as f64 / 1000.0,
     })
