@@ -70,7 +70,92 @@ impl Outcome {
 #[derive(Clone)]
 pub struct Claim<'a> {
     pub record: &'a QueueRecord<'a>,
-    pub event_id_hash: Option<String>,
+    pub event_id_hash: Option<&'a str>,
+}
+
+/// The claim script's text (`claim.lua`).
+pub const CLAIM_LUA: &str = include_str!("lua/claim.lua");
+
+/// What one claim-script call carries for one shard (see `claim.lua` for its layout).
+pub struct ClaimCall<'c, 'r> {
+    pub tenant: &'c str,
+    /// The tenant's events per second, counted in the script (None: not counted here).
+    pub rate_limit: Option<u32>,
+    pub claims: &'c [Claim<'r>],
+    pub invalid: &'c [InvalidRecord],
+    /// The key of this part's receipt, when the request spans several shards.
+    pub receipt: Option<&'c str>,
+    pub now_ms: i64,
+}
+
+/// The `EVALSHA` of the claim script (`script_hash`, its SHA-1) for `call` on the shard named
+/// by `keys`: exactly what the API sends, also used by the Redis ceiling benchmark.
+pub fn claim_command(
+    script_hash: &str,
+    keys: &KeySpace,
+    settings: &DedupSettings,
+    call: &ClaimCall<'_, '_>,
+) -> redis::Cmd {
+    let s = settings;
+    let (tenant, claims, invalid) = (call.tenant, call.claims, call.invalid);
+    // KEYS: 5 fixed, 3 per event, the receipt; ARGV: 10 fixed, 4 per event, the invalid
+    // records, 2 lifetimes.
+    let n_keys = 5 + 3 * claims.len() + 1;
+    let n_args = 10 + 4 * claims.len() + invalid.len() + 2;
+    let mut cmd = redis::Cmd::with_capacity(3 + n_keys + n_args, 64 + 512 * claims.len());
+    cmd.arg("EVALSHA").arg(script_hash).arg(n_keys);
+    let queue = keys.queue();
+    cmd.arg(&queue)
+        .arg(keys.invalid())
+        .arg(keys.open_streams())
+        .arg(keys.dedup_stats(tenant, &sift_core::keys::hour_bucket(call.now_ms)))
+        .arg(keys.rate(tenant, call.now_ms.div_euclid(1000)));
+    for claim in claims {
+        let r = claim.record;
+        let hash = r.semantic_hash.to_hex();
+        let semantic = keys.dedup(&r.tenant_id, &hash);
+        match claim.event_id_hash {
+            Some(eid) => cmd.arg(&semantic).arg(keys.event_id(&r.tenant_id, eid)),
+            None => cmd.arg(&semantic).arg(&semantic),
+        };
+        match r.stream_id {
+            Some(_) => cmd.arg(keys.stream_pending(&r.tenant_id, &hash)),
+            None => cmd.arg(&semantic),
+        };
+    }
+    cmd.arg(call.receipt.unwrap_or(&queue));
+    cmd.arg(call.now_ms)
+        .arg(millis(s.window))
+        .arg(millis(s.event_id_window))
+        .arg(u8::from(s.mode == WindowMode::Sliding))
+        .arg(s.high_water)
+        .arg(s.invalid_max)
+        .arg(millis(s.stream_timeout))
+        .arg(claims.len())
+        .arg(invalid.len())
+        .arg(call.rate_limit.unwrap_or(0));
+    for claim in claims {
+        let r = claim.record;
+        let kind = match (&r.stream_id, r.is_final) {
+            (None, _) => "p",
+            (Some(_), false) => "s",
+            (Some(_), true) => "f",
+        };
+        cmd.arg(kind)
+            .arg(u8::from(claim.event_id_hash.is_some()))
+            .arg(r.chunk_index.map_or(-1, i64::from))
+            .arg(r.encode());
+    }
+    for record in invalid {
+        cmd.arg(record.encode());
+    }
+    let receipt_ttl = if call.receipt.is_some() {
+        millis(s.receipt_window).max(1)
+    } else {
+        0
+    };
+    cmd.arg(receipt_ttl).arg(STATS_TTL_MS);
+    cmd
 }
 
 /// One Redis shard: its connections and its key names.
@@ -102,7 +187,7 @@ impl Deduplicator {
         Self {
             shards,
             settings,
-            claim: Script::new(include_str!("lua/claim.lua")),
+            claim: Script::new(CLAIM_LUA),
             sweep: Script::new(include_str!("lua/sweep_streams.lua")),
             rate: Script::new(RATE),
         }
@@ -207,66 +292,30 @@ impl Deduplicator {
         receipt: Option<String>,
         now_ms: i64,
     ) -> Result<Vec<Outcome>, ApiError> {
-        let s = &self.settings;
-        let keys = &self.shards[shard].keys;
-        let mut invocation = self.claim.prepare_invoke();
-        invocation
-            .key(keys.queue())
-            .key(keys.invalid())
-            .key(keys.open_streams())
-            .key(keys.dedup_stats(tenant, &sift_core::keys::hour_bucket(now_ms)))
-            .key(keys.rate(tenant, now_ms.div_euclid(1000)));
-        invocation
-            .arg(now_ms)
-            .arg(millis(s.window))
-            .arg(millis(s.event_id_window))
-            .arg(u8::from(s.mode == WindowMode::Sliding))
-            .arg(s.high_water)
-            .arg(s.invalid_max)
-            .arg(millis(s.stream_timeout))
-            .arg(claims.len())
-            .arg(invalid.len())
-            .arg(rate_limit.unwrap_or(0));
-        for claim in claims {
-            let r = claim.record;
-            let hash = r.semantic_hash.to_hex();
-            let semantic = keys.dedup(&r.tenant_id, &hash);
-            let event_id = match &claim.event_id_hash {
-                Some(hash) => keys.event_id(&r.tenant_id, hash),
-                None => semantic.clone(),
-            };
-            let pending = match r.stream_id {
-                Some(_) => keys.stream_pending(&r.tenant_id, &hash),
-                None => semantic.clone(),
-            };
-            invocation.key(semantic).key(event_id).key(pending);
-            let kind = match (&r.stream_id, r.is_final) {
-                (None, _) => "p",
-                (Some(_), false) => "s",
-                (Some(_), true) => "f",
-            };
-            invocation
-                .arg(kind)
-                .arg(u8::from(claim.event_id_hash.is_some()))
-                .arg(r.chunk_index.map_or(-1, i64::from))
-                .arg(r.encode());
-        }
-        for record in invalid {
-            invocation.arg(record.encode());
-        }
-        let receipt_ttl = if receipt.is_some() {
-            millis(s.receipt_window).max(1)
-        } else {
-            0
-        };
-        invocation
-            .key(receipt.unwrap_or_else(|| keys.queue()))
-            .arg(receipt_ttl)
-            .arg(STATS_TTL_MS);
-
+        let cmd = claim_command(
+            self.claim.get_hash(),
+            &self.shards[shard].keys,
+            &self.settings,
+            &ClaimCall {
+                tenant,
+                rate_limit,
+                claims,
+                invalid,
+                receipt: receipt.as_deref(),
+                now_ms,
+            },
+        );
         let result: redis::Value = self
             .with_connection(shard, |mut conn| async move {
-                invocation.invoke_async(&mut conn).await
+                // EVALSHA; a Redis that lost its scripts (restarted, SCRIPT FLUSH) answers
+                // NOSCRIPT without running anything, so loading and sending again is safe.
+                match cmd.query_async(&mut conn).await {
+                    Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                        self.claim.load_async(&mut conn).await?;
+                        cmd.query_async(&mut conn).await
+                    }
+                    answer => answer,
+                }
             })
             .await?;
         match result {
@@ -441,7 +490,7 @@ fn part_hash(claims: &[Claim<'_>], invalid: &[InvalidRecord]) -> String {
         let r = claim.record;
         hasher.update(r.semantic_hash.as_bytes());
         hasher.update(b"|");
-        hasher.update(claim.event_id_hash.as_deref().unwrap_or("").as_bytes());
+        hasher.update(claim.event_id_hash.unwrap_or("").as_bytes());
         hasher.update(b"|");
         hasher.update(r.chunk_index.map_or(-1, i64::from).to_be_bytes());
         hasher.update([u8::from(r.is_final)]);
