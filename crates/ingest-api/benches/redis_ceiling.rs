@@ -9,7 +9,8 @@
 //! `flock /tmp/sift-bench.lock` on a shared machine). Environment: SIFT_REDIS_URL
 //! (redis://127.0.0.1:6379), SIFT_CEILING_EVENTS (events per row, 400000), SIFT_CEILING_SECS
 //! (most seconds per row, 15), SIFT_CEILING_CONNS (connections per row, "1,2,4"),
-//! SIFT_CEILING_DEPTH (commands in flight per connection, 32). Prints a Markdown table and
+//! SIFT_CEILING_DEPTH (commands in flight per connection, 32), SIFT_CEILING_SCRIPT (the path
+//! of another claim.lua of the same layout, to compare; the crate's own when unset). Prints a Markdown table and
 //! writes `target/redis-ceiling.json`. Redis's CPU share comes from /proc when Redis runs on
 //! this machine; keys go under a prefix of their own, deleted after each row.
 
@@ -239,7 +240,12 @@ fn main() -> Result<()> {
     let config = Config::try_parse_from(["sift-ingest", "--queue-high-water", "0"])?;
     let prefix = format!("ceiling{}", std::process::id());
     let keys = KeySpace::new(&prefix);
-    let script = Script::new(CLAIM_LUA);
+    // Another claim.lua of the same layout (an older one, to compare) when given.
+    let text = match std::env::var("SIFT_CEILING_SCRIPT") {
+        Ok(path) => std::fs::read_to_string(path)?,
+        Err(_) => CLAIM_LUA.to_owned(),
+    };
+    let script = Script::new(&text);
     let mut admin = redis::Client::open(url.as_str())?.get_connection()?;
     script.load(&mut admin)?;
     let pid = redis_pid(&mut admin);
