@@ -10,11 +10,15 @@
 //! gets the same answer from it, however long after the semantic window it comes, and the
 //! failed shard's events are taken then.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use deadpool_redis::Pool;
 use futures_util::future::join_all;
-use redis::Script;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Script};
 use sift_core::{InvalidRecord, KeySpace, QueueRecord};
 
 use crate::error::ApiError;
@@ -165,11 +169,28 @@ pub fn claim_command(
 /// One Redis shard: its connections and its key names.
 #[derive(Clone)]
 pub struct Shard {
+    /// For the occasional calls (gauges, sweeps, the read API).
     pub pool: Pool,
+    /// For the ingest requests' script calls, over multiplexed connections (see [`MUX`]).
+    pub client: redis::Client,
     pub keys: KeySpace,
 }
 
+thread_local! {
+    /// This thread's multiplexed connection to each shard, by (deduplicator, shard). Each
+    /// HTTP worker thread pipelines the script calls of its concurrent requests over one
+    /// connection per shard, driven on that same thread: a few sockets instead of one per
+    /// request in flight, so Redis and the API read and write many calls per system call, and
+    /// no call crosses threads.
+    static MUX: RefCell<HashMap<(u64, usize), MultiplexedConnection>> = RefCell::new(HashMap::new());
+}
+
+/// Tells deduplicators apart in [`MUX`] (tests run several in one process).
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
 pub struct Deduplicator {
+    id: u64,
+    mux_config: AsyncConnectionConfig,
     shards: Vec<Shard>,
     settings: DedupSettings,
     claim: Script,
@@ -189,6 +210,10 @@ return 1";
 impl Deduplicator {
     pub fn new(shards: Vec<Shard>, settings: DedupSettings) -> Self {
         Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            mux_config: AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(settings.timeout))
+                .set_response_timeout(Some(settings.timeout)),
             shards,
             settings,
             claim: Script::new(CLAIM_LUA),
@@ -272,7 +297,7 @@ impl Deduplicator {
             .arg(events)
             .arg(limit);
         let taken: i64 = self
-            .with_connection(home, |mut conn| async move {
+            .with_mux(home, |mut conn| async move {
                 invocation.invoke_async(&mut conn).await
             })
             .await?;
@@ -310,7 +335,7 @@ impl Deduplicator {
             },
         );
         let result: redis::Value = self
-            .with_connection(shard, |mut conn| async move {
+            .with_mux(shard, |mut conn| async move {
                 // EVALSHA; a Redis that lost its scripts (restarted, SCRIPT FLUSH) answers
                 // NOSCRIPT without running anything, so loading and sending again is safe.
                 match cmd.query_async(&mut conn).await {
@@ -457,6 +482,51 @@ impl Deduplicator {
                 .await?;
         }
         Ok(depth)
+    }
+
+    /// Runs `f` on this thread's multiplexed connection to `shard` within the Redis timeout;
+    /// every failure is a 503. A failure that is not Redis's answer (the connection broke or
+    /// timed out) drops the connection, so the next call connects anew.
+    async fn with_mux<T, F, Fut>(&self, shard: usize, f: F) -> Result<T, ApiError>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let work = async {
+            let conn = self.multiplexed(shard).await?;
+            f(conn).await
+        };
+        match tokio::time::timeout(self.settings.timeout, work).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => {
+                if !matches!(error.kind(), redis::ErrorKind::Server(_)) {
+                    self.forget(shard);
+                }
+                Err(ApiError::RedisUnavailable(error.to_string()))
+            }
+            Err(_) => {
+                self.forget(shard);
+                Err(ApiError::RedisUnavailable("timed out".into()))
+            }
+        }
+    }
+
+    /// This thread's connection to `shard`, connecting when there is none.
+    async fn multiplexed(&self, shard: usize) -> redis::RedisResult<MultiplexedConnection> {
+        let slot = (self.id, shard);
+        if let Some(conn) = MUX.with(|m| m.borrow().get(&slot).cloned()) {
+            return Ok(conn);
+        }
+        let conn = self.shards[shard]
+            .client
+            .get_multiplexed_async_connection_with_config(&self.mux_config)
+            .await?;
+        MUX.with(|m| m.borrow_mut().insert(slot, conn.clone()));
+        Ok(conn)
+    }
+
+    fn forget(&self, shard: usize) {
+        MUX.with(|m| m.borrow_mut().remove(&(self.id, shard)));
     }
 
     /// Runs `f` on a pooled connection of `shard` within the Redis timeout; every failure is
