@@ -118,18 +118,30 @@ pub fn claim_command(
         .arg(keys.open_streams())
         .arg(keys.dedup_stats(tenant, &sift_core::keys::hour_bucket(call.now_ms)))
         .arg(keys.rate(tenant, call.now_ms.div_euclid(1000)));
+    // Three keys per event, written into one buffer each (no String per key).
+    let (mut semantic, mut other) = (Vec::with_capacity(160), Vec::with_capacity(160));
     for claim in claims {
         let r = claim.record;
-        let hash = r.semantic_hash.to_hex();
-        let semantic = keys.dedup(&r.tenant_id, &hash);
+        keys.write_dedup(&mut semantic, &r.tenant_id, &r.semantic_hash);
+        cmd.arg(&semantic[..]);
         match claim.event_id_hash {
-            Some(eid) => cmd.arg(&semantic).arg(keys.event_id(&r.tenant_id, eid)),
-            None => cmd.arg(&semantic).arg(&semantic),
-        };
+            Some(eid) => {
+                keys.write_event_id(&mut other, &r.tenant_id, eid);
+                cmd.arg(&other[..]);
+            }
+            None => {
+                cmd.arg(&semantic[..]);
+            }
+        }
         match r.stream_id {
-            Some(_) => cmd.arg(keys.stream_pending(&r.tenant_id, &hash)),
-            None => cmd.arg(&semantic),
-        };
+            Some(_) => {
+                keys.write_stream_pending(&mut other, &r.tenant_id, &r.semantic_hash);
+                cmd.arg(&other[..]);
+            }
+            None => {
+                cmd.arg(&semantic[..]);
+            }
+        }
     }
     cmd.arg(call.receipt.unwrap_or(&queue));
     cmd.arg(call.now_ms)
@@ -577,7 +589,7 @@ fn part_hash(claims: &[Claim<'_>], invalid: &[InvalidRecord]) -> String {
         hasher.update(record.raw.len().to_be_bytes());
         hasher.update(record.raw.as_bytes());
     }
-    hex::encode(hasher.finalize())
+    sift_core::keys::to_hex(&hasher.finalize())
 }
 
 fn decode_status(value: &redis::Value) -> Option<Outcome> {

@@ -9,7 +9,7 @@ use crate::auth::Caller;
 use crate::body::{self, Item};
 use crate::dedup::Outcome;
 use crate::error::ApiError;
-use crate::metrics::count_event;
+use crate::metrics::count_events;
 use crate::prepare::{claims, prepare};
 use crate::state::AppState;
 
@@ -103,19 +103,22 @@ async fn process(
         .submit(tenant, caller.rate_limit, &claims, invalid, now)
         .await?;
 
+    // Counted once per request and outcome: a labelled counter is a registry look-up.
+    let mut counts = [0u64; 3];
     let results = prepared
         .order
         .iter()
         .map(|slot| match slot {
             Ok(i) => {
-                let semantic_key = records[*i].record.semantic_hash.to_hex();
+                let semantic_key =
+                    sift_core::keys::to_hex(records[*i].record.semantic_hash.as_bytes());
                 match outcomes[*i] {
                     Outcome::Accepted => {
-                        count_event(tenant, "accepted");
+                        counts[0] += 1;
                         EventResult::Accepted { semantic_key }
                     }
                     collapsed => {
-                        count_event(tenant, "collapsed");
+                        counts[1] += 1;
                         EventResult::Collapsed {
                             semantic_key,
                             reason: collapsed.reason().unwrap_or("duplicate"),
@@ -124,7 +127,7 @@ async fn process(
                 }
             }
             Err(j) => {
-                count_event(tenant, "rejected");
+                counts[2] += 1;
                 let InvalidRecord { field, reason, .. } = invalid[*j].clone();
                 EventResult::Rejected {
                     error: "invalid_event",
@@ -134,6 +137,9 @@ async fn process(
             }
         })
         .collect();
+    for (outcome, n) in ["accepted", "collapsed", "rejected"].into_iter().zip(counts) {
+        count_events(tenant, outcome, n);
+    }
     Ok(results)
 }
 
