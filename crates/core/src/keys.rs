@@ -171,13 +171,23 @@ pub fn shard_of(semantic_hash: &SemanticHash, shards: usize) -> usize {
 /// Appends `bytes` in lowercase hex to `out`, as `hex::encode` spells them (a table, not a
 /// character iterator: this runs for every key and answer of the ingest path).
 pub fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     out.reserve(2 * bytes.len());
     for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)]);
-        out.push(DIGITS[usize::from(b & 0xf)]);
+        out.extend_from_slice(&HEX_PAIRS[usize::from(*b)]);
     }
 }
+
+/// The two hex digits of every byte.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut pairs = [[0u8; 2]; 256];
+    let mut b = 0;
+    while b < 256 {
+        pairs[b] = [DIGITS[b >> 4], DIGITS[b & 0xf]];
+        b += 1;
+    }
+    pairs
+};
 
 /// `bytes` in lowercase hex, as [`push_hex`] writes them.
 pub fn to_hex(bytes: &[u8]) -> String {

@@ -35,6 +35,12 @@ pub fn normalize(prompt: &str) -> String {
 /// when a `<` is left. The hot path of ingest (most prompts are ASCII), checked against
 /// [`general`] by property tests.
 fn ascii(prompt: &str) -> String {
+    if !prompt.bytes().any(|b| b == b'<' || b == b'[') {
+        // Every special token starts with `<` or `[`: none is in the text, and removing
+        // punctuation cannot form one. Lowercasing, stripping and collapsing in one pass then
+        // give what the passes below give (the common case: one String, no second pass).
+        return strip_and_collapse_lowercase_ascii(prompt);
+    }
     let mut current = strip_and_collapse(&remove_special_tokens(&prompt.to_ascii_lowercase()));
     for _ in 1..MAX_PASSES {
         if !current.contains('<') {
@@ -83,6 +89,27 @@ fn strip_and_collapse(text: &str) -> String {
                 pending_space = false;
             }
             out.push(c);
+        }
+    }
+    out
+}
+
+/// [`strip_and_collapse`] of the ASCII lowercase of `text`, in one pass (letters are never
+/// punctuation nor whitespace, so lowercasing first or on the way gives the same).
+fn strip_and_collapse_lowercase_ascii(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut pending_space = false;
+    for c in text.chars() {
+        if c.is_whitespace() {
+            pending_space = !out.is_empty();
+        } else if is_punctuation(c) {
+            // Removed outright, as in strip_and_collapse.
+        } else {
+            if pending_space {
+                out.push(' ');
+                pending_space = false;
+            }
+            out.push(c.to_ascii_lowercase());
         }
     }
     out
