@@ -109,7 +109,13 @@ fn drive(url: &str, work: Work, deadline: Duration) -> Result<(u64, u64, Duratio
     let mut conn = redis::Client::open(url)?.get_connection()?;
     let started = Instant::now();
     let (mut sent, mut accepted) = (0u64, 0u64);
-    let per_call = work.events / work.pipelines.iter().map(|p| p.1 as u64).sum::<u64>().max(1);
+    let per_call = work.events
+        / work
+            .pipelines
+            .iter()
+            .map(|p| p.1 as u64)
+            .sum::<u64>()
+            .max(1);
     for (packed, count) in &work.pipelines {
         let answers = conn.req_packed_commands(packed, 0, *count)?;
         for answer in answers {
@@ -330,14 +336,22 @@ fn main() -> Result<()> {
         let Some(row) = rows
             .iter()
             .filter(|r| r["events_per_call"] == per_call)
-            .max_by(|a, b| a["events_per_s"].as_f64().partial_cmp(&b["events_per_s"].as_f64()).unwrap_or(std::cmp::Ordering::Equal))
+            .max_by(|a, b| {
+                a["events_per_s"]
+                    .as_f64()
+                    .partial_cmp(&b["events_per_s"].as_f64())
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            })
         else {
             continue;
         };
         if let Some(commands) = row["redis_commands"].as_object() {
             let mut commands: Vec<_> = commands.iter().collect();
             commands.sort_by(|a, b| {
-                b.1["usec_per_event"].as_f64().partial_cmp(&a.1["usec_per_event"].as_f64()).unwrap_or(std::cmp::Ordering::Equal)
+                b.1["usec_per_event"]
+                    .as_f64()
+                    .partial_cmp(&a.1["usec_per_event"].as_f64())
+                    .unwrap_or(std::cmp::Ordering::Equal)
             });
             for (name, c) in commands.into_iter().take(8) {
                 table.push_str(&format!(

@@ -106,11 +106,16 @@ pub fn claim_command(
 ) -> redis::Cmd {
     let s = settings;
     let (tenant, claims, invalid) = (call.tenant, call.claims, call.invalid);
-    // KEYS: 5 fixed, 3 per event, the receipt; ARGV: 10 fixed, 4 per event, the invalid
-    // records, 2 lifetimes.
-    let n_keys = 5 + 3 * claims.len() + 1;
-    let n_args = 10 + 4 * claims.len() + invalid.len() + 2;
-    let mut cmd = redis::Cmd::with_capacity(3 + n_keys + n_args, 64 + 512 * claims.len());
+    // KEYS: 5 fixed, per event the ones it uses, the receipt; ARGV: 10 fixed, 2 per event (3
+    // for a stream chunk), the invalid records, 2 lifetimes.
+    let streams = claims
+        .iter()
+        .filter(|c| c.record.stream_id.is_some())
+        .count();
+    let with_eid = claims.iter().filter(|c| c.event_id_hash.is_some()).count();
+    let n_keys = 5 + claims.len() + with_eid + streams + 1;
+    let n_args = 10 + 2 * claims.len() + streams + invalid.len() + 2;
+    let mut cmd = redis::Cmd::with_capacity(3 + n_keys + n_args, 64 + 384 * claims.len());
     cmd.arg("EVALSHA").arg(script_hash).arg(n_keys);
     let queue = keys.queue();
     cmd.arg(&queue)
@@ -118,29 +123,19 @@ pub fn claim_command(
         .arg(keys.open_streams())
         .arg(keys.dedup_stats(tenant, &sift_core::keys::hour_bucket(call.now_ms)))
         .arg(keys.rate(tenant, call.now_ms.div_euclid(1000)));
-    // Three keys per event, written into one buffer each (no String per key).
-    let (mut semantic, mut other) = (Vec::with_capacity(160), Vec::with_capacity(160));
+    // Each key written into one reused buffer (no String per key).
+    let mut key = Vec::with_capacity(160);
     for claim in claims {
         let r = claim.record;
-        keys.write_dedup(&mut semantic, &r.tenant_id, &r.semantic_hash);
-        cmd.arg(&semantic[..]);
-        match claim.event_id_hash {
-            Some(eid) => {
-                keys.write_event_id(&mut other, &r.tenant_id, eid);
-                cmd.arg(&other[..]);
-            }
-            None => {
-                cmd.arg(&semantic[..]);
-            }
+        keys.write_dedup(&mut key, &r.tenant_id, &r.semantic_hash);
+        cmd.arg(&key[..]);
+        if let Some(eid) = claim.event_id_hash {
+            keys.write_event_id(&mut key, &r.tenant_id, eid);
+            cmd.arg(&key[..]);
         }
-        match r.stream_id {
-            Some(_) => {
-                keys.write_stream_pending(&mut other, &r.tenant_id, &r.semantic_hash);
-                cmd.arg(&other[..]);
-            }
-            None => {
-                cmd.arg(&semantic[..]);
-            }
+        if r.stream_id.is_some() {
+            keys.write_stream_pending(&mut key, &r.tenant_id, &r.semantic_hash);
+            cmd.arg(&key[..]);
         }
     }
     cmd.arg(call.receipt.unwrap_or(&queue));
@@ -156,15 +151,15 @@ pub fn claim_command(
         .arg(call.rate_limit.unwrap_or(0));
     for claim in claims {
         let r = claim.record;
-        let kind = match (&r.stream_id, r.is_final) {
-            (None, _) => "p",
-            (Some(_), false) => "s",
-            (Some(_), true) => "f",
-        };
-        cmd.arg(kind)
-            .arg(u8::from(claim.event_id_hash.is_some()))
-            .arg(r.chunk_index.map_or(-1, i64::from))
-            .arg(r.encode());
+        cmd.arg(kind_flags(
+            r.stream_id.is_some(),
+            r.is_final,
+            claim.event_id_hash.is_some(),
+        ));
+        if r.stream_id.is_some() {
+            cmd.arg(r.chunk_index.map_or(-1, i64::from));
+        }
+        cmd.arg(r.encode());
     }
     for record in invalid {
         cmd.arg(record.encode());
@@ -176,6 +171,19 @@ pub fn claim_command(
     };
     cmd.arg(receipt_ttl).arg(STATS_TTL_AT_CREATION_MS);
     cmd
+}
+
+/// An event's kind for the claim script: `p` plain, `s` stream chunk, `f` final stream chunk,
+/// followed by `e` when it carries an event_id.
+fn kind_flags(stream: bool, is_final: bool, has_event_id: bool) -> &'static str {
+    match (stream, is_final, has_event_id) {
+        (false, _, false) => "p",
+        (false, _, true) => "pe",
+        (true, false, false) => "s",
+        (true, false, true) => "se",
+        (true, true, false) => "f",
+        (true, true, true) => "fe",
+    }
 }
 
 /// One Redis shard: its connections and its key names.
@@ -351,7 +359,10 @@ impl Deduplicator {
                 // EVALSHA; a Redis that lost its scripts (restarted, SCRIPT FLUSH) answers
                 // NOSCRIPT without running anything, so loading and sending again is safe.
                 match cmd.query_async(&mut conn).await {
-                    Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                    Err(e)
+                        if e.kind()
+                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                    {
                         self.claim.load_async(&mut conn).await?;
                         cmd.query_async(&mut conn).await
                     }

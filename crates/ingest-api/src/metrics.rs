@@ -32,8 +32,7 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
 /// per request: each call looks the labelled counter up).
 pub fn count_events(tenant: &str, outcome: &'static str, n: u64) {
     if n > 0 {
-        metrics::counter!(EVENTS, "tenant" => tenant.to_owned(), "outcome" => outcome)
-            .increment(n);
+        metrics::counter!(EVENTS, "tenant" => tenant.to_owned(), "outcome" => outcome).increment(n);
     }
 }
 

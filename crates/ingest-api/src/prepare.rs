@@ -30,8 +30,9 @@ pub fn prepare(tenant: &str, items: Vec<Item>, limits: &Limits, now_ms: i64) -> 
     let mut order: Vec<Result<usize, usize>> = Vec::with_capacity(items.len());
     for item in items {
         let checked = match item {
-            Item::Event(value) => validate(&value, limits, now_ms)
-                .map_err(|e| (value.to_string(), e.field, e.reason)),
+            Item::Event(value) => {
+                validate(&value, limits, now_ms).map_err(|e| (value.to_string(), e.field, e.reason))
+            }
             Item::Unparseable { raw, reason } => Err((raw, "$".to_owned(), reason)),
         };
         match checked {

@@ -137,7 +137,10 @@ async fn process(
             }
         })
         .collect();
-    for (outcome, n) in ["accepted", "collapsed", "rejected"].into_iter().zip(counts) {
+    for (outcome, n) in ["accepted", "collapsed", "rejected"]
+        .into_iter()
+        .zip(counts)
+    {
         count_events(tenant, outcome, n);
     }
     Ok(results)

@@ -5,16 +5,18 @@
 --
 -- KEYS[1] queue, KEYS[2] invalid-events list, KEYS[3] open-streams sorted set, KEYS[4] the
 -- tenant's dedup counters of this hour (received, accepted: the dashboard's dedup ratio),
--- KEYS[5] the tenant's event counter of this second (its rate limit), then per event
--- three keys: the semantic claim, the event_id claim, the stream's pending hash (unused ones
--- repeat the semantic claim so that every key stays in the event's hash slot), and last the
--- request's receipt (see below; the queue when there is none).
+-- KEYS[5] the tenant's event counter of this second (its rate limit), then per event the
+-- keys it uses: the semantic claim, the event_id claim (with an event_id), the stream's
+-- pending hash (stream chunks), and last the request's receipt (see below; the queue when
+-- there is none). Only keys in use are sent: each is another string for Redis to read and
+-- for Lua to make.
 -- ARGV: now_ms, window_ms, event_id_window_ms, sliding (1/0), high_water (0: none),
 -- invalid_max, stream_timeout_ms, number of events, number of invalid records, the tenant's
--- events per second (0: no limit); then per event
--- kind (p plain, s stream chunk, f final stream chunk), has_event_id (1/0), chunk_index (-1:
--- none), record; then the invalid records, the receipt's lifetime in ms (0: no receipt), and
--- the counters' lifetime in ms (given when an hour's counters are created).
+-- events per second (0: no limit); then per event its kind (p plain, s stream chunk, f final
+-- stream chunk; followed by e when it has an event_id: p, pe, s, se, f, fe), its chunk_index
+-- (stream chunks only; -1: none) and its record; then the invalid records, the receipt's
+-- lifetime in ms (0: no receipt), and the counters' lifetime in ms (given when an hour's
+-- counters are created).
 -- The receipt is this shard's answer to one part of a request that spans several shards. If
 -- another shard fails, the request is answered 503 and retried: the receipt then answers the
 -- same part again (as collapsed) instead of taking its events a second time, even after the
@@ -69,10 +71,27 @@ end
 local eid_seen, claimed = {}, {}
 local records = {}
 local statuses = {}
+-- The next event's first key and first argument.
+local k, a = 6, 11
+local kinds = {p = 'p', pe = 'p', s = 's', se = 's', f = 'f', fe = 'f'}
 for i = 1, n_events do
-  local claim, eid, pending = KEYS[3 * i + 3], KEYS[3 * i + 4], KEYS[3 * i + 5]
-  local a = 11 + 4 * (i - 1)
-  local kind, has_eid, chunk, record = ARGV[a], ARGV[a + 1] == '1', tonumber(ARGV[a + 2]), ARGV[a + 3]
+  local flags = ARGV[a]
+  local kind, has_eid = kinds[flags], #flags == 2
+  local claim = KEYS[k]
+  local eid, pending, chunk = claim, claim, -1
+  k = k + 1
+  if has_eid then
+    eid = KEYS[k]
+    k = k + 1
+  end
+  if kind ~= 'p' then
+    pending = KEYS[k]
+    k = k + 1
+    chunk = tonumber(ARGV[a + 1])
+    a = a + 1
+  end
+  local record = ARGV[a + 1]
+  a = a + 2
   local status
   local eid_taken = false
   if has_eid then
@@ -160,7 +179,7 @@ if n_events > 0 then
   if accepted > 0 then redis.call('HINCRBY', KEYS[4], 'accepted', accepted) end
 end
 
-local first_invalid = 11 + 4 * n_events
+local first_invalid = a
 if n_invalid > 0 then
   push_all(KEYS[2], ARGV, first_invalid, first_invalid + n_invalid - 1)
   redis.call('LTRIM', KEYS[2], 0, invalid_max - 1)
