@@ -134,7 +134,10 @@ const ASCII_CLASS: [Class; 128] = {
         table[b] = if matches!(c, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r') {
             Class::Space
         } else if c.is_ascii_punctuation()
-            && !matches!(c, b'$' | b'+' | b'<' | b'=' | b'>' | b'^' | b'`' | b'|' | b'~')
+            && !matches!(
+                c,
+                b'$' | b'+' | b'<' | b'=' | b'>' | b'^' | b'`' | b'|' | b'~'
+            )
         {
             Class::Punctuation
         } else {
