@@ -219,6 +219,85 @@ async fn a_batch_answers_per_event_in_order() -> Result<()> {
     f.cleanup().await
 }
 
+/// Copies of one intent within one batch (retries with one event_id, a re-rendered prompt)
+/// are answered as they would be in separate requests (the claim script remembers what it
+/// claimed within the call instead of asking Redis again), later requests still see the
+/// claims, and the accepted events reach the queue in their batch order (one LPUSH).
+#[tokio::test]
+async fn copies_within_one_batch_are_collapsed_and_the_queue_keeps_the_batch_order() -> Result<()> {
+    let f = Fixture::new(&[]).await?;
+    let mut with_id = event("session-copies", "Same question");
+    with_id["event_id"] = json!("copy-1");
+    let batch = json!([
+        with_id,
+        with_id,
+        event("session-copies", "  same QUESTION!  "),
+        event("session-copies", "Another question"),
+        with_id,
+        event("session-copies", "A third one"),
+    ]);
+    let (status, body) = f
+        .post("/v1/ai/events/batch", "application/json", batch.to_string())
+        .await?;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let results = body["results"].as_array().cloned().unwrap_or_default();
+    let answers: Vec<(&str, &str)> = results
+        .iter()
+        .map(|r| {
+            (
+                r["status"].as_str().unwrap_or("?"),
+                r["reason"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        answers,
+        [
+            ("accepted", ""),
+            ("collapsed", "duplicate_event_id"),
+            ("collapsed", "duplicate_intent"),
+            ("accepted", ""),
+            ("collapsed", "duplicate_event_id"),
+            ("accepted", ""),
+        ]
+    );
+    let queue = f.queue().await?;
+    let queued: Vec<String> = queue.iter().map(|r| r.semantic_hash.to_hex()).collect();
+    let accepted: Vec<&str> = [0, 3, 5]
+        .iter()
+        .filter_map(|i| results[*i]["semantic_key"].as_str())
+        .collect();
+    assert_eq!(queued, accepted, "one record per intent, in batch order");
+
+    // A later request meets the claims this batch took.
+    assert_eq!(f.event(&with_id).await?.1["reason"], "duplicate_event_id");
+    let variant = event("session-copies", "another question?");
+    assert_eq!(f.event(&variant).await?.1["reason"], "duplicate_intent");
+    assert_eq!(f.queue().await?.len(), 3);
+
+    // The hour's dedup counters: every event received, the three accepted, and a lifetime
+    // of more than 8 days (given when the first call of the hour created them).
+    let mut conn = sift_e2e::redis_connection(&f.redis).await?;
+    let stats: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:stats:*", f.ingest.key_prefix))
+        .query_async(&mut conn)
+        .await?;
+    assert_eq!(stats.len(), 1, "{stats:?}");
+    let (received, accepted): (u64, u64) = redis::cmd("HMGET")
+        .arg(&stats[0])
+        .arg("received")
+        .arg("accepted")
+        .query_async(&mut conn)
+        .await?;
+    assert_eq!((received, accepted), (8, 3));
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&stats[0])
+        .query_async(&mut conn)
+        .await?;
+    assert!(ttl > 8 * 24 * 3600 * 1000, "{ttl}");
+    f.cleanup().await
+}
+
 #[tokio::test]
 async fn the_invalid_events_list_keeps_the_raw_event_and_its_error() -> Result<()> {
     let f = Fixture::new(&["--invalid-max", "3"]).await?;

@@ -51,6 +51,38 @@ impl KeySpace {
         format!("{}:dedup:{tenant}:{semantic_hash}", self.prefix)
     }
 
+    /// Writes [`KeySpace::dedup`] of a digest into `out` (cleared first): the ingest path
+    /// names three keys per event, and this spares each its `String`.
+    pub fn write_dedup(&self, out: &mut Vec<u8>, tenant: &str, semantic_hash: &SemanticHash) {
+        self.write_key(out, "dedup", tenant);
+        push_hex(out, semantic_hash.as_bytes());
+    }
+
+    /// Writes [`KeySpace::event_id`] into `out` (cleared first).
+    pub fn write_event_id(&self, out: &mut Vec<u8>, tenant: &str, event_id_hash: &str) {
+        self.write_key(out, "eid", tenant);
+        out.extend_from_slice(event_id_hash.as_bytes());
+    }
+
+    /// Writes [`KeySpace::stream_pending`] of a digest into `out` (cleared first).
+    pub fn write_stream_pending(
+        &self,
+        out: &mut Vec<u8>,
+        tenant: &str,
+        semantic_hash: &SemanticHash,
+    ) {
+        self.write_key(out, "stream", tenant);
+        push_hex(out, semantic_hash.as_bytes());
+    }
+
+    /// `prefix:kind:tenant:`, the head of a per-tenant key.
+    fn write_key(&self, out: &mut Vec<u8>, kind: &str, tenant: &str) {
+        out.clear();
+        for part in [self.prefix.as_str(), ":", kind, ":", tenant, ":"] {
+            out.extend_from_slice(part.as_bytes());
+        }
+    }
+
     /// The claim on one client `event_id` (hashed, so any id length gives one key length).
     pub fn event_id(&self, tenant: &str, event_id_hash: &str) -> String {
         format!("{}:eid:{tenant}:{event_id_hash}", self.prefix)
@@ -136,6 +168,35 @@ pub fn shard_of(semantic_hash: &SemanticHash, shards: usize) -> usize {
     (u64::from_be_bytes(head) % shards as u64) as usize
 }
 
+/// Appends `bytes` in lowercase hex to `out`, as `hex::encode` spells them (a table, not a
+/// character iterator: this runs for every key and answer of the ingest path).
+pub fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.reserve(2 * bytes.len());
+    for b in bytes {
+        out.extend_from_slice(&HEX_PAIRS[usize::from(*b)]);
+    }
+}
+
+/// The two hex digits of every byte.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut pairs = [[0u8; 2]; 256];
+    let mut b = 0;
+    while b < 256 {
+        pairs[b] = [DIGITS[b >> 4], DIGITS[b & 0xf]];
+        b += 1;
+    }
+    pairs
+};
+
+/// `bytes` in lowercase hex, as [`push_hex`] writes them.
+pub fn to_hex(bytes: &[u8]) -> String {
+    let mut out = Vec::with_capacity(2 * bytes.len());
+    push_hex(&mut out, bytes);
+    // Hex digits are ASCII.
+    String::from_utf8(out).unwrap_or_default()
+}
+
 /// A tenant's home shard, which counts its events against its rate limit when there are
 /// several shards (FNV-1a of the name: stable across processes and versions).
 pub fn home_shard(tenant: &str, shards: usize) -> usize {
@@ -203,6 +264,27 @@ mod tests {
         assert!(seen.iter().all(|n| *n > 800), "{seen:?}");
         assert_eq!(home_shard("acme", 5), home_shard("acme", 5));
         assert!(home_shard("acme", 5) < 5);
+    }
+
+    #[test]
+    fn written_keys_equal_the_named_ones() {
+        let keys = KeySpace::new("{ai:3}");
+        let digest = SemanticHash::from_hex(&"0f".repeat(32)).expect("hex");
+        let hex = digest.to_hex();
+        let mut out = b"left over".to_vec();
+        keys.write_dedup(&mut out, "acme", &digest);
+        assert_eq!(out, keys.dedup("acme", &hex).into_bytes());
+        keys.write_event_id(&mut out, "acme", "e1");
+        assert_eq!(out, keys.event_id("acme", "e1").into_bytes());
+        keys.write_stream_pending(&mut out, "acme", &digest);
+        assert_eq!(out, keys.stream_pending("acme", &hex).into_bytes());
+    }
+
+    #[test]
+    fn hex_is_spelled_as_the_hex_crate_does() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        assert_eq!(to_hex(&bytes), hex::encode(&bytes));
+        assert_eq!(to_hex(&[]), "");
     }
 
     #[test]

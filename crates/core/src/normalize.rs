@@ -35,6 +35,12 @@ pub fn normalize(prompt: &str) -> String {
 /// when a `<` is left. The hot path of ingest (most prompts are ASCII), checked against
 /// [`general`] by property tests.
 fn ascii(prompt: &str) -> String {
+    if !prompt.bytes().any(|b| b == b'<' || b == b'[') {
+        // Every special token starts with `<` or `[`: none is in the text, and removing
+        // punctuation cannot form one. Lowercasing, stripping and collapsing in one pass then
+        // give what the passes below give (the common case: one String, no second pass).
+        return strip_and_collapse_lowercase_ascii(prompt);
+    }
     let mut current = strip_and_collapse(&remove_special_tokens(&prompt.to_ascii_lowercase()));
     for _ in 1..MAX_PASSES {
         if !current.contains('<') {
@@ -88,6 +94,60 @@ fn strip_and_collapse(text: &str) -> String {
     out
 }
 
+/// [`strip_and_collapse`] of the ASCII lowercase of `text` (ASCII), in one pass over bytes
+/// (letters are never punctuation nor whitespace, so lowercasing first or on the way gives
+/// the same).
+fn strip_and_collapse_lowercase_ascii(text: &str) -> String {
+    let mut out: Vec<u8> = Vec::with_capacity(text.len());
+    let mut pending_space = false;
+    for &b in text.as_bytes() {
+        match ASCII_CLASS[usize::from(b & 0x7f)] {
+            Class::Space => pending_space = !out.is_empty(),
+            Class::Punctuation => {}
+            Class::Kept => {
+                if pending_space {
+                    out.push(b' ');
+                    pending_space = false;
+                }
+                out.push(b.to_ascii_lowercase());
+            }
+        }
+    }
+    // Only ASCII bytes were pushed.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Class {
+    Space,
+    Punctuation,
+    Kept,
+}
+
+/// What [`strip_and_collapse`] does with each ASCII character: `char::is_whitespace` first,
+/// then [`is_punctuation`] (checked equal to them by a test).
+const ASCII_CLASS: [Class; 128] = {
+    let mut table = [Class::Kept; 128];
+    let mut b = 0;
+    while b < 128 {
+        let c = b as u8;
+        table[b] = if matches!(c, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r') {
+            Class::Space
+        } else if c.is_ascii_punctuation()
+            && !matches!(
+                c,
+                b'$' | b'+' | b'<' | b'=' | b'>' | b'^' | b'`' | b'|' | b'~'
+            )
+        {
+            Class::Punctuation
+        } else {
+            Class::Kept
+        };
+        b += 1;
+    }
+    table
+};
+
 /// Replaces each special token with a space (tokens separate words; they never join them).
 fn remove_special_tokens(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -139,6 +199,21 @@ mod tests {
         for c in (0u8..128).map(char::from) {
             let p = c.general_category_group() == GeneralCategoryGroup::Punctuation;
             assert_eq!(super::is_punctuation(c), p, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn the_ascii_table_classifies_as_strip_and_collapse_does() {
+        use super::{is_punctuation, Class, ASCII_CLASS};
+        for c in (0u8..128).map(char::from) {
+            let expected = if c.is_whitespace() {
+                Class::Space
+            } else if is_punctuation(c) {
+                Class::Punctuation
+            } else {
+                Class::Kept
+            };
+            assert_eq!(ASCII_CLASS[c as usize], expected, "{c:?}");
         }
     }
 

@@ -61,6 +61,8 @@ impl ValidationError {
 type Result<T> = std::result::Result<T, ValidationError>;
 
 /// Field names of API v1 and the OpenTelemetry GenAI names accepted for them.
+// The reference list (docs and the test of `canonical`).
+#[cfg_attr(not(test), allow(dead_code))]
 const FIELDS: &[(&str, &[&str])] = &[
     ("session_id", &["gen_ai.conversation.id"]),
     ("prompt_text", &[]),
@@ -81,6 +83,33 @@ const FIELDS: &[(&str, &[&str])] = &[
     ("operation", &["gen_ai.operation.name"]),
     ("properties", &[]),
 ];
+
+/// The API v1 name of `name` (itself or the field it is an alias of), as [`FIELDS`] lists
+/// them: one `match` rather than a scan of the table with a string comparison per name and
+/// alias, since it runs for every field of every event (kept equal to the table by a test).
+fn canonical(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "session_id" | "gen_ai.conversation.id" => "session_id",
+        "prompt_text" => "prompt_text",
+        "model_version" | "gen_ai.request.model" => "model_version",
+        "latency_ms" => "latency_ms",
+        "token_count" | "gen_ai.usage.total_tokens" => "token_count",
+        "success" => "success",
+        "timestamp" => "timestamp",
+        "event_id" => "event_id",
+        "turn_index" => "turn_index",
+        "stream_id" => "stream_id",
+        "chunk_index" => "chunk_index",
+        "final" => "final",
+        "fallback_chain" => "fallback_chain",
+        "input_tokens" | "gen_ai.usage.input_tokens" => "input_tokens",
+        "output_tokens" | "gen_ai.usage.output_tokens" => "output_tokens",
+        "provider" | "gen_ai.provider.name" | "gen_ai.system" => "provider",
+        "operation" | "gen_ai.operation.name" => "operation",
+        "properties" => "properties",
+        _ => return None,
+    })
+}
 
 /// Validates one event received at `now_ms` (milliseconds since the epoch).
 pub fn validate(value: &Value, limits: &Limits, now_ms: i64) -> Result<Event> {
@@ -213,16 +242,13 @@ impl<'a> Fields<'a> {
     fn resolve(object: &'a Map<String, Value>) -> Result<Self> {
         let mut values: Vec<(&'static str, &'a Value)> = Vec::with_capacity(object.len());
         for (name, value) in object {
-            let Some((canonical, _)) = FIELDS
-                .iter()
-                .find(|(field, aliases)| field == name || aliases.contains(&name.as_str()))
-            else {
+            let Some(canonical) = canonical(name) else {
                 return Err(ValidationError::new(
                     name,
                     "is not a field of API v1 events",
                 ));
             };
-            if values.iter().any(|(seen, _)| seen == canonical) {
+            if values.iter().any(|(seen, _)| *seen == canonical) {
                 return Err(ValidationError::new(
                     canonical,
                     "is given twice (under its name and an alias)",
@@ -253,14 +279,20 @@ impl<'a> Fields<'a> {
         let Some(s) = self.string(field)? else {
             return Ok(None);
         };
-        let chars = s.chars().count();
+        // ASCII (the usual case) in one pass over bytes: a character per byte, and its control
+        // characters are those below 0x20 and 0x7f.
+        let (chars, control) = if s.is_ascii() {
+            (s.len(), s.bytes().any(|b| b < 0x20 || b == 0x7f))
+        } else {
+            (s.chars().count(), s.chars().any(char::is_control))
+        };
         if chars < min || chars > max {
             return Err(ValidationError::new(
                 field,
                 format!("must be {min} to {max} characters long"),
             ));
         }
-        if s.chars().any(char::is_control) {
+        if control {
             return Err(ValidationError::new(
                 field,
                 "must not contain control characters",
@@ -315,11 +347,15 @@ pub fn is_model_version(s: &str) -> bool {
     let Some(rest) = s.strip_prefix('v') else {
         return false;
     };
-    let parts: Vec<&str> = rest.split('.').collect();
-    parts.len() == 3
-        && parts
-            .iter()
-            .all(|p| !p.is_empty() && p.len() <= 9 && p.bytes().all(|b| b.is_ascii_digit()))
+    // Exactly three parts, without collecting them (this runs for every event).
+    let mut parts = rest.split('.');
+    let part_ok = |p: Option<&str>| {
+        p.is_some_and(|p| !p.is_empty() && p.len() <= 9 && p.bytes().all(|b| b.is_ascii_digit()))
+    };
+    part_ok(parts.next())
+        && part_ok(parts.next())
+        && part_ok(parts.next())
+        && parts.next().is_none()
 }
 
 /// Epoch seconds (integer or fractional) or an RFC 3339 string, as epoch milliseconds.
@@ -411,4 +447,42 @@ fn properties(value: Option<&Value>, limits: &Limits) -> Result<Option<String>> 
         ));
     }
     Ok(Some(text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{canonical, is_model_version, FIELDS};
+
+    #[test]
+    fn the_field_match_agrees_with_the_table() {
+        for (field, aliases) in FIELDS {
+            assert_eq!(canonical(field), Some(*field));
+            for alias in *aliases {
+                assert_eq!(canonical(alias), Some(*field), "{alias}");
+            }
+        }
+        for other in ["", "turn_idx", "Session_id", "gen_ai.usage", "session_id "] {
+            assert_eq!(canonical(other), None, "{other:?}");
+        }
+    }
+
+    #[test]
+    fn model_versions_have_three_numbers() {
+        for ok in ["v1.2.3", "v0.0.0", "v123456789.1.1"] {
+            assert!(is_model_version(ok), "{ok}");
+        }
+        for bad in [
+            "1.2.3",
+            "v1.2",
+            "v1.2.3.4",
+            "v1..3",
+            "v1.2.",
+            "v1234567890.1.1",
+            "v1.2.x",
+            "v",
+            "v..",
+        ] {
+            assert!(!is_model_version(bad), "{bad}");
+        }
+    }
 }

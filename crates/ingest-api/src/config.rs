@@ -31,7 +31,8 @@ pub struct Config {
     #[arg(long, env = "SIFT_REDIS_SHARDS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub redis_shards: u16,
 
-    /// Largest number of pooled Redis connections.
+    /// Largest number of pooled Redis connections (gauges, sweeps, readiness, the read API;
+    /// ingest requests share one multiplexed connection per HTTP worker and shard).
     #[arg(long, env = "SIFT_REDIS_POOL_SIZE", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..))]
     pub redis_pool_size: u64,
 

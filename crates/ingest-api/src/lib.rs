@@ -13,6 +13,7 @@ pub mod config;
 pub mod dedup;
 pub mod error;
 pub mod metrics;
+pub mod prepare;
 pub mod server;
 pub mod state;
 pub mod stats_cache;

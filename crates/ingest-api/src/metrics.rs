@@ -28,9 +28,12 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
         .install_recorder()
 }
 
-/// Counts one event's outcome (`accepted`, `collapsed`, `rejected`) for a tenant.
-pub fn count_event(tenant: &str, outcome: &'static str) {
-    metrics::counter!(EVENTS, "tenant" => tenant.to_owned(), "outcome" => outcome).increment(1);
+/// Counts `n` events of one outcome (`accepted`, `collapsed`, `rejected`) for a tenant (once
+/// per request: each call looks the labelled counter up).
+pub fn count_events(tenant: &str, outcome: &'static str, n: u64) {
+    if n > 0 {
+        metrics::counter!(EVENTS, "tenant" => tenant.to_owned(), "outcome" => outcome).increment(n);
+    }
 }
 
 /// Records each request's latency by route pattern and status.

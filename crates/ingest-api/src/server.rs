@@ -42,13 +42,16 @@ pub async fn serve(config: Config, metrics_handle: PrometheusHandle) -> Result<(
     // Refuse a Redis that cannot run the scripts (a PING would still pass); one that does not
     // answer yet is not waited for (503 until it does).
     sift_service::redis_version::require_supported(&pools).await?;
+    let clients =
+        sift_service::pools::redis_clients(&config.redis_url, usize::from(config.redis_shards))?;
     let shards: Vec<Shard> = pools
         .into_iter()
+        .zip(clients)
         .zip(KeySpace::shards(
             &config.key_prefix,
             usize::from(config.redis_shards),
         ))
-        .map(|(pool, keys)| Shard { pool, keys })
+        .map(|((pool, client), keys)| Shard { pool, client, keys })
         .collect();
     let postgres = sift_service::pools::postgres(&config.postgres_url, 8, Duration::from_secs(2))?;
 

@@ -47,6 +47,28 @@ pub fn redis_shards(
     }
 }
 
+/// One Redis client per shard, from the same `urls` as [`redis_shards`] (a client holds no
+/// connection until asked for one).
+pub fn redis_clients(urls: &str, shards: usize) -> Result<Vec<redis::Client>, PoolError> {
+    shard_urls(urls, shards)?
+        .into_iter()
+        .map(|u| redis::Client::open(u).map_err(|e| PoolError::Redis(e.to_string())))
+        .collect()
+}
+
+/// The URL of each of `shards` shards: one URL for all, or one each.
+fn shard_urls(urls: &str, shards: usize) -> Result<Vec<&str>, PoolError> {
+    let urls: Vec<&str> = urls.split(',').map(str::trim).collect();
+    let shards = shards.max(1);
+    match urls.len() {
+        1 => Ok(vec![urls[0]; shards]),
+        n if n == shards => Ok(urls),
+        n => Err(PoolError::Redis(format!(
+            "{n} Redis URLs for {shards} shards: give one URL, or one per shard"
+        ))),
+    }
+}
+
 /// A PostgreSQL pool of up to `size` connections; waits, connects and checks within `timeout`.
 /// Connections are verified on reuse, so one cut while PostgreSQL restarted is not handed out.
 pub fn postgres(

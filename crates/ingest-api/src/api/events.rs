@@ -3,15 +3,14 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
-use sift_core::hash::sha256_hex;
-use sift_core::validate::validate;
-use sift_core::{Event, InvalidRecord, QueueRecord};
+use sift_core::InvalidRecord;
 
 use crate::auth::Caller;
 use crate::body::{self, Item};
-use crate::dedup::{Claim, Outcome};
+use crate::dedup::Outcome;
 use crate::error::ApiError;
-use crate::metrics::count_event;
+use crate::metrics::count_events;
+use crate::prepare::{claims, prepare};
 use crate::state::AppState;
 
 /// The answer for one event, in request order.
@@ -85,40 +84,8 @@ async fn process(
 ) -> Result<Vec<EventResult>, ApiError> {
     let tenant = caller.tenant.as_str();
     let now = now_ms();
-    let mut events: Vec<Event> = Vec::with_capacity(items.len());
-    let mut invalid: Vec<InvalidRecord> = Vec::new();
-    // For each item: Ok(index into events) or Err(index into invalid).
-    let mut order: Vec<Result<usize, usize>> = Vec::with_capacity(items.len());
-    for item in items {
-        let checked = match item {
-            Item::Event(value) => validate(&value, &state.limits, now)
-                .map_err(|e| (value.to_string(), e.field, e.reason)),
-            Item::Unparseable { raw, reason } => Err((raw, "$".to_owned(), reason)),
-        };
-        match checked {
-            Ok(event) => {
-                order.push(Ok(events.len()));
-                events.push(event);
-            }
-            Err((raw, field, reason)) => {
-                order.push(Err(invalid.len()));
-                invalid.push(InvalidRecord {
-                    tenant_id: tenant.to_owned(),
-                    received_at_ms: now,
-                    field,
-                    reason,
-                    raw,
-                });
-            }
-        }
-    }
-    let records: Vec<(QueueRecord<'_>, Option<String>)> = events
-        .iter()
-        .map(|event| {
-            let event_id_hash = event.event_id.as_deref().map(sha256_hex);
-            (QueueRecord::new(tenant, event, now), event_id_hash)
-        })
-        .collect();
+    let prepared = prepare(tenant, items, &state.limits, now);
+    let records = prepared.records(tenant, now);
     if let Some(limit) = caller
         .rate_limit
         .filter(|limit| records.len() > *limit as usize)
@@ -129,30 +96,29 @@ async fn process(
             records.len()
         )));
     }
-    let claims: Vec<Claim<'_>> = records
-        .iter()
-        .map(|(record, eid)| Claim {
-            record,
-            event_id_hash: eid.clone(),
-        })
-        .collect();
+    let claims = claims(&records);
+    let invalid = &prepared.invalid;
     let outcomes = state
         .dedup
-        .submit(tenant, caller.rate_limit, &claims, &invalid, now)
+        .submit(tenant, caller.rate_limit, &claims, invalid, now)
         .await?;
 
-    let results = order
-        .into_iter()
+    // Counted once per request and outcome: a labelled counter is a registry look-up.
+    let mut counts = [0u64; 3];
+    let results = prepared
+        .order
+        .iter()
         .map(|slot| match slot {
             Ok(i) => {
-                let semantic_key = records[i].0.semantic_hash.to_hex();
-                match outcomes[i] {
+                let semantic_key =
+                    sift_core::keys::to_hex(records[*i].record.semantic_hash.as_bytes());
+                match outcomes[*i] {
                     Outcome::Accepted => {
-                        count_event(tenant, "accepted");
+                        counts[0] += 1;
                         EventResult::Accepted { semantic_key }
                     }
                     collapsed => {
-                        count_event(tenant, "collapsed");
+                        counts[1] += 1;
                         EventResult::Collapsed {
                             semantic_key,
                             reason: collapsed.reason().unwrap_or("duplicate"),
@@ -161,8 +127,8 @@ async fn process(
                 }
             }
             Err(j) => {
-                count_event(tenant, "rejected");
-                let InvalidRecord { field, reason, .. } = invalid[j].clone();
+                counts[2] += 1;
+                let InvalidRecord { field, reason, .. } = invalid[*j].clone();
                 EventResult::Rejected {
                     error: "invalid_event",
                     field,
@@ -171,6 +137,12 @@ async fn process(
             }
         })
         .collect();
+    for (outcome, n) in ["accepted", "collapsed", "rejected"]
+        .into_iter()
+        .zip(counts)
+    {
+        count_events(tenant, outcome, n);
+    }
     Ok(results)
 }
 

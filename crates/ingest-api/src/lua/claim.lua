@@ -5,16 +5,18 @@
 --
 -- KEYS[1] queue, KEYS[2] invalid-events list, KEYS[3] open-streams sorted set, KEYS[4] the
 -- tenant's dedup counters of this hour (received, accepted: the dashboard's dedup ratio),
--- KEYS[5] the tenant's event counter of this second (its rate limit), then per event
--- three keys: the semantic claim, the event_id claim, the stream's pending hash (unused ones
--- repeat the semantic claim so that every key stays in the event's hash slot), and last the
--- request's receipt (see below; the queue when there is none).
+-- KEYS[5] the tenant's event counter of this second (its rate limit), then per event the
+-- keys it uses: the semantic claim, the event_id claim (with an event_id), the stream's
+-- pending hash (stream chunks), and last the request's receipt (see below; the queue when
+-- there is none). Only keys in use are sent: each is another string for Redis to read and
+-- for Lua to make.
 -- ARGV: now_ms, window_ms, event_id_window_ms, sliding (1/0), high_water (0: none),
 -- invalid_max, stream_timeout_ms, number of events, number of invalid records, the tenant's
--- events per second (0: no limit); then per event
--- kind (p plain, s stream chunk, f final stream chunk), has_event_id (1/0), chunk_index (-1:
--- none), record; then the invalid records, the receipt's lifetime in ms (0: no receipt), and
--- the counters' lifetime in ms.
+-- events per second (0: no limit); then per event its kind (p plain, s stream chunk, f final
+-- stream chunk; followed by e when it has an event_id: p, pe, s, se, f, fe), its chunk_index
+-- (stream chunks only; -1: none) and its record; then the invalid records, the receipt's
+-- lifetime in ms (0: no receipt), and the counters' lifetime in ms (given when an hour's
+-- counters are created).
 -- The receipt is this shard's answer to one part of a request that spans several shards. If
 -- another shard fails, the request is answered 503 and retried: the receipt then answers the
 -- same part again (as collapsed) instead of taking its events a second time, even after the
@@ -59,13 +61,53 @@ if rate_limit > 0 and n_events > 0 then
   redis.call('PEXPIRE', KEYS[5], 2000)
 end
 
+-- What this call has written or found already, so that the copies of one intent within one
+-- request (an SDK's retries queued together) cost no further calls: nothing else runs while
+-- the script does, and no step below deletes a claim, so a key seen here stays as seen.
+-- eid_seen: event_id claims that exist. claimed: semantic claims the plain path set or found
+-- (their window set or extended by that event at this same time); a final stream chunk that
+-- sets a claim to the event_id window drops it from the table, so that a later plain copy
+-- extends it as before.
+local eid_seen, claimed = {}, {}
+local records = {}
 local statuses = {}
+-- The next event's first key and first argument.
+local k, a = 6, 11
+local kinds = {p = 'p', pe = 'p', s = 's', se = 's', f = 'f', fe = 'f'}
 for i = 1, n_events do
-  local claim, eid, pending = KEYS[3 * i + 3], KEYS[3 * i + 4], KEYS[3 * i + 5]
-  local a = 11 + 4 * (i - 1)
-  local kind, has_eid, chunk, record = ARGV[a], ARGV[a + 1] == '1', tonumber(ARGV[a + 2]), ARGV[a + 3]
+  local flags = ARGV[a]
+  local kind, has_eid = kinds[flags], #flags == 2
+  local claim = KEYS[k]
+  local eid, pending, chunk = claim, claim, -1
+  k = k + 1
+  if has_eid then
+    eid = KEYS[k]
+    k = k + 1
+  end
+  if kind ~= 'p' then
+    pending = KEYS[k]
+    k = k + 1
+    chunk = tonumber(ARGV[a + 1])
+    a = a + 1
+  end
+  local record = ARGV[a + 1]
+  a = a + 2
   local status
-  if has_eid and redis.call('EXISTS', eid) == 1 then
+  local eid_taken = false
+  if has_eid then
+    if eid_seen[eid] then
+      eid_taken = true
+    elseif kind == 's' then
+      -- A chunk before the final one only looks: its stream claims the id when written.
+      eid_taken = redis.call('EXISTS', eid) == 1
+    else
+      -- Plain events and final chunks claim the id whenever it is free (every outcome but
+      -- duplicate_event_id writes it), so one SET NX both checks and claims.
+      eid_taken = not redis.call('SET', eid, '1', 'NX', 'PX', eid_window)
+    end
+    if eid_taken or kind ~= 's' then eid_seen[eid] = true end
+  end
+  if eid_taken then
     status = 3
     if kind == 'f' then
       -- The final chunk of a stream whose event_id was written already (by another stream
@@ -74,20 +116,24 @@ for i = 1, n_events do
       redis.call('ZREM', KEYS[3], pending)
     end
   elseif kind == 'p' then
-    if redis.call('SET', claim, '1', 'NX', 'PX', window) then
-      redis.call('LPUSH', KEYS[1], record)
+    if claimed[claim] then
+      status = 2
+    elseif redis.call('SET', claim, '1', 'NX', 'PX', window) then
+      records[#records + 1] = record
       status = 1
     else
       if sliding then redis.call('PEXPIRE', claim, window) end
       status = 2
     end
+    claimed[claim] = true
   elseif redis.call('EXISTS', claim) == 1 then
     -- The stream was already written (its final chunk came, or it timed out).
     status = 4
   elseif kind == 'f' then
     status = (redis.call('EXISTS', pending) == 1) and 4 or 1
     redis.call('SET', claim, '1', 'PX', eid_window)
-    redis.call('LPUSH', KEYS[1], record)
+    claimed[claim] = nil
+    records[#records + 1] = record
     redis.call('DEL', pending)
     redis.call('ZREM', KEYS[3], pending)
   else
@@ -107,27 +153,35 @@ for i = 1, n_events do
     end
     redis.call('ZADD', KEYS[3], now + stream_timeout, pending)
   end
-  if has_eid and status ~= 3 and kind ~= 's' then
-    redis.call('SET', eid, '1', 'PX', eid_window)
-  end
   statuses[i] = status
 end
+
+-- One LPUSH for the accepted records, in event order (LPUSH of several values pushes them one
+-- after the other), in slices that Lua's unpack can take.
+local function push_all(key, values, first, last)
+  for from = first, last, 1000 do
+    redis.call('LPUSH', key, unpack(values, from, math.min(from + 999, last)))
+  end
+end
+push_all(KEYS[1], records, 1, #records)
 
 local accepted = 0
 for i = 1, n_events do
   if statuses[i] == 1 then accepted = accepted + 1 end
 end
 if n_events > 0 then
-  redis.call('HINCRBY', KEYS[4], 'received', n_events)
-  redis.call('HINCRBY', KEYS[4], 'accepted', accepted)
-  redis.call('PEXPIRE', KEYS[4], tonumber(ARGV[#ARGV]))
+  -- A new hour's counters get their lifetime when created (received starts at this call's
+  -- events); the lifetime passed covers the hour's later writes.
+  if redis.call('HINCRBY', KEYS[4], 'received', n_events) == n_events then
+    redis.call('PEXPIRE', KEYS[4], tonumber(ARGV[#ARGV]))
+  end
+  -- A missing field reads as 0.
+  if accepted > 0 then redis.call('HINCRBY', KEYS[4], 'accepted', accepted) end
 end
 
-local first_invalid = 11 + 4 * n_events
-for j = 0, n_invalid - 1 do
-  redis.call('LPUSH', KEYS[2], ARGV[first_invalid + j])
-end
+local first_invalid = a
 if n_invalid > 0 then
+  push_all(KEYS[2], ARGV, first_invalid, first_invalid + n_invalid - 1)
   redis.call('LTRIM', KEYS[2], 0, invalid_max - 1)
 end
 if receipt_ttl > 0 then
