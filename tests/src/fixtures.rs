@@ -102,14 +102,17 @@ impl Fixture {
             .await?)
     }
 
+    /// The queued records in arrival order (a batch's accepted events are one element, a
+    /// frame of their records).
     pub async fn queue(&self) -> Result<Vec<QueueRecord<'static>>> {
-        let mut records: Vec<QueueRecord<'static>> = self
-            .list("queue")
-            .await?
-            .iter()
-            .map(|b| QueueRecord::decode(b).map(QueueRecord::into_owned))
-            .collect::<Result<_, _>>()?;
-        records.reverse(); // LPUSH puts the newest first; show them in arrival order.
+        let mut elements = self.list("queue").await?;
+        elements.reverse(); // LPUSH puts the newest first; show them in arrival order.
+        let mut records = Vec::new();
+        for element in &elements {
+            for record in sift_core::records_of(element)? {
+                records.push(QueueRecord::decode(record)?.into_owned());
+            }
+        }
         Ok(records)
     }
 

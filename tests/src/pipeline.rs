@@ -91,6 +91,24 @@ impl Pipeline {
             .await?)
     }
 
+    /// The records of the list `suffix`, oldest first (a frame of a batch's records counts as
+    /// its records).
+    pub async fn records_in(&self, suffix: &str) -> Result<Vec<Vec<u8>>> {
+        let mut conn = redis_connection(&self.redis).await?;
+        let mut elements: Vec<Vec<u8>> = redis::cmd("LRANGE")
+            .arg(format!("{}:{suffix}", self.ingest.key_prefix))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await?;
+        elements.reverse();
+        let mut records = Vec::new();
+        for element in &elements {
+            records.extend(sift_core::records_of(element)?.into_iter().map(<[u8]>::to_vec));
+        }
+        Ok(records)
+    }
+
     /// Waits until `expected` rows are in ClickHouse and the queue is empty, then a little
     /// longer, and returns the count (so a late duplicate would still be seen).
     pub async fn settle(&self, expected: u64, within: Duration) -> Result<u64> {

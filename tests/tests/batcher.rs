@@ -256,13 +256,14 @@ async fn kill_9_with_several_chunks_in_flight_recovers_each_with_its_own_token()
         &env,
     )
     .await?;
+    // Four batches of 250: four frames, each a chunk of its own (a frame is not split).
     assert_eq!(p.send(&unique_events("lanes", 1000)).await?, 1000);
     let names = ["w-lanes", "w-lanes#1", "w-lanes#2", "w-lanes#3"];
     let started = Instant::now();
     loop {
         let mut held = 0;
         for name in names {
-            if p.redis_len(&format!("processing:{name}")).await? == 100 {
+            if p.records_in(&format!("processing:{name}")).await?.len() == 250 {
                 held += 1;
             }
         }
@@ -277,17 +278,9 @@ async fn kill_9_with_several_chunks_in_flight_recovers_each_with_its_own_token()
     }
     batcher.kill9().await?;
 
-    let mut conn = redis_connection(&p.redis).await?;
     let mut in_flight = Vec::new();
     for name in names {
-        let mut records: Vec<Vec<u8>> = redis::cmd("LRANGE")
-            .arg(format!("{}:processing:{name}", p.ingest.key_prefix))
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut conn)
-            .await?;
-        records.reverse();
-        in_flight.push(chunk_id(&records));
+        in_flight.push(chunk_id(&p.records_in(&format!("processing:{name}")).await?));
     }
     let distinct: std::collections::BTreeSet<&String> = in_flight.iter().collect();
     assert_eq!(distinct.len(), 4, "four chunks of their own");
@@ -308,7 +301,7 @@ async fn kill_9_with_several_chunks_in_flight_recovers_each_with_its_own_token()
             p.table()
         ))
         .await?;
-        assert_eq!(rows, "100", "chunk {id} was written whole under its own id");
+        assert_eq!(rows, "250", "chunk {id} was written whole under its own id");
         let status: String =
             db.0.query_one("SELECT status FROM chunk_ledger WHERE chunk_id = $1", &[id])
                 .await?

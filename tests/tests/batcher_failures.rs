@@ -127,7 +127,7 @@ async fn sigterm_while_clickhouse_hangs_leaves_the_chunk_for_recovery() -> Resul
         "exited after {:?}",
         asked.elapsed()
     );
-    assert_eq!(p.redis_len("processing:w-hang").await?, 80);
+    assert_eq!(p.records_in("processing:w-hang").await?.len(), 80);
     assert_eq!(p.rows().await?, 0);
 
     proxy.down().await;

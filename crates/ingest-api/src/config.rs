@@ -115,7 +115,8 @@ pub struct Config {
     #[arg(long, env = "SIFT_STREAM_TIMEOUT_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub stream_timeout_ms: u64,
 
-    /// Queue length from which new events are answered 429 (0: no limit).
+    /// Queue length from which new events are answered 429 (0: no limit). The queue holds an
+    /// element per request: an event sent alone, or the accepted events of a batch together.
     #[arg(long, env = "SIFT_QUEUE_HIGH_WATER", default_value_t = 1_000_000)]
     pub queue_high_water: u64,
 

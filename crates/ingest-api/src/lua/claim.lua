@@ -156,14 +156,29 @@ for i = 1, n_events do
   statuses[i] = status
 end
 
--- One LPUSH for the accepted records, in event order (LPUSH of several values pushes them one
--- after the other), in slices that Lua's unpack can take.
+-- The accepted records as one queue element: the record itself, or a frame of all of them
+-- (byte 3, their number as a big-endian u16, then each as its big-endian u32 length and its
+-- bytes; sift_core::records_of reads it). One element for Redis to push and for the batcher
+-- to move, however many events the request held.
+if #records == 1 then
+  redis.call('LPUSH', KEYS[1], records[1])
+else
+  for from = 1, #records, 65535 do
+    local last = math.min(from + 65534, #records)
+    local parts = {string.char(3) .. struct.pack('>I2', last - from + 1)}
+    for j = from, last do
+      parts[#parts + 1] = struct.pack('>I4', #records[j]) .. records[j]
+    end
+    redis.call('LPUSH', KEYS[1], table.concat(parts))
+  end
+end
+
+-- One LPUSH for several values, in slices that Lua's unpack can take.
 local function push_all(key, values, first, last)
   for from = first, last, 1000 do
     redis.call('LPUSH', key, unpack(values, from, math.min(from + 999, last)))
   end
 end
-push_all(KEYS[1], records, 1, #records)
 
 local accepted = 0
 for i = 1, n_events do
