@@ -45,6 +45,7 @@ fmt:
 bench: up
 	cargo build --release --bins
 	cargo bench -p sift-e2e --bench hourly
+	cargo bench -p sift-ingest-api --bench redis_ceiling
 	cargo bench -p sift-e2e --bench report
 
 # sift-bench against a running stack (`make run`), with the end-to-end check in ClickHouse:

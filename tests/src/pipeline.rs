@@ -104,7 +104,11 @@ impl Pipeline {
         elements.reverse();
         let mut records = Vec::new();
         for element in &elements {
-            records.extend(sift_core::records_of(element)?.into_iter().map(<[u8]>::to_vec));
+            records.extend(
+                sift_core::records_of(element)?
+                    .into_iter()
+                    .map(<[u8]>::to_vec),
+            );
         }
         Ok(records)
     }

@@ -280,7 +280,9 @@ async fn kill_9_with_several_chunks_in_flight_recovers_each_with_its_own_token()
 
     let mut in_flight = Vec::new();
     for name in names {
-        in_flight.push(chunk_id(&p.records_in(&format!("processing:{name}")).await?));
+        in_flight.push(chunk_id(
+            &p.records_in(&format!("processing:{name}")).await?,
+        ));
     }
     let distinct: std::collections::BTreeSet<&String> = in_flight.iter().collect();
     assert_eq!(distinct.len(), 4, "four chunks of their own");

@@ -269,8 +269,16 @@ async fn copies_within_one_batch_are_collapsed_and_the_queue_keeps_the_batch_ord
         .collect();
     assert_eq!(queued, accepted, "one record per intent, in batch order");
     let elements = f.list("queue").await?;
-    assert_eq!(elements.len(), 1, "the batch's accepted records are one queue element");
-    assert_eq!(sift_core::records_of(&elements[0])?.len(), 3, "a frame of three");
+    assert_eq!(
+        elements.len(),
+        1,
+        "the batch's accepted records are one queue element"
+    );
+    assert_eq!(
+        sift_core::records_of(&elements[0])?.len(),
+        3,
+        "a frame of three"
+    );
 
     // A later request meets the claims this batch took.
     assert_eq!(f.event(&with_id).await?.1["reason"], "duplicate_event_id");
