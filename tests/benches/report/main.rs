@@ -12,7 +12,10 @@
 //! - (e) the hourly read API on 10 million events (`target/bench/hourly.json`, from the
 //!   `hourly` bench, which `make bench` runs first).
 //!
-//! `SIFT_BENCH_SCALE` (default 1) multiplies every size and duration (0.1 for a quick look).
+//! `SIFT_BENCH_SCALE` (default 1) multiplies every size and duration (0.1 for a quick look);
+//! `SIFT_BENCH_ONLY=a,c` runs only those scenarios (`l`, ClickHouse's own rate, and `d` need
+//! `b`); `SIFT_BENCH_BATCHERS=1` drains with one batcher only (default `1,2`);
+//! `SIFT_BENCH_BATCHER_ARGS='--chunk-size 100000'` gives the drained batchers more flags.
 //! The machine is shared and noisy: compare figures of one run, as ratios.
 
 mod drain;
@@ -34,6 +37,11 @@ use sift_e2e::{clickhouse_query, delete_prefix, redis_url, unique, Database};
 /// prompts, as the Redis ceiling bench sends them (so that the two compare).
 const DUPLICATES: &str = "--duplicates=0.74";
 const KINDS: &str = "--dup-kinds=retry=2,variant=1,stream=0";
+
+/// Whether scenario `name` (a, b, c) is to run.
+fn wanted(name: &str) -> bool {
+    std::env::var("SIFT_BENCH_ONLY").map_or(true, |only| only.split(',').any(|s| s.trim() == name))
+}
 
 fn scale() -> f64 {
     std::env::var("SIFT_BENCH_SCALE")
@@ -122,34 +130,32 @@ async fn main() -> Result<()> {
         db.tenant_with_key("tenant-b").await?,
     ];
     let mut ingest_runs = Vec::new();
-    for (name, load) in [
-        (
-            "single events, 64 connections",
-            vec!["--concurrency", "64", DUPLICATES, KINDS],
-        ),
-        (
-            "single events, offered 20,000/s",
-            vec![
-                "--rate",
-                "20000",
-                "--concurrency",
-                "64",
-                "--duplicates",
-                "0.5",
-            ],
-        ),
-        (
-            "batches of 100, 16 connections",
-            vec![
-                "--concurrency",
-                "16",
-                "--batch-size",
-                "100",
-                DUPLICATES,
-                KINDS,
-            ],
-        ),
-    ] {
+    let loads = if wanted("a") {
+        vec![
+            (
+                "single events, 64 connections",
+                vec!["--concurrency", "64", DUPLICATES, KINDS],
+            ),
+            (
+                "single events, offered 20,000/s",
+                vec!["--rate", "20000", "--concurrency", "64", DUPLICATES, KINDS],
+            ),
+            (
+                "batches of 100, 16 connections",
+                vec![
+                    "--concurrency",
+                    "16",
+                    "--batch-size",
+                    "100",
+                    DUPLICATES,
+                    KINDS,
+                ],
+            ),
+        ]
+    } else {
+        Vec::new()
+    };
+    for (name, load) in loads {
         eprintln!("(a) {name} ...");
         let run = ingest::run(name, &db, &redis, &keys, seconds, &load).await?;
         eprintln!(
@@ -178,7 +184,16 @@ async fn main() -> Result<()> {
     let mut drains = Vec::new();
     let mut limits = Vec::new();
     let mut stored = None;
-    for batchers in [1, 2] {
+    let drained: Vec<usize> = if wanted("b") {
+        std::env::var("SIFT_BENCH_BATCHERS")
+            .unwrap_or_else(|_| "1,2".into())
+            .split(',')
+            .filter_map(|n| n.trim().parse().ok())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    for (i, batchers) in drained.into_iter().enumerate() {
         let db = Database::create_with_clickhouse().await?;
         let prefix = unique("bench");
         let now = now_ms()?;
@@ -188,11 +203,13 @@ async fn main() -> Result<()> {
             "(b) {batchers} batcher(s) draining {rows} records ({} bytes a record) ...",
             bytes / rows
         );
-        let d = drain::drain(&db, &redis, &prefix, rows, batchers, &[]).await?;
+        let extra = std::env::var("SIFT_BENCH_BATCHER_ARGS").unwrap_or_default();
+        let extra: Vec<&str> = extra.split_whitespace().collect();
+        let d = drain::drain(&db, &redis, &prefix, rows, batchers, &extra).await?;
         eprintln!("    {:.0} rows/s", d.rows_per_sec);
         drains.push(d);
         delete_prefix(&redis, &prefix).await?;
-        if batchers == 1 {
+        if i == 0 && wanted("l") {
             let chunks = drain::chunks_of(&db).await?;
             for concurrency in [1, 3] {
                 let l = drain::clickhouse_limit(&chunks, concurrency).await?;
@@ -202,6 +219,8 @@ async fn main() -> Result<()> {
                 );
                 limits.push(l);
             }
+        }
+        if i == 0 && wanted("d") {
             eprintln!("(d) bytes per event on disk ...");
             let s = storage::compare(&db, rows, now).await?;
             eprintln!(
@@ -213,8 +232,12 @@ async fn main() -> Result<()> {
     }
 
     // (c) The whole pipeline at rising rates.
-    eprintln!("(c) the whole pipeline at rising offered rates ...");
-    let steps = pipeline::ramp(&redis, 25_000.0, seconds, 8).await?;
+    let steps = if wanted("c") {
+        eprintln!("(c) the whole pipeline at rising offered rates ...");
+        pipeline::ramp(&redis, 25_000.0, seconds, 8).await?
+    } else {
+        Vec::new()
+    };
 
     let hourly = read_json(&dir.join("hourly.json"));
     let report = json!({
