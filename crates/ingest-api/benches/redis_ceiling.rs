@@ -52,6 +52,20 @@ fn sends_of(client: &str, n: u64) -> Vec<serde_json::Value> {
     sends
 }
 
+/// Calls over which the copies of an intent are spread.
+const SPREAD_CALLS: usize = 8;
+
+/// A fixed shuffle of `items` (seeded by `seed`; xorshift, so that runs compare).
+fn shuffle<T>(items: &mut [T], seed: u64) {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    for i in (1..items.len()).rev() {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        items.swap(i, (state % (i as u64 + 1)) as usize);
+    }
+}
+
 /// One connection's work: pipelines of `depth` packed commands, and the events they carry.
 struct Work {
     pipelines: Vec<(Vec<u8>, usize)>,
@@ -76,9 +90,17 @@ fn build(
         let mut packed = Vec::new();
         let mut count = 0;
         while count < depth && built < events {
-            while pending.len() < per_call {
-                pending.extend(sends_of(client, n));
-                n += 1;
+            if pending.len() < per_call {
+                // Copies of one intent spread over several calls, as a client's retries
+                // arrive in later requests (the load tool's do): each copy then checks its
+                // event_id's claim in Redis instead of finding it in the call's own table.
+                let mut block = Vec::new();
+                while block.len() < SPREAD_CALLS * per_call {
+                    block.extend(sends_of(client, n));
+                    n += 1;
+                }
+                shuffle(&mut block, n);
+                pending.extend(block);
             }
             let items: Vec<Item> = pending.drain(..per_call).map(Item::Event).collect();
             let prepared = prepare(TENANT, items, &limits, now);
