@@ -9,22 +9,16 @@ use std::time::Instant;
 
 use sift_batcher::chunk::Chunk;
 
+// The events the report's drain queues.
+#[path = "../../../tests/benches/report/mix.rs"]
+mod mix;
+
 fn elements(rows: usize, now_ms: i64) -> Vec<Vec<u8>> {
     let limits = sift_core::Limits::default();
-    let models = ["v1.0.0", "v1.1.0", "v2.0.0", "v2.1.0", "v3.0.0"];
     let records: Vec<Vec<u8>> = (0..rows)
         .map(|i| {
-            let value = serde_json::json!({
-                "session_id": format!("bench-session-{:06}", i / 8),
-                "prompt_text": format!("Summarise support ticket {i} for the customer, in three bullet points"),
-                "model_version": models[i % models.len()],
-                "latency_ms": 40.0 + (i % 900) as f64,
-                "input_tokens": (i % 700) as u64, "output_tokens": (i % 1300) as u64,
-                "success": !i.is_multiple_of(17),
-                "provider": "openai", "operation": "chat",
-                "timestamp": (now_ms - (i as i64 * 7919) % 3_600_000) as f64 / 1000.0,
-            });
-            let event = sift_core::validate::validate(&value, &limits, now_ms).expect("valid");
+            let event = sift_core::validate::validate(&mix::event(i, now_ms), &limits, now_ms)
+                .expect("valid");
             sift_core::QueueRecord::new(&format!("tenant-{}", i % 5), &event, now_ms).encode()
         })
         .collect();
@@ -34,7 +28,6 @@ fn elements(rows: usize, now_ms: i64) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// The median and the best of `samples`.
 fn median_and_best(mut samples: Vec<f64>) -> (f64, f64) {
     samples.sort_by(f64::total_cmp);
     (samples[samples.len() / 2], samples[0])

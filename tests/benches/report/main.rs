@@ -21,6 +21,7 @@
 mod drain;
 mod ingest;
 mod load;
+mod mix;
 mod pipeline;
 mod procs;
 mod storage;
