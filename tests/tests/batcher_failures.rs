@@ -5,7 +5,11 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
+use sift_batcher::worker::lane_id;
 use sift_e2e::{unique_events, Batcher, Pipeline, Proxy};
+
+/// `--chunks-in-flight`'s default: the lanes of a batcher started without it.
+const LANES: usize = 3;
 
 #[tokio::test]
 async fn clickhouse_away_under_load_loses_and_doubles_nothing() -> Result<()> {
@@ -94,7 +98,7 @@ async fn sigterm_finishes_the_chunk_in_hand_and_exits_0() -> Result<()> {
         300,
         "the chunk in hand was finished before exit"
     );
-    for lane in ["w-term", "w-term#1", "w-term#2"] {
+    for lane in (0..LANES).map(|i| lane_id("w-term", i)) {
         assert_eq!(p.redis_len(&format!("processing:{lane}")).await?, 0);
     }
     p.cleanup().await
@@ -129,9 +133,9 @@ async fn sigterm_while_clickhouse_hangs_leaves_the_chunk_for_recovery() -> Resul
         "exited after {:?}",
         asked.elapsed()
     );
-    // Whichever lane had its turn at claiming holds the chunk (three lanes by default).
+    // Whichever lane had its turn at claiming holds the chunk.
     let mut in_hand = 0;
-    for lane in ["w-hang", "w-hang#1", "w-hang#2"] {
+    for lane in (0..LANES).map(|i| lane_id("w-hang", i)) {
         in_hand += p.records_in(&format!("processing:{lane}")).await?.len();
     }
     assert_eq!(in_hand, 80, "the chunk stays in its lane's processing list");

@@ -34,7 +34,7 @@ pub struct Chunk {
     pub elements: Vec<Vec<u8>>,
     /// The records that decode, in order: the chunk's rows.
     rows: Vec<Span>,
-    /// The rows in RowBinary, in the order of `ai_events`'s sort key (see [`encode_sorted`]).
+    /// The rows in RowBinary, in the order of `ai_events`'s sort key (see [`Order`]).
     pub payload: Bytes,
     /// Where each row (in queue order) lies in `payload`.
     row_ranges: Vec<Range<usize>>,
@@ -118,7 +118,6 @@ impl Chunk {
             *range = at..payload.len();
         }
         SCRATCH.with_borrow_mut(|scratch| *scratch = plain);
-        let row_ranges = ranges;
         let names = tenants.names;
         let hours = hours
             .into_iter()
@@ -140,7 +139,7 @@ impl Chunk {
             elements,
             rows,
             payload: payload.into(),
-            row_ranges,
+            row_ranges: ranges,
             poison,
             hours: hours.into_iter().collect(),
             bounds,

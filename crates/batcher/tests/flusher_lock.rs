@@ -3,23 +3,15 @@
 
 use std::time::Duration;
 
-use sift_batcher::run::redis_pool;
 use sift_batcher::sessions::FlusherLock;
-use sift_core::KeySpace;
 
-fn redis_url() -> String {
-    std::env::var("SIFT_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
+mod common;
 
 #[tokio::test]
 async fn one_holder_at_a_time_and_a_crashed_holder_cannot_keep_it(
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let pool = redis_pool(&redis_url(), 2)?;
-    let keys = KeySpace::new(format!(
-        "lock-test-{}-{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
+    let pool = common::pool()?;
+    let keys = common::unique_keys("lock");
     let a = FlusherLock::new(pool.clone(), &keys, "worker-a");
     let b = FlusherLock::new(pool.clone(), &keys, "worker-b");
 

@@ -4,21 +4,13 @@
 //! acknowledgement only.
 
 use sift_batcher::queue::Queue;
-use sift_batcher::run::redis_pool;
-use sift_core::KeySpace;
 
-fn redis_url() -> String {
-    std::env::var("SIFT_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
+mod common;
 
 #[tokio::test]
 async fn ack_removes_exactly_the_chunk() -> Result<(), Box<dyn std::error::Error>> {
-    let pool = redis_pool(&redis_url(), 2)?;
-    let keys = KeySpace::new(format!(
-        "ack-test-{}-{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
+    let pool = common::pool()?;
+    let keys = common::unique_keys("ack");
     let queue = Queue::new(pool.clone(), keys.clone(), "w1".into());
     let mut conn = pool.get().await?;
     let list = keys.processing("w1");

@@ -5,21 +5,13 @@
 //! processing list as a reader expects it (oldest at the tail).
 
 use sift_batcher::queue::Queue;
-use sift_batcher::run::redis_pool;
-use sift_core::KeySpace;
 
-fn redis_url() -> String {
-    std::env::var("SIFT_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
+mod common;
 
 #[tokio::test]
 async fn claims_stay_within_records_and_bytes() -> Result<(), Box<dyn std::error::Error>> {
-    let pool = redis_pool(&redis_url(), 2)?;
-    let keys = KeySpace::new(format!(
-        "claim-test-{}-{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
+    let pool = common::pool()?;
+    let keys = common::unique_keys("claim");
     let queue = Queue::new(pool.clone(), keys.clone(), "w1".into());
     let mut conn = pool.get().await?;
     // Oldest first: 300 single records, then a frame of 50, then 10 more singles.

@@ -39,7 +39,7 @@ use sift_e2e::{clickhouse_query, delete_prefix, redis_url, unique, Database};
 const DUPLICATES: &str = "--duplicates=0.74";
 const KINDS: &str = "--dup-kinds=retry=2,variant=1,stream=0";
 
-/// Whether scenario `name` (a, b, c) is to run.
+/// Whether scenario `name` (a, b, l, d or c) is to run.
 fn wanted(name: &str) -> bool {
     std::env::var("SIFT_BENCH_ONLY").map_or(true, |only| only.split(',').any(|s| s.trim() == name))
 }
@@ -194,6 +194,8 @@ async fn main() -> Result<()> {
     } else {
         Vec::new()
     };
+    let extra = std::env::var("SIFT_BENCH_BATCHER_ARGS").unwrap_or_default();
+    let extra: Vec<&str> = extra.split_whitespace().collect();
     for (i, batchers) in drained.into_iter().enumerate() {
         let db = Database::create_with_clickhouse().await?;
         let prefix = unique("bench");
@@ -204,8 +206,6 @@ async fn main() -> Result<()> {
             "(b) {batchers} batcher(s) draining {rows} records ({} bytes a record) ...",
             bytes / rows
         );
-        let extra = std::env::var("SIFT_BENCH_BATCHER_ARGS").unwrap_or_default();
-        let extra: Vec<&str> = extra.split_whitespace().collect();
         let d = drain::drain(&db, &redis, &prefix, rows, batchers, &extra).await?;
         eprintln!("    {:.0} rows/s", d.rows_per_sec);
         drains.push(d);
