@@ -122,9 +122,7 @@ async fn main() -> Result<()> {
 
     // The question, for a busy tenant (half of all events) and a small one: every model, hour
     // by hour, over the last 7 days.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs();
+    let now = sift_core::clock::now_secs().unsigned_abs();
     let to = (now / 3600 + 1) * 3600;
     let from = to - 7 * 86400;
     let small_key = db.tenant_with_key("tenant-1").await?;

@@ -167,9 +167,7 @@ impl Lcg {
 /// Events over the last `hours` hours for several models and sessions of one tenant.
 pub fn dataset(tag: &str, n: usize, hours: u64, seed: u64) -> Vec<Value> {
     let mut rng = Lcg(seed);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = now_secs();
     (0..n)
         .map(|i| {
             let model = MODELS[rng.below(3) as usize];
@@ -398,9 +396,7 @@ pub fn f(v: &Value) -> f64 {
 
 /// Seconds since the epoch, now.
 pub fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    sift_core::clock::now_secs().unsigned_abs()
 }
 
 /// `GET /v1/ai/stats/hourly` over the last `hours` hours and the next one.

@@ -300,9 +300,7 @@ async fn refused_events_replay_from_the_invalid_list_once_the_cause_is_fixed() -
         .send()
         .await?;
     assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    let received_by = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_millis();
+    let received_by = sift_core::clock::now_ms();
     let prefix = ingest.key_prefix.clone();
     let _batcher = Batcher::start(&db, &redis, &prefix, "w-invalid", &[]).await?;
     let listed = db
@@ -343,7 +341,7 @@ async fn refused_events_replay_from_the_invalid_list_once_the_cause_is_fixed() -
         "2"
     );
     // The event sent without a timestamp happened when the API received it, not at replay.
-    let at: u128 = clickhouse_query(&format!(
+    let at: i64 = clickhouse_query(&format!(
         "SELECT toUnixTimestamp64Milli(event_time) FROM {table} WHERE session_id = 'session-000006'"
     ))
     .await?

@@ -134,9 +134,7 @@ async fn two_batchers_run_the_flusher_once_per_period_between_them() -> Result<(
 #[tokio::test]
 async fn the_flusher_reads_its_span_yet_keeps_a_known_session_whole() -> Result<()> {
     let w = World::new(&["acme"]).await?;
-    let started = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs_f64();
+    let started = sift_core::clock::now_ms() as f64 / 1000.0;
     // Sessions with events over the last 3 hours; the flusher reads 1 hour and 1 minute back.
     let sent = w.send("acme", &dataset("span", 600, 3, 41)).await?;
     let _batcher = w

@@ -266,9 +266,7 @@ async fn fail_shard_1_then_retry(
 
 /// The shard of 2 that the ingest API sends `event` of `tenant` to.
 fn shard_of(tenant: &str, event: &Value) -> usize {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let now = sift_core::clock::now_ms();
     let event = sift_core::validate::validate(event, &sift_core::Limits::default(), now)
         .expect("a valid event");
     sift_core::keys::shard_of(&sift_core::SemanticHash::of(tenant, &event), 2)

@@ -366,16 +366,6 @@ fn worker_id(text: &str) -> Result<String, String> {
     }
 }
 
-/// Parses RFC 3339 or epoch seconds into epoch milliseconds.
-pub fn parse_time(text: &str) -> Result<i64, String> {
-    if let Ok(secs) = text.parse::<i64>() {
-        return Ok(secs.saturating_mul(1000));
-    }
-    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
-        .map_err(|e| format!("{text:?} is neither RFC 3339 nor epoch seconds: {e}"))
-}
-
 #[cfg(test)]
 mod tests {
     use clap::Parser;

@@ -77,7 +77,7 @@ impl DeadLetter {
             attempts: 1,
             chunk_id: String::new(),
             worker: String::new(),
-            failed_at_ms: now_ms(),
+            failed_at_ms: sift_core::clock::now_ms(),
             record: text,
             record_base64: base64,
             position: 0,
@@ -113,12 +113,6 @@ impl DeadLetter {
         }
         value
     }
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Moves one entry back onto the queue, if it is still on its list (so a replay run twice, or
@@ -281,7 +275,7 @@ pub async fn entries(
         .arg(-1)
         .query_async(conn)
         .await?;
-    let now = now_ms();
+    let now = sift_core::clock::now_ms();
     Ok(raws
         .into_iter()
         .map(|raw| entry(raw, filter.invalid))

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use sift_batcher::config::{
-    parse_time, BackfillCommand, Cli, Command, DlqCommand, KeyCommand, MigrateTarget, TenantCommand,
+    BackfillCommand, Cli, Command, DlqCommand, KeyCommand, MigrateTarget, TenantCommand,
 };
 use sift_batcher::{clickhouse, dlq, migrate, postgres, rollups, run, sessions, tenants};
 use sift_core::KeySpace;
@@ -156,8 +156,8 @@ async fn backfill(
     let db = &ch.clickhouse_database;
     let client = clickhouse::client(ch).with_database(db);
     let range = |from: &str, to: &str| -> anyhow::Result<(i64, i64)> {
-        let from = parse_time(from).map_err(anyhow::Error::msg)?;
-        let to = parse_time(to).map_err(anyhow::Error::msg)?;
+        let from = sift_core::clock::parse_time_ms(from)?;
+        let to = sift_core::clock::parse_time_ms(to)?;
         anyhow::ensure!(from < to, "--from must be before --to");
         Ok((from, to))
     };
@@ -229,7 +229,7 @@ async fn dlq_command(command: DlqCommand, shards: &mut [dlq::ShardConn]) -> anyh
                 }
             }
             println!("{} entries", listed.len());
-            let now = dlq::now_ms();
+            let now = sift_core::clock::now_ms();
             for (s, position, entry) in listed.iter().take(limit) {
                 let age = (now - entry.at_ms).max(0) / 1000;
                 let place = if several {

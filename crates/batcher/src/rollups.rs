@@ -120,7 +120,7 @@ pub async fn rebuild(
         to_ms.saturating_add(HOUR_MS - 1).div_euclid(HOUR_MS) * HOUR_MS,
     );
     if let Some(days) = raw_ttl_days(client, db).await? {
-        let oldest = crate::dlq::now_ms() - (days - 1) * DAY_MS;
+        let oldest = sift_core::clock::now_ms() - (days - 1) * DAY_MS;
         if from_ms < oldest {
             let oldest = time::OffsetDateTime::from_unix_timestamp(oldest / 1000)
                 .map_or_else(|_| oldest.to_string(), |t| t.to_string());

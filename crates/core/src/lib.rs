@@ -1,5 +1,6 @@
 //! sift-core: everything the ingest API and the batcher must agree on, with no I/O.
 //!
+//! - [`clock`]: the wall clock in epoch milliseconds, and "RFC 3339 or epoch seconds".
 //! - [`event`]: the API v1 event as validated, typed data ([`event::Event`]).
 //! - [`validate`]: turns a raw JSON object into an [`event::Event`] or a field-level error.
 //! - [`normalize`]: the prompt normalizer (versioned) behind the semantic hash.
@@ -7,6 +8,7 @@
 //! - [`record`]: the versioned queue record the batcher reads, and the invalid-event record.
 //! - [`keys`]: every Redis key name, built in one place so sharding stays a configuration change.
 
+pub mod clock;
 pub mod event;
 pub mod hash;
 pub mod keys;

@@ -8,8 +8,6 @@
 //! as aliases of the fields they mean.
 
 use serde_json::{Map, Value};
-use time::format_description::well_known::Rfc3339;
-use time::OffsetDateTime;
 
 use crate::event::{Event, StreamPart};
 
@@ -374,10 +372,7 @@ fn timestamp(value: &Value) -> Result<i64> {
                 .ok_or_else(bad)?;
             Ok((secs * 1000.0).round() as i64)
         }
-        Value::String(s) => {
-            let at = OffsetDateTime::parse(s, &Rfc3339).map_err(|_| bad())?;
-            i64::try_from(at.unix_timestamp_nanos() / 1_000_000).map_err(|_| bad())
-        }
+        Value::String(s) => crate::clock::parse_rfc3339_ms(s).ok_or_else(bad),
         _ => Err(bad()),
     }
 }

@@ -82,7 +82,7 @@ fn build(
     depth: usize,
 ) -> Work {
     let (limits, settings) = (config.limits(), config.dedup());
-    let now = now_ms();
+    let now = sift_core::clock::now_ms();
     let mut pending: Vec<serde_json::Value> = Vec::new();
     let (mut n, mut built) = (0u64, 0u64);
     let mut pipelines = Vec::new();
@@ -157,12 +157,6 @@ fn drive(url: &str, work: Work, deadline: Duration) -> Result<(u64, u64, Duratio
         }
     }
     Ok((sent, accepted, started.elapsed()))
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Seconds of CPU (user + system) that process `pid` has used, from /proc.

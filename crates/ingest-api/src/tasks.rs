@@ -34,9 +34,7 @@ pub fn spawn(state: Arc<AppState>) -> JoinHandle<()> {
                     tracing::warn!(%error, "cannot read Redis memory use");
                 }
             }
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+            let now = sift_core::clock::now_ms();
             match state.dedup.sweep_streams(now, SWEEP_BATCH).await {
                 Ok(0) => {}
                 Ok(n) => {

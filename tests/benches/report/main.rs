@@ -64,12 +64,6 @@ fn target_dir() -> Result<PathBuf> {
         .join("bench"))
 }
 
-fn now_ms() -> Result<i64> {
-    Ok(std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_millis() as i64)
-}
-
 async fn command_version(program: &str, args: &[&str]) -> String {
     tokio::process::Command::new(program)
         .args(args)
@@ -199,7 +193,7 @@ async fn main() -> Result<()> {
     for (i, batchers) in drained.into_iter().enumerate() {
         let db = Database::create_with_clickhouse().await?;
         let prefix = unique("bench");
-        let now = now_ms()?;
+        let now = sift_core::clock::now_ms();
         eprintln!("(b) filling a queue of {rows} records ...");
         let bytes = load::fill_queue(&redis, &prefix, rows as usize, 5, now).await?;
         eprintln!(

@@ -83,7 +83,7 @@ async fn process(
     items: Vec<Item>,
 ) -> Result<Vec<EventResult>, ApiError> {
     let tenant = caller.tenant.as_str();
-    let now = now_ms();
+    let now = sift_core::clock::now_ms();
     let prepared = prepare(tenant, items, &state.limits, now);
     let records = prepared.records(tenant, now);
     if let Some(limit) = caller
@@ -144,10 +144,4 @@ async fn process(
         count_events(tenant, outcome, n);
     }
     Ok(results)
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

@@ -25,9 +25,7 @@ struct RangeQuery {
 /// `[from, to)` in epoch seconds: `to` defaults to the end of the current hour, `from` to
 /// 24 hours before `to`.
 fn range(query: &RangeQuery) -> Result<(i64, i64), ApiError> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let now = sift_core::clock::now_secs();
     let to = match &query.to {
         Some(text) => parse_time("to", text)?,
         None => (now / HOUR + 1) * HOUR,
@@ -47,15 +45,10 @@ fn range(query: &RangeQuery) -> Result<(i64, i64), ApiError> {
     Ok((from.max(0), to))
 }
 
-/// RFC 3339 or epoch seconds.
+/// RFC 3339 or epoch seconds, as epoch seconds.
 fn parse_time(name: &str, text: &str) -> Result<i64, ApiError> {
-    if let Ok(secs) = text.parse::<i64>() {
-        if (0..=4_102_444_800).contains(&secs) {
-            return Ok(secs);
-        }
-    }
-    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-        .map(time::OffsetDateTime::unix_timestamp)
+    sift_core::clock::parse_time_ms(text)
+        .map(|ms| ms.div_euclid(1000))
         .map_err(|_| {
             ApiError::BadParameter(format!(
                 "{name} must be an RFC 3339 date-time or epoch seconds, got {text:?}"
