@@ -9,111 +9,7 @@
 //! as the processing list of a worker that does not exist, which a live worker takes over like
 //! that of a dead one, and inserts with the original token.
 
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine as _;
-use serde::{Deserialize, Serialize};
-
-/// Why a record is in the dead letters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DeadLetterKind {
-    /// Not a queue record this build can read.
-    Poison,
-    /// ClickHouse refused the data.
-    Refused,
-    /// Its chunk failed more often than allowed.
-    Exhausted,
-}
-
-impl DeadLetterKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Poison => "poison",
-            Self::Refused => "refused",
-            Self::Exhausted => "exhausted",
-        }
-    }
-}
-
-/// The version [`DeadLetter::new`] writes: 2 keeps a binary record in `record_base64`.
-pub const DEAD_LETTER_VERSION: u32 = 2;
-
-/// One dead-lettered record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeadLetter {
-    pub v: u32,
-    pub kind: DeadLetterKind,
-    pub error: String,
-    pub attempts: u32,
-    pub chunk_id: String,
-    pub worker: String,
-    pub failed_at_ms: i64,
-    /// The record as it was, when it is text (a version 1 queue record, most poison).
-    #[serde(default)]
-    pub record: String,
-    /// The record's bytes in base64, when they are not UTF-8 (a version 2 queue record may
-    /// hold any byte).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub record_base64: Option<String>,
-    /// For `exhausted`: the record's place in its chunk and the chunk's number of records
-    /// (0 in entries written before chunks could be rebuilt).
-    #[serde(default)]
-    pub position: u32,
-    #[serde(default)]
-    pub chunk_rows: u32,
-}
-
-impl DeadLetter {
-    /// The entry of `record`, kept byte for byte.
-    pub fn new(kind: DeadLetterKind, error: String, record: &[u8]) -> Self {
-        let (text, base64) = match std::str::from_utf8(record) {
-            Ok(text) => (text.to_owned(), None),
-            _ => (String::new(), Some(BASE64.encode(record))),
-        };
-        Self {
-            v: DEAD_LETTER_VERSION,
-            kind,
-            error,
-            attempts: 1,
-            chunk_id: String::new(),
-            worker: String::new(),
-            failed_at_ms: sift_core::clock::now_ms(),
-            record: text,
-            record_base64: base64,
-            position: 0,
-            chunk_rows: 0,
-        }
-    }
-
-    /// The record's bytes, as they were queued.
-    pub fn record_bytes(&self) -> Vec<u8> {
-        match &self.record_base64 {
-            Some(encoded) => BASE64
-                .decode(encoded)
-                .unwrap_or_else(|_| self.record.clone().into_bytes()),
-            None => self.record.clone().into_bytes(),
-        }
-    }
-
-    pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
-    }
-
-    pub fn decode(bytes: &[u8]) -> Option<Self> {
-        serde_json::from_slice(bytes).ok()
-    }
-
-    /// The entry for people: itself, and its record decoded when it is a queue record (its
-    /// digests in hex).
-    pub fn describe(&self) -> serde_json::Value {
-        let mut value = serde_json::to_value(self).unwrap_or_default();
-        let raw = self.record_bytes();
-        if let Ok(record) = sift_core::QueueRecord::decode(&raw) {
-            value["record_decoded"] = record.to_json();
-        }
-        value
-    }
-}
+use sift_core::{DeadLetter, DeadLetterKind};
 
 /// Moves one entry back onto the queue, if it is still on its list (so a replay run twice, or
 /// two operators at once, requeue it once). KEYS: list, queue, dedup claim, `event_id` claim.
@@ -244,12 +140,12 @@ fn entry(raw: Vec<u8>, invalid: bool) -> Entry {
         }
     } else {
         match DeadLetter::decode(&raw) {
-            Some(d) => Entry {
+            Ok(d) => Entry {
                 error: format!("[{}] {}", d.kind.as_str(), d.error),
                 at_ms: d.failed_at_ms,
                 raw,
             },
-            None => Entry {
+            Err(_) => Entry {
                 error: "unreadable entry".into(),
                 at_ms: 0,
                 raw,
@@ -347,12 +243,12 @@ pub async fn replay(
             }
         } else {
             match DeadLetter::decode(&e.raw) {
-                Some(d) if d.kind == DeadLetterKind::Exhausted && d.chunk_rows > 0 => {
+                Ok(d) if d.kind == DeadLetterKind::Exhausted && d.chunk_rows > 0 => {
                     chunks.insert(d.chunk_id);
                     continue;
                 }
-                Some(d) => (d.record_bytes(), None),
-                None => {
+                Ok(d) => (d.record_bytes(), None),
+                Err(_) => {
                     report.still_invalid.push("unreadable dead letter".into());
                     continue;
                 }
@@ -454,7 +350,7 @@ async fn restore_chunk(
         .await?;
     let mut members: Vec<(DeadLetter, Vec<u8>)> = raws
         .into_iter()
-        .filter_map(|raw| DeadLetter::decode(&raw).map(|d| (d, raw)))
+        .filter_map(|raw| DeadLetter::decode(&raw).ok().map(|d| (d, raw)))
         .filter(|(d, _)| d.kind == DeadLetterKind::Exhausted && d.chunk_id == chunk_id)
         .collect();
     members.sort_by_key(|(d, _)| d.position);

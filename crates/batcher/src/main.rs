@@ -258,7 +258,10 @@ async fn dlq_command(command: DlqCommand, shards: &mut [dlq::ShardConn]) -> anyh
                 .find(|(p, _)| *p == position)
                 .ok_or(dlq::DlqError::NoSuchEntry(position))?;
             // A dead letter is shown with its record decoded (a queue record is binary).
-            match dlq::DeadLetter::decode(&entry.raw).filter(|_| !invalid) {
+            match sift_core::DeadLetter::decode(&entry.raw)
+                .ok()
+                .filter(|_| !invalid)
+            {
                 Some(dead) => println!("{}", serde_json::to_string_pretty(&dead.describe())?),
                 None => println!("{}", String::from_utf8_lossy(&entry.raw)),
             }

@@ -21,9 +21,10 @@ use std::time::{Duration, Instant};
 use clickhouse::Client;
 use tokio::sync::Mutex;
 
+use sift_core::{DeadLetter, DeadLetterKind};
+
 use crate::chunk::Chunk;
 use crate::clickhouse::{insert_payload, rows_of_chunk, schema_mismatch, InsertError};
-use crate::dlq::{DeadLetter, DeadLetterKind};
 use crate::ledger::{ChunkState, Ledger};
 use crate::metrics as m;
 use crate::queue::{Queue, QueueError};
