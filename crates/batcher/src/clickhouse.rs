@@ -27,13 +27,13 @@ pub enum InsertError {
     /// is not migrated yet: wait and retry, without limit (dead-lettering would only move the
     /// load to an operator).
     #[error("ClickHouse unreachable: {0}")]
-    Unreachable(String),
+    Unreachable(#[source] clickhouse::error::Error),
     /// ClickHouse refused the data itself: retrying cannot help.
     #[error("ClickHouse refused the data: {0}")]
-    Refused(String),
+    Refused(#[source] clickhouse::error::Error),
     /// Any other answer: retry, up to the attempt limit.
     #[error("ClickHouse insert failed: {0}")]
-    Failed(String),
+    Failed(#[source] clickhouse::error::Error),
 }
 
 /// Error codes with which ClickHouse refuses data (parse, type and range errors).
@@ -50,20 +50,20 @@ const BUSY_CODES: &[u32] = &[202, 209, 210, 225, 242, 252, 319, 999];
 impl From<clickhouse::error::Error> for InsertError {
     fn from(error: clickhouse::error::Error) -> Self {
         use clickhouse::error::Error as E;
-        let text = error.to_string();
-        match &error {
-            E::Network(_) | E::TimedOut => Self::Unreachable(text),
+        let kind: fn(E) -> Self = match &error {
+            E::Network(_) | E::TimedOut => Self::Unreachable,
             E::BadResponse(reason) => match sift_service::clickhouse_text::exception_code(reason) {
-                Some(code) if DATA_ERROR_CODES.contains(&code) => Self::Refused(text),
-                Some(code) if BUSY_CODES.contains(&code) => Self::Unreachable(text),
-                Some(241) if reason.contains("(total)") => Self::Unreachable(text),
-                _ => Self::Failed(text),
+                Some(code) if DATA_ERROR_CODES.contains(&code) => Self::Refused,
+                Some(code) if BUSY_CODES.contains(&code) => Self::Unreachable,
+                Some(241) if reason.contains("(total)") => Self::Unreachable,
+                _ => Self::Failed,
             },
             // A value our row type cannot carry is the data's fault; a schema that does not
             // match is the deployment's, and retrying (then dead-lettering) is right for it.
-            E::DataFormat(_) | E::Custom(_) | E::SequenceMustHaveLength => Self::Refused(text),
-            _ => Self::Failed(text),
-        }
+            E::DataFormat(_) | E::Custom(_) | E::SequenceMustHaveLength => Self::Refused,
+            _ => Self::Failed,
+        };
+        kind(error)
     }
 }
 

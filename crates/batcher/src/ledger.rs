@@ -13,8 +13,14 @@ use deadpool_postgres::Pool;
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
-#[error("PostgreSQL (chunk ledger): {0}")]
-pub struct LedgerError(String);
+pub enum LedgerError {
+    #[error("PostgreSQL (chunk ledger): {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("PostgreSQL (chunk ledger): {0}")]
+    Query(#[from] tokio_postgres::Error),
+    #[error("PostgreSQL (chunk ledger): no answer within {0:?}")]
+    TimedOut(Duration),
+}
 
 /// What the ledger knew of a chunk when the worker announced it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,10 +42,7 @@ impl Ledger {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, LedgerError> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| LedgerError(e.to_string()))
+        self.pool.get().await.map_err(LedgerError::from)
     }
 
     /// `call` within [`CALL_TIMEOUT`].
@@ -48,7 +51,7 @@ impl Ledger {
     ) -> Result<T, LedgerError> {
         tokio::time::timeout(CALL_TIMEOUT, call)
             .await
-            .map_err(|_| LedgerError(format!("no answer within {CALL_TIMEOUT:?}")))?
+            .map_err(|_| LedgerError::TimedOut(CALL_TIMEOUT))?
     }
 
     /// Records the chunk as pending (counting the attempt) and returns its state.
@@ -71,10 +74,10 @@ impl Ledger {
                 &[&chunk_id, &worker, &rows],
             )
             .await
-            .map_err(|e| LedgerError(e.to_string()))
+            .map_err(LedgerError::from)
         })
         .await?;
-        let status: String = row.try_get(0).map_err(|e| LedgerError(e.to_string()))?;
+        let status: String = row.try_get(0)?;
         Ok(if status == "inserted" {
             ChunkState::Inserted
         } else {
@@ -92,7 +95,7 @@ impl Ledger {
                 &[&chunk_id],
             )
             .await
-            .map_err(|e| LedgerError(e.to_string()))
+            .map_err(LedgerError::from)
         })
         .await?;
         Ok(())
@@ -108,7 +111,7 @@ impl Ledger {
                 &[&chunk_id, &error],
             )
             .await
-            .map_err(|e| LedgerError(e.to_string()))
+            .map_err(LedgerError::from)
         })
         .await?;
         Ok(())
@@ -125,7 +128,7 @@ impl Ledger {
                     &[&hours],
                 )
                 .await
-                .map_err(|e| LedgerError(e.to_string()))
+            .map_err(LedgerError::from)
         })
         .await
     }

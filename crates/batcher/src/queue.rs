@@ -9,19 +9,11 @@ use redis::Script;
 use sift_core::KeySpace;
 
 #[derive(Debug, thiserror::Error)]
-#[error("Redis: {0}")]
-pub struct QueueError(String);
-
-impl From<redis::RedisError> for QueueError {
-    fn from(e: redis::RedisError) -> Self {
-        Self(e.to_string())
-    }
-}
-
-impl From<deadpool_redis::PoolError> for QueueError {
-    fn from(e: deadpool_redis::PoolError) -> Self {
-        Self(e.to_string())
-    }
+pub enum QueueError {
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("Redis: {0}")]
+    Pool(#[from] deadpool_redis::PoolError),
 }
 
 /// Moves elements (records, or frames of records) from the queue's tail to the processing

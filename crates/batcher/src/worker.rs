@@ -514,7 +514,7 @@ impl Lane {
                             tracing::warn!(%error, chunk = %chunk.id_hex, "ClickHouse refused the chunk; inserting its rows one by one");
                             Try::Done(false)
                         }
-                        Ok(_) => self.failed(chunk, "view_refused", error).await,
+                        Ok(_) => self.failed(chunk, "view_refused", error.to_string()).await,
                         // ClickHouse gone: wait, as for an insert.
                         Err(InsertError::Unreachable(check)) => Try::Wait(Failure::new(
                             "clickhouse",
@@ -534,7 +534,9 @@ impl Lane {
                             .await
                         }
                     },
-                    Err(InsertError::Failed(error)) => self.failed(chunk, "failed", error).await,
+                    Err(InsertError::Failed(error)) => {
+                        self.failed(chunk, "failed", error.to_string()).await
+                    }
                 }
             })
             .await;
@@ -591,7 +593,7 @@ impl Lane {
                             metrics::counter!(m::ROWS_INSERTED).increment(1);
                             Try::Done(None)
                         }
-                        Err(InsertError::Refused(error)) => Try::Done(Some(error)),
+                        Err(InsertError::Refused(error)) => Try::Done(Some(error.to_string())),
                         // Counted like a chunk's attempts: a row that keeps failing goes to
                         // the dead letters rather than holding the worker forever.
                         Err(InsertError::Failed(error)) => {

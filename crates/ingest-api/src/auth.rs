@@ -99,8 +99,13 @@ impl KeyCache {
     }
 
     async fn fetch(&self, key_hash: &str) -> Result<Option<Caller>, ApiError> {
-        let unavailable = |e: &dyn std::fmt::Display| ApiError::PostgresUnavailable(e.to_string());
-        let client = self.pool.get().await.map_err(|e| unavailable(&e))?;
+        let unavailable =
+            |e: deadpool_postgres::tokio_postgres::Error| ApiError::PostgresUnavailable(e.into());
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| ApiError::PostgresUnavailable(e.into()))?;
         let row = client
             .query_opt(
                 "SELECT k.tenant_id, t.rate_limit_per_sec FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
@@ -108,14 +113,14 @@ impl KeyCache {
                 &[&key_hash],
             )
             .await
-            .map_err(|e| unavailable(&e))?;
+            .map_err(|e| unavailable(e))?;
         // try_get: a schema that drifted is an error to report, not a panic.
         row.map(|r| {
             Ok(Caller {
-                tenant: r.try_get(0).map_err(|e| unavailable(&e))?,
+                tenant: r.try_get(0).map_err(|e| unavailable(e))?,
                 rate_limit: r
                     .try_get::<_, Option<i32>>(1)
-                    .map_err(|e| unavailable(&e))?
+                    .map_err(|e| unavailable(e))?
                     .and_then(|n| u32::try_from(n).ok()),
             })
         })

@@ -21,7 +21,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Script};
 use sift_core::{InvalidRecord, KeySpace, QueueRecord};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Cause};
 
 /// How long a tenant's hourly dedup counters are kept after their last write (8 days: a week
 /// of dashboards).
@@ -525,11 +525,13 @@ impl Deduplicator {
                 if !matches!(error.kind(), redis::ErrorKind::Server(_)) {
                     self.forget(shard);
                 }
-                Err(ApiError::RedisUnavailable(error.to_string()))
+                Err(ApiError::RedisUnavailable(error.into()))
             }
             Err(_) => {
                 self.forget(shard);
-                Err(ApiError::RedisUnavailable("timed out".into()))
+                Err(ApiError::RedisUnavailable(Cause::TimedOut(
+                    self.settings.timeout,
+                )))
             }
         }
     }
@@ -564,14 +566,14 @@ impl Deduplicator {
                 .pool
                 .get()
                 .await
-                .map_err(|e| ApiError::RedisUnavailable(e.to_string()))?;
+                .map_err(|e| ApiError::RedisUnavailable(e.into()))?;
             f(conn)
                 .await
-                .map_err(|e| ApiError::RedisUnavailable(e.to_string()))
+                .map_err(|e| ApiError::RedisUnavailable(e.into()))
         };
         tokio::time::timeout(self.settings.timeout, work)
             .await
-            .map_err(|_| ApiError::RedisUnavailable("timed out".into()))?
+            .map_err(|_| ApiError::RedisUnavailable(Cause::TimedOut(self.settings.timeout)))?
     }
 }
 

@@ -27,17 +27,34 @@ pub enum ApiError {
     #[error("the tenant is over its rate of {limit} events per second (this request has {events}); retry later")]
     RateLimited { limit: u32, events: usize },
     #[error("Redis is unavailable: {0}")]
-    RedisUnavailable(String),
+    RedisUnavailable(#[source] Cause),
     #[error("PostgreSQL is unavailable: {0}")]
-    PostgresUnavailable(String),
+    PostgresUnavailable(#[source] Cause),
     #[error("ClickHouse is unavailable: {0}")]
-    ClickHouseUnavailable(String),
+    ClickHouseUnavailable(#[source] Cause),
     #[error("ClickHouse did not answer in time: {0}")]
-    ClickHouseTimeout(String),
+    ClickHouseTimeout(#[source] Cause),
     #[error("{0}")]
     NotFound(String),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// Why a dependency did not answer: its own error (kept for the log), or no answer in time.
+#[derive(Debug, thiserror::Error)]
+pub enum Cause {
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
+    #[error(transparent)]
+    RedisPool(#[from] deadpool_redis::PoolError),
+    #[error(transparent)]
+    Postgres(#[from] deadpool_postgres::tokio_postgres::Error),
+    #[error(transparent)]
+    PostgresPool(#[from] deadpool_postgres::PoolError),
+    #[error(transparent)]
+    ClickHouse(#[from] clickhouse::error::Error),
+    #[error("no answer within {0:?}")]
+    TimedOut(std::time::Duration),
 }
 
 /// ClickHouse's codes for a query stopped by `max_execution_time`: TIMEOUT_EXCEEDED, and
@@ -48,16 +65,18 @@ impl From<clickhouse::error::Error> for ApiError {
     /// A query that ran out of time (ClickHouse's `max_execution_time`, or the client's own
     /// timeout) is a timeout; any other failure makes ClickHouse unavailable.
     fn from(error: clickhouse::error::Error) -> Self {
-        let text = error.to_string();
-        match &error {
-            clickhouse::error::Error::TimedOut => Self::ClickHouseTimeout(text),
-            clickhouse::error::Error::BadResponse(reason)
-                if sift_service::clickhouse_text::exception_code(reason)
-                    .is_some_and(|code| CLICKHOUSE_TIMEOUT_CODES.contains(&code)) =>
-            {
-                Self::ClickHouseTimeout(text)
+        let timed_out = match &error {
+            clickhouse::error::Error::TimedOut => true,
+            clickhouse::error::Error::BadResponse(reason) => {
+                sift_service::clickhouse_text::exception_code(reason)
+                    .is_some_and(|code| CLICKHOUSE_TIMEOUT_CODES.contains(&code))
             }
-            _ => Self::ClickHouseUnavailable(text),
+            _ => false,
+        };
+        if timed_out {
+            Self::ClickHouseTimeout(error.into())
+        } else {
+            Self::ClickHouseUnavailable(error.into())
         }
     }
 }

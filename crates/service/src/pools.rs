@@ -7,23 +7,30 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
     #[error("Redis configuration: {0}")]
-    Redis(String),
+    RedisUrl(#[from] deadpool_redis::ConfigError),
+    #[error("Redis configuration: {0}")]
+    RedisClient(#[from] redis::RedisError),
+    #[error("Redis configuration: {0}")]
+    RedisPool(#[source] deadpool_redis::BuildError),
+    #[error("Redis configuration: {urls} Redis URLs for {shards} shards: give one URL, or one per shard")]
+    ShardUrls { urls: usize, shards: usize },
     #[error("PostgreSQL configuration: {0}")]
-    Postgres(String),
+    PostgresUrl(#[from] tokio_postgres::Error),
+    #[error("PostgreSQL configuration: {0}")]
+    PostgresPool(#[source] deadpool_postgres::BuildError),
 }
 
 /// A Redis pool of up to `size` connections; waits, connects and checks within `timeout`.
 pub fn redis(url: &str, size: usize, timeout: Duration) -> Result<deadpool_redis::Pool, PoolError> {
     deadpool_redis::Config::from_url(url)
-        .builder()
-        .map_err(|e| PoolError::Redis(e.to_string()))?
+        .builder()?
         .max_size(size)
         .wait_timeout(Some(timeout))
         .create_timeout(Some(timeout))
         .recycle_timeout(Some(timeout))
         .runtime(deadpool_redis::Runtime::Tokio1)
         .build()
-        .map_err(|e| PoolError::Redis(e.to_string()))
+        .map_err(PoolError::RedisPool)
 }
 
 /// One Redis pool per shard. `urls` is one URL (every shard on that one server) or a
@@ -36,15 +43,12 @@ pub fn redis_shards(
     size: usize,
     timeout: Duration,
 ) -> Result<Vec<deadpool_redis::Pool>, PoolError> {
-    let urls: Vec<&str> = urls.split(',').map(str::trim).collect();
-    let shards = shards.max(1);
-    match urls.len() {
-        1 => Ok(vec![redis(urls[0], size, timeout)?; shards]),
-        n if n == shards => urls.iter().map(|u| redis(u, size, timeout)).collect(),
-        n => Err(PoolError::Redis(format!(
-            "{n} Redis URLs for {shards} shards: give one URL, or one per shard"
-        ))),
+    let one_server = !urls.contains(',');
+    let urls = shard_urls(urls, shards)?;
+    if one_server {
+        return Ok(vec![redis(urls[0], size, timeout)?; urls.len()]);
     }
+    urls.iter().map(|u| redis(u, size, timeout)).collect()
 }
 
 /// One Redis client per shard, from the same `urls` as [`redis_shards`] (a client holds no
@@ -52,7 +56,7 @@ pub fn redis_shards(
 pub fn redis_clients(urls: &str, shards: usize) -> Result<Vec<redis::Client>, PoolError> {
     shard_urls(urls, shards)?
         .into_iter()
-        .map(|u| redis::Client::open(u).map_err(|e| PoolError::Redis(e.to_string())))
+        .map(|u| Ok(redis::Client::open(u)?))
         .collect()
 }
 
@@ -63,9 +67,7 @@ fn shard_urls(urls: &str, shards: usize) -> Result<Vec<&str>, PoolError> {
     match urls.len() {
         1 => Ok(vec![urls[0]; shards]),
         n if n == shards => Ok(urls),
-        n => Err(PoolError::Redis(format!(
-            "{n} Redis URLs for {shards} shards: give one URL, or one per shard"
-        ))),
+        n => Err(PoolError::ShardUrls { urls: n, shards }),
     }
 }
 
@@ -76,9 +78,7 @@ pub fn postgres(
     size: usize,
     timeout: Duration,
 ) -> Result<deadpool_postgres::Pool, PoolError> {
-    let config: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e: tokio_postgres::Error| PoolError::Postgres(e.to_string()))?;
+    let config: tokio_postgres::Config = url.parse()?;
     let manager = deadpool_postgres::Manager::from_config(
         config,
         tokio_postgres::NoTls,
@@ -93,7 +93,7 @@ pub fn postgres(
         .recycle_timeout(Some(timeout))
         .runtime(deadpool_postgres::Runtime::Tokio1)
         .build()
-        .map_err(|e| PoolError::Postgres(e.to_string()))
+        .map_err(PoolError::PostgresPool)
 }
 
 /// A ClickHouse client for `url` as `user` (with `password` when not empty).
@@ -107,13 +107,13 @@ pub fn clickhouse(url: &str, user: &str, password: &str) -> clickhouse::Client {
 }
 
 /// A dependency that did not answer a readiness probe, and why (shown in `/readyz`).
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct Unreachable(pub String);
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct Unreachable(Box<dyn std::error::Error + Send + Sync>);
 
 impl Unreachable {
-    fn from(error: impl std::fmt::Display) -> Self {
-        Self(error.to_string())
+    fn from(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self(Box::new(error))
     }
 }
 

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::analytics;
-use crate::error::ApiError;
+use crate::error::{ApiError, Cause};
 use crate::state::AppState;
 
 /// The longest range one request may ask for.
@@ -143,9 +143,8 @@ async fn within_read_timeout<T>(
     tokio::time::timeout(state.read_timeout, work)
         .await
         .unwrap_or_else(|_| {
-            Err(ApiError::ClickHouseTimeout(format!(
-                "no answer within {:?}",
-                state.read_timeout
+            Err(ApiError::ClickHouseTimeout(Cause::TimedOut(
+                state.read_timeout,
             )))
         })
 }
