@@ -113,14 +113,14 @@ impl KeyCache {
                 &[&key_hash],
             )
             .await
-            .map_err(|e| unavailable(e))?;
+            .map_err(&unavailable)?;
         // try_get: a schema that drifted is an error to report, not a panic.
         row.map(|r| {
             Ok(Caller {
-                tenant: r.try_get(0).map_err(|e| unavailable(e))?,
+                tenant: r.try_get(0).map_err(&unavailable)?,
                 rate_limit: r
                     .try_get::<_, Option<i32>>(1)
-                    .map_err(|e| unavailable(e))?
+                    .map_err(&unavailable)?
                     .and_then(|n| u32::try_from(n).ok()),
             })
         })
