@@ -1,5 +1,5 @@
--- sift's ClickHouse schema for a cluster (SPEC "Scaling out"), beside the single-node DDL in
--- sql/clickhouse/. The same tables, columns and sort keys; per table:
+-- sift's ClickHouse schema for a cluster (docs/deploy.md, "ClickHouse cluster"), beside the
+-- single-node DDL in sql/clickhouse/. The same tables, columns and sort keys; per table:
 -- * `<name>_local`: a Replicated engine on every shard. Replicated tables deduplicate inserts
 --   by default (replicated_deduplication_window, set to the single node's 100000 here), so the
 --   batcher's per-chunk insert_deduplication_token works as on one node.

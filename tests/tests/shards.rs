@@ -1,7 +1,7 @@
-//! End-to-end tests of Redis sharding (SPEC "Scaling out"): the ingest API sends each event to
-//! the shard of its semantic hash, batchers drain every shard, and the counts in ClickHouse
-//! stay exact, whether the shards share one Redis (named for Redis Cluster's slots) or live on
-//! servers of their own, one of which goes away.
+//! End-to-end tests of Redis sharding (docs/deploy.md, "Redis shards"): the ingest API sends
+//! each event to the shard of its semantic hash, batchers drain every shard, and the counts in
+//! ClickHouse stay exact, whether the shards share one Redis (named for Redis Cluster's slots)
+//! or live on servers of their own, one of which goes away.
 
 use std::time::{Duration, Instant};
 
