@@ -303,7 +303,7 @@ pub enum DlqCommand {
         #[command(flatten)]
         filter: DlqFilter,
         /// Also replay exhausted chunks some of whose records were purged. Such a chunk gets a
-        /// new token, so check first that ClickHouse does not hold it (see the README).
+        /// new token, so check first that ClickHouse does not hold it (docs/operating.md).
         #[arg(long, env = "SIFT_DLQ_PARTIAL_CHUNKS")]
         partial_chunks: bool,
         /// The rules `--invalid` entries are validated again with (set them as the API's).

@@ -238,7 +238,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn default_prefix_names_match_the_spec() {
+    fn default_prefix_names_match_the_documented_keys() {
         let keys = KeySpace::default();
         assert_eq!(keys.queue(), "ai:queue");
         assert_eq!(keys.dlq(), "ai:dlq");

@@ -1,7 +1,7 @@
 //! Validation: a raw JSON value becomes an [`Event`] or a [`ValidationError`] naming the field.
 //!
-//! Rules: seed 000's (session_id 10..=128 chars, non-empty prompt, `model_version` matching
-//! `^v\d+\.\d+\.\d+$`, latency > 0, tokens >= 0), plus bounds on every length, on the timestamp's
+//! Rules: session_id 10..=128 chars, non-empty prompt, `model_version` matching
+//! `^v\d+\.\d+\.\d+$`, latency > 0, tokens >= 0, plus bounds on every length, on the timestamp's
 //! skew and on the size of `properties`, so one client cannot make the queue or the tables pay
 //! for its mistakes. Unknown fields are refused: a typo such as `turn_idx` would otherwise
 //! silently change what counts as a duplicate. OpenTelemetry GenAI attribute names are accepted

@@ -1,4 +1,4 @@
-//! Examples of the normalizer and the semantic hash that the spec names.
+//! The normalizer and semantic hash examples of docs/design.md.
 
 use serde_json::json;
 use sift_core::{normalize, validate::validate, Limits, QueueRecord, SemanticHash};

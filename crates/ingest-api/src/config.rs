@@ -100,14 +100,14 @@ pub struct Config {
 
     /// `fixed`: the window starts at the first event; `sliding`: each duplicate extends it.
     #[arg(long, env = "SIFT_DEDUP_MODE", value_enum, default_value = "fixed")]
-    pub dedup_mode: WindowMode,
+    pub dedup_mode: DedupMode,
 
     /// How long a client `event_id` is remembered, in milliseconds (default 30 min).
     #[arg(long, env = "SIFT_EVENT_ID_WINDOW_MS", default_value_t = 1_800_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub event_id_window_ms: u64,
 
     /// With several Redis shards: how long each shard keeps its answer to its part of a
-    /// batch, so that a retry after another shard failed is answered the same (see README).
+    /// batch, so that a retry after another shard failed is answered the same (docs/deploy.md).
     #[arg(long, env = "SIFT_BATCH_RECEIPT_WINDOW_MS", default_value_t = 300_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch_receipt_window_ms: u64,
 
@@ -152,6 +152,24 @@ pub struct Config {
     pub log_format: String,
 }
 
+/// `--dedup-mode`: the command line's names for [`WindowMode`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DedupMode {
+    /// The window starts at the first event and does not move.
+    Fixed,
+    /// Each duplicate extends the window: a steady retry storm stays collapsed.
+    Sliding,
+}
+
+impl From<DedupMode> for WindowMode {
+    fn from(mode: DedupMode) -> Self {
+        match mode {
+            DedupMode::Fixed => Self::Fixed,
+            DedupMode::Sliding => Self::Sliding,
+        }
+    }
+}
+
 impl Config {
     pub fn limits(&self) -> Limits {
         self.limits.limits()
@@ -170,7 +188,7 @@ impl Config {
             window: Duration::from_millis(self.dedup_window_ms),
             event_id_window: Duration::from_millis(self.event_id_window_ms),
             receipt_window: Duration::from_millis(self.batch_receipt_window_ms),
-            mode: self.dedup_mode,
+            mode: self.dedup_mode.into(),
             stream_timeout: Duration::from_millis(self.stream_timeout_ms),
             high_water: self.queue_high_water,
             invalid_max: self.invalid_max.max(1),

@@ -1,5 +1,6 @@
 //! Dedup layer 1: claims intents in Redis and enqueues the accepted ones, one atomic Lua script
-//! per request (claim and enqueue can never part: SPEC's fix of the seed's EXISTS-then-SETEX).
+//! per request, so claim and enqueue can never part (a check with EXISTS followed by a SETEX
+//! would let two copies arriving together both pass, and a crash between them lose the event).
 //!
 //! With several Redis shards, each event goes to the shard of its semantic hash (every copy of
 //! an intent meets there), one script per shard that the request touches, run side by side.
@@ -31,9 +32,9 @@ const STATS_TTL_MS: u64 = 8 * 24 * 3600 * 1000;
 const STATS_TTL_AT_CREATION_MS: u64 = STATS_TTL_MS + 3600 * 1000;
 
 /// How the semantic window behaves on a duplicate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WindowMode {
-    /// The window starts at the first event and does not move (the seed's behaviour).
+    /// The window starts at the first event and does not move.
     Fixed,
     /// Each duplicate extends the window: a steady retry storm stays collapsed.
     Sliding,

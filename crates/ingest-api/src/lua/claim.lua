@@ -1,5 +1,5 @@
 #!lua
--- Dedup and enqueue for one request, atomically (SPEC "Deduplication layers" 1).
+-- Dedup and enqueue for one request, atomically (dedup layer 1, see docs/design.md).
 -- Declared with a shebang so Redis refuses the whole script up front when it is out of memory:
 -- either every write of the request happens or none does.
 --
