@@ -3,7 +3,7 @@
 
 use actix_web::{web, App, HttpResponse, HttpServer};
 use metrics_exporter_prometheus::PrometheusHandle;
-use serde_json::json;
+use sift_service::health::Readiness;
 
 pub struct HealthState {
     pub metrics: PrometheusHandle,
@@ -21,10 +21,7 @@ pub fn server(
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
-            .route(
-                "/healthz",
-                web::get().to(|| async { HttpResponse::Ok().json(json!({"status": "ok"})) }),
-            )
+            .route("/healthz", web::get().to(sift_service::health::healthz))
             .route("/readyz", web::get().to(readyz))
             .route("/metrics", web::get().to(metrics))
     })
@@ -41,26 +38,13 @@ async fn readyz(state: web::Data<HealthState>) -> HttpResponse {
     for pool in &state.redis {
         redis = redis.and(ping_redis(pool).await);
     }
-    let postgres = ping_postgres(&state.postgres).await;
-    let clickhouse = ping_clickhouse(&state.clickhouse).await;
-    let show = |r: &Result<(), sift_service::pools::Unreachable>| {
-        r.as_ref()
-            .map_or_else(ToString::to_string, |()| "ok".to_owned())
-    };
-    let ready = redis.is_ok() && postgres.is_ok() && clickhouse.is_ok();
-    let body = json!({
-        "status": if ready { "ready" } else { "not_ready" },
-        "redis": show(&redis), "postgres": show(&postgres), "clickhouse": show(&clickhouse),
-    });
-    if ready {
-        HttpResponse::Ok().json(body)
-    } else {
-        HttpResponse::ServiceUnavailable().json(body)
-    }
+    Readiness::default()
+        .check("redis", &redis)
+        .check("postgres", &ping_postgres(&state.postgres).await)
+        .check("clickhouse", &ping_clickhouse(&state.clickhouse).await)
+        .response()
 }
 
 async fn metrics(state: web::Data<HealthState>) -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
-        .body(state.metrics.render())
+    sift_service::health::metrics(state.metrics.render())
 }

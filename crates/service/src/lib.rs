@@ -1,5 +1,6 @@
 //! sift-service: what every sift binary sets up the same way, kept in one place.
 //!
+//! - [`health`]: the `/healthz`, `/readyz` and `/metrics` answers.
 //! - [`logging`]: tracing to stderr, text for people or JSON for collectors.
 //! - [`pools`]: Redis and PostgreSQL pools with bounded waits, the ClickHouse client, and the
 //!   readiness probes.
@@ -8,6 +9,7 @@
 //! - [`redis_version`]: the oldest Redis sift runs on (7.0), checked at start-up.
 
 pub mod clickhouse_text;
+pub mod health;
 pub mod limits;
 pub mod logging;
 pub mod pools;
