@@ -11,6 +11,7 @@
 //! - [`dlq`]: dead letters and the operator commands on them.
 //! - [`health`] and [`metrics`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`postgres`], [`migrate`], [`tenants`]: schema and tenants/keys administration.
+//! - [`sql`]: names (the database, a table, a TTL) bound into SQL text, in one place.
 
 pub mod chunk;
 pub mod clickhouse;
@@ -28,5 +29,6 @@ pub mod rowbinary;
 pub mod run;
 pub mod sessions;
 pub mod shutdown;
+pub mod sql;
 pub mod tenants;
 pub mod worker;

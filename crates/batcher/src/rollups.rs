@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use clickhouse::Client;
 
+use crate::sql;
+
 /// Finalizes the groups selected by `{filter}` (a condition on `ai_events_hourly`).
 const FINALIZE: &str = "
 INSERT INTO {db}.ai_events_hourly_final
@@ -49,7 +51,7 @@ pub async fn finalize_recent(
 /// Finalizes the groups of `ai_events_hourly` that `filter` selects.
 async fn finalize(client: &Client, db: &str, filter: &str) -> Result<(), clickhouse::error::Error> {
     client
-        .query(&FINALIZE.replace("{db}", db).replace("{filter}", filter))
+        .query(&sql::render(FINALIZE, &[("db", db), ("filter", filter)]))
         .execute()
         .await
 }
@@ -68,14 +70,18 @@ fn rebuild_sql(db: &str, filter: &str) -> Option<String> {
     let view = VIEW_MIGRATION.find("CREATE MATERIALIZED VIEW")?;
     let select = view + VIEW_MIGRATION[view..].find("SELECT")?;
     let select = VIEW_MIGRATION[select..].trim_end().trim_end_matches(';');
-    select.contains(VIEW_SOURCE).then(|| {
-        format!("INSERT INTO {{database}}.ai_events_hourly\n{select}")
-            .replace(
-                VIEW_SOURCE,
-                &format!("FROM {{database}}.ai_events FINAL\nWHERE {filter}\n"),
-            )
-            .replace("{database}", db)
-    })
+    let (columns, grouping) = select.split_once(VIEW_SOURCE)?;
+    let template = [
+        "INSERT INTO {database}.ai_events_hourly\n",
+        columns,
+        "FROM {database}.ai_events FINAL\nWHERE {filter}\n",
+        grouping,
+    ]
+    .concat();
+    Some(sql::render(
+        &template,
+        &[("database", db), ("filter", filter)],
+    ))
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -141,10 +141,10 @@ async fn recompute(
     bound: &str,
     selector: &str,
 ) -> Result<(), FlushError> {
-    let sql = RECOMPUTE
-        .replace("{db}", db)
-        .replace("{bound}", bound)
-        .replace("{selector}", selector);
+    let sql = crate::sql::render(
+        RECOMPUTE,
+        &[("db", db), ("bound", bound), ("selector", selector)],
+    );
     client.query(&sql).execute().await?;
     Ok(())
 }
