@@ -6,8 +6,9 @@
 //!   takeover), [`chunk`] (deterministic chunk ids), [`rowbinary`] (a record as a row),
 //!   [`ledger`] (PostgreSQL chunk ledger), [`clickhouse`] (the token-carrying insert),
 //!   [`retry`], [`shutdown`].
-//! - [`sessions`]: the flusher (session metrics) and its backfill; [`rollups`]: finalized
-//!   hourly figures for the read API.
+//! - [`flusher`]: one batcher at a time, every period, recomputes recent [`sessions`] (session
+//!   metrics, and their backfill) and finalizes recent [`rollups`] (hourly figures for the
+//!   read API); [`event_bounds`]: the time bounds on raw events both read with.
 //! - [`dlq`]: dead letters and the operator commands on them.
 //! - [`health`] and [`metrics`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`postgres`], [`migrate`], [`tenants`]: schema and tenants/keys administration.
@@ -17,6 +18,8 @@ pub mod chunk;
 pub mod clickhouse;
 pub mod config;
 pub mod dlq;
+pub mod event_bounds;
+pub mod flusher;
 pub mod health;
 pub mod ledger;
 pub mod metrics;

@@ -171,7 +171,10 @@ async fn backfill(
             let (from, to) = range(&from, &to)?;
             let step = std::time::Duration::from_secs(step_minutes.max(1) * 60);
             let span = std::time::Duration::from_secs(session_max_span_hours * 3600);
-            let steps = sessions::backfill(&client, db, from, to, step, span).await?;
+            // Its ClickHouse errors are told as such, as the flusher's are.
+            let steps = sessions::backfill(&client, db, from, to, step, span)
+                .await
+                .context("ClickHouse")?;
             println!("sessions recomputed in {steps} steps");
         }
         BackfillCommand::Rollups {

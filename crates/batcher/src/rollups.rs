@@ -42,7 +42,7 @@ pub async fn finalize_recent(
     let filter = format!(
         "hour >= toStartOfHour({since}, 'UTC') AND (tenant_id, hour) IN (SELECT DISTINCT tenant_id, toStartOfHour(event_time) \
          FROM {db}.ai_events WHERE {} AND inserted_at >= now64(3) - toIntervalSecond({}))",
-        crate::sessions::events_since(&since),
+        crate::event_bounds::events_since(&since),
         window.as_secs()
     );
     finalize(client, db, &filter).await
@@ -170,7 +170,7 @@ async fn rebuild_day(
         .with_setting("lightweight_deletes_sync", "2")
         .execute()
         .await?;
-    let events = crate::sessions::events_between_ms(start, end);
+    let events = crate::event_bounds::events_between_ms(start, end);
     let sql = rebuild_sql(db, &events).ok_or(RebuildError::ViewText)?;
     client
         .query(&sql)

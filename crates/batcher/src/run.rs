@@ -143,17 +143,17 @@ pub async fn run(
     ));
     let flusher = (args.session_flush_secs > 0).then(|| {
         // One flusher across all batchers: its lock lives on the first shard.
-        let lock = crate::sessions::FlusherLock::new(
+        let lock = crate::flusher::FlusherLock::new(
             redis_pools[0].clone(),
             workers[0].queue().keys(),
             &worker_id,
         );
-        tokio::spawn(crate::sessions::run(
+        tokio::spawn(crate::flusher::run(
             lock,
             clickhouse.clone().with_database(&ch.clickhouse_database),
             ch.clickhouse_database.clone(),
             Duration::from_secs(args.session_flush_secs),
-            crate::sessions::FlushWindow {
+            crate::flusher::FlushWindow {
                 active: Duration::from_secs(args.session_active_minutes * 60),
                 max_span: Duration::from_secs(args.session_max_span_hours * 3600),
             },
