@@ -2,9 +2,11 @@
 //! and the operator commands around it.
 //!
 //! - [`config`]: the command line (every flag also read from the environment).
-//! - [`run`] and [`worker`]: the queue consumer; [`queue`] (Redis: reliable claim, heartbeats,
-//!   takeover), [`chunk`] (deterministic chunk ids), [`rowbinary`] (a record as a row),
-//!   [`ledger`] (PostgreSQL chunk ledger), [`clickhouse`] (the token-carrying insert),
+//! - [`commands`]: one module per command, the binary's edge: each connects to the stores,
+//!   calls the modules below and prints what the operator reads.
+//! - [`worker`]: the queue consumer that `run` starts; [`queue`] (Redis: reliable claim,
+//!   heartbeats, takeover), [`chunk`] (deterministic chunk ids), [`rowbinary`] (a record as a
+//!   row), [`ledger`] (PostgreSQL chunk ledger), [`clickhouse`] (the token-carrying insert),
 //!   [`retry`], [`shutdown`].
 //! - [`flusher`]: one batcher at a time, every period, recomputes recent [`sessions`] (session
 //!   metrics, and their backfill) and finalizes recent [`rollups`] (hourly figures for the
@@ -16,6 +18,7 @@
 
 pub mod chunk;
 pub mod clickhouse;
+pub mod commands;
 pub mod config;
 pub mod dlq;
 pub mod event_bounds;
@@ -29,7 +32,6 @@ pub mod queue;
 pub mod retry;
 pub mod rollups;
 pub mod rowbinary;
-pub mod run;
 pub mod sessions;
 pub mod shutdown;
 pub mod sql;

@@ -5,10 +5,11 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
+use sift_batcher::commands::{self, Context as Stores};
 use sift_batcher::config::{
     BackfillCommand, Cli, Command, DlqCommand, KeyCommand, MigrateTarget, TenantCommand,
 };
-use sift_batcher::{clickhouse, dlq, migrate, postgres, rollups, run, sessions, tenants};
+use sift_batcher::{clickhouse, dlq, migrate, postgres, rollups, sessions, tenants};
 use sift_core::KeySpace;
 use sift_service::redis_version;
 
@@ -26,6 +27,7 @@ async fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let stores = Stores::from(&cli);
     let url = &cli.postgres.postgres_url;
     match cli.command {
         Command::Migrate {
@@ -53,7 +55,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Backfill { command } => backfill(command, &cli.clickhouse, &cli.redis).await?,
-        Command::Run(args) => run::run(args, &cli.redis, url, &cli.clickhouse).await?,
+        Command::Run(args) => commands::run::run(args, &stores).await?,
         Command::Dlq { command } => {
             let shards = usize::from(cli.redis.redis_shards);
             let urls: Vec<&str> = cli.redis.redis_url.split(',').map(str::trim).collect();
