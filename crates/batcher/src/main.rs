@@ -6,10 +6,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use sift_batcher::commands::{self, Context as Stores};
-use sift_batcher::config::{
-    BackfillCommand, Cli, Command, DlqCommand, KeyCommand, MigrateTarget, TenantCommand,
-};
-use sift_batcher::{clickhouse, dlq, migrate, postgres, rollups, sessions, tenants};
+use sift_batcher::config::{BackfillCommand, Cli, Command, DlqCommand, KeyCommand, TenantCommand};
+use sift_batcher::{clickhouse, dlq, postgres, rollups, sessions, tenants};
 use sift_core::KeySpace;
 use sift_service::redis_version;
 
@@ -30,30 +28,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let stores = Stores::from(&cli);
     let url = &cli.postgres.postgres_url;
     match cli.command {
-        Command::Migrate {
-            target,
-            raw_ttl_days,
-            rollup_ttl_days,
-        } => {
-            if target != MigrateTarget::Clickhouse {
-                postgres::ensure_database(url).await?;
-                let mut client = postgres::connect(url).await?;
-                let applied = migrate::postgres(&mut client).await?;
-                report("postgres", &applied, migrate::POSTGRES.len());
-            }
-            if target != MigrateTarget::Postgres {
-                let client = clickhouse::client(&cli.clickhouse);
-                let schema = migrate::ClickHouseSchema {
-                    database: cli.clickhouse.clickhouse_database.clone(),
-                    raw_ttl_days,
-                    rollup_ttl_days,
-                };
-                let applied = migrate::clickhouse(&client, &schema)
-                    .await
-                    .context("migrating ClickHouse")?;
-                report("clickhouse", &applied, migrate::CLICKHOUSE.len());
-            }
-        }
+        Command::Migrate(args) => commands::migrate::run(args, &stores).await?,
         Command::Backfill { command } => backfill(command, &cli.clickhouse, &cli.redis).await?,
         Command::Run(args) => commands::run::run(args, &stores).await?,
         Command::Dlq { command } => {
@@ -212,14 +187,6 @@ async fn backfill(
         }
     }
     Ok(())
-}
-
-fn report(store: &str, applied: &[i32], total: usize) {
-    if applied.is_empty() {
-        println!("{store}: up to date ({total} migrations)");
-    } else {
-        println!("{store}: applied migrations {applied:?}");
-    }
 }
 
 async fn dlq_command(command: DlqCommand, shards: &mut [dlq::ShardConn]) -> anyhow::Result<()> {

@@ -3,6 +3,7 @@
 //! binary's edge: the library's typed errors become `anyhow` errors here, and `main` prints
 //! them. [`Context`] holds what every command shares, from the global flags.
 
+pub mod migrate;
 pub mod run;
 
 use crate::config::{Cli, ClickHouseArgs, RedisArgs};
