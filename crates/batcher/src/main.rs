@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use sift_batcher::commands::{self, Context as Stores};
-use sift_batcher::config::{BackfillCommand, Cli, Command, DlqCommand, KeyCommand, TenantCommand};
-use sift_batcher::{clickhouse, dlq, postgres, rollups, sessions, tenants};
+use sift_batcher::config::{Cli, Command, DlqCommand, KeyCommand, TenantCommand};
+use sift_batcher::{dlq, postgres, tenants};
 use sift_core::KeySpace;
 use sift_service::redis_version;
 
@@ -29,7 +29,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let url = &cli.postgres.postgres_url;
     match cli.command {
         Command::Migrate(args) => commands::migrate::run(args, &stores).await?,
-        Command::Backfill { command } => backfill(command, &cli.clickhouse, &cli.redis).await?,
+        Command::Backfill { command } => commands::backfill::run(command, &stores).await?,
         Command::Run(args) => commands::run::run(args, &stores).await?,
         Command::Dlq { command } => {
             let shards = usize::from(cli.redis.redis_shards);
@@ -120,70 +120,6 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     }
                 }
             }
-        }
-    }
-    Ok(())
-}
-
-async fn backfill(
-    command: BackfillCommand,
-    ch: &sift_batcher::config::ClickHouseArgs,
-    redis: &sift_batcher::config::RedisArgs,
-) -> anyhow::Result<()> {
-    let db = &ch.clickhouse_database;
-    let client = clickhouse::client(ch).with_database(db);
-    let range = |from: &str, to: &str| -> anyhow::Result<(i64, i64)> {
-        let from = sift_core::clock::parse_time_ms(from)?;
-        let to = sift_core::clock::parse_time_ms(to)?;
-        anyhow::ensure!(from < to, "--from must be before --to");
-        Ok((from, to))
-    };
-    match command {
-        BackfillCommand::Sessions {
-            from,
-            to,
-            step_minutes,
-            session_max_span_hours,
-        } => {
-            let (from, to) = range(&from, &to)?;
-            let step = std::time::Duration::from_secs(step_minutes.max(1) * 60);
-            let span = std::time::Duration::from_secs(session_max_span_hours * 3600);
-            // Its ClickHouse errors are told as such, as the flusher's are.
-            let steps = sessions::backfill(&client, db, from, to, step, span)
-                .await
-                .context("ClickHouse")?;
-            println!("sessions recomputed in {steps} steps");
-        }
-        BackfillCommand::Rollups {
-            from,
-            to,
-            rebuild: false,
-        } => {
-            let (from, to) = range(&from, &to)?;
-            let steps = rollups::backfill(&client, db, from, to).await?;
-            println!("rollups finalized in {steps} steps");
-        }
-        BackfillCommand::Rollups {
-            from,
-            to,
-            rebuild: true,
-        } => {
-            let (from, to) = range(&from, &to)?;
-            // The read API caches hours by their version: each day's are moved once it is
-            // rebuilt (on shard 0; the API compares every shard's), or it would show the old
-            // figures until its cache expires.
-            let url = redis.redis_url.split(',').next().unwrap_or_default().trim();
-            let mut conn = ::redis::Client::open(url)?
-                .get_multiplexed_async_connection()
-                .await
-                .with_context(|| format!("connecting to Redis at {url}"))?;
-            let keys = KeySpace::shards(&redis.key_prefix, usize::from(redis.redis_shards));
-            let shard0 = keys.first().context("no Redis shard")?;
-            let (steps, hours) =
-                rollups::rebuild(&client, db, from, to, (&mut conn, shard0)).await?;
-            println!(
-                "rollups rebuilt from the raw events and finalized in {steps} steps ({hours} tenant hours)"
-            );
         }
     }
     Ok(())

@@ -3,8 +3,11 @@
 //! binary's edge: the library's typed errors become `anyhow` errors here, and `main` prints
 //! them. [`Context`] holds what every command shares, from the global flags.
 
+pub mod backfill;
 pub mod migrate;
 pub mod run;
+
+use anyhow::Context as _;
 
 use crate::config::{Cli, ClickHouseArgs, RedisArgs};
 
@@ -24,4 +27,12 @@ impl From<&Cli> for Context {
             clickhouse: cli.clickhouse.clone(),
         }
     }
+}
+
+/// A connection to the Redis server at `url`.
+async fn connect_redis(url: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+    redis::Client::open(url)?
+        .get_multiplexed_async_connection()
+        .await
+        .with_context(|| format!("connecting to Redis at {url}"))
 }
