@@ -4,12 +4,18 @@
 //! them. [`Context`] holds what every command shares, from the global flags.
 
 pub mod backfill;
+pub mod dlq;
 pub mod migrate;
 pub mod run;
 
+use std::io::{BufRead, Write};
+
 use anyhow::Context as _;
+use sift_core::KeySpace;
+use sift_service::redis_version;
 
 use crate::config::{Cli, ClickHouseArgs, RedisArgs};
+use crate::dlq::ShardConn;
 
 /// The stores, as the global flags name them.
 #[derive(Debug, Clone)]
@@ -29,10 +35,46 @@ impl From<&Cli> for Context {
     }
 }
 
+impl Context {
+    /// A connection to every Redis shard, with its keys; a shard whose server is too old for
+    /// the scripts the commands run is refused.
+    pub async fn redis_shards(&self) -> anyhow::Result<Vec<ShardConn>> {
+        let shards = usize::from(self.redis.redis_shards);
+        let urls: Vec<&str> = self.redis.redis_url.split(',').map(str::trim).collect();
+        anyhow::ensure!(
+            urls.len() == 1 || urls.len() == shards,
+            "{} Redis URLs for {shards} shards: give one URL, or one per shard",
+            urls.len()
+        );
+        let mut conns = Vec::with_capacity(shards);
+        for (s, keys) in KeySpace::shards(&self.redis.key_prefix, shards)
+            .into_iter()
+            .enumerate()
+        {
+            let mut conn = connect_redis(urls[if urls.len() == 1 { 0 } else { s }]).await?;
+            // The replays run scripts that Redis before 7.0 refuses. (INFO may be denied
+            // to this user: then the commands themselves will tell.)
+            let answer = redis_version::probe(&mut conn).await;
+            redis_version::judge(s, answer.map_err(|e| e.to_string()))?;
+            conns.push(ShardConn { keys, conn });
+        }
+        Ok(conns)
+    }
+}
+
 /// A connection to the Redis server at `url`.
 async fn connect_redis(url: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {
     redis::Client::open(url)?
         .get_multiplexed_async_connection()
         .await
         .with_context(|| format!("connecting to Redis at {url}"))
+}
+
+/// Asks `question` on the terminal; whether the answer is yes.
+fn confirm(question: &str) -> anyhow::Result<bool> {
+    print!("{question}");
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
