@@ -2,8 +2,9 @@
 //! and the operator commands around it.
 //!
 //! - [`config`]: the command line (every flag also read from the environment).
-//! - [`commands`]: one module per command, the binary's edge: each connects to the stores,
-//!   calls the modules below and prints what the operator reads.
+//! - [`commands`]: one module per command (`migrate`, `run`, `backfill`, `dlq`, `tenant`,
+//!   `key`), the binary's edge: each connects to the stores, calls the modules below and
+//!   prints what the operator reads.
 //! - [`worker`]: the queue consumer that `run` starts; [`queue`] (Redis: reliable claim,
 //!   heartbeats, takeover), [`chunk`] (deterministic chunk ids), [`rowbinary`] (a record as a
 //!   row), [`ledger`] (PostgreSQL chunk ledger), [`clickhouse`] (the token-carrying insert),
@@ -11,7 +12,7 @@
 //! - [`flusher`]: one batcher at a time, every period, recomputes recent [`sessions`] (session
 //!   metrics, and their backfill) and finalizes recent [`rollups`] (hourly figures for the
 //!   read API); [`event_bounds`]: the time bounds on raw events both read with.
-//! - [`dlq`]: dead letters and the operator commands on them.
+//! - [`dlq`]: dead letters: listing, replay (whole chunks with their tokens), purge.
 //! - [`health`] and [`metrics`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`postgres`], [`migrate`], [`tenants`]: schema and tenants/keys administration.
 //! - [`sql`]: names (the database, a table, a TTL) bound into SQL text, in one place.

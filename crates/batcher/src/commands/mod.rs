@@ -1,12 +1,14 @@
 //! What `sift-batcher` does, one module per command: each `run(args, ctx)` connects to the
 //! stores it needs, calls the library, and prints what the operator reads. This is the
 //! binary's edge: the library's typed errors become `anyhow` errors here, and `main` prints
-//! them. [`Context`] holds what every command shares, from the global flags.
+//! them with [`describe`]. [`Context`] holds what every command shares, from the global flags.
 
 pub mod backfill;
 pub mod dlq;
+pub mod key;
 pub mod migrate;
 pub mod run;
+pub mod tenant;
 
 use std::io::{BufRead, Write};
 
@@ -77,4 +79,39 @@ fn confirm(question: &str) -> anyhow::Result<bool> {
     let mut answer = String::new();
     std::io::stdin().lock().read_line(&mut answer)?;
     Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+/// The chain of causes in one line, without a backtrace (operators read this, not developers),
+/// skipping a cause whose text its parent already shows.
+pub fn describe(error: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use anyhow::Context as _;
+
+    #[test]
+    fn causes_are_told_in_one_line_without_repeating_themselves() {
+        let io = std::io::Error::other("connection refused");
+        let error = Err::<(), _>(io)
+            .context("connecting to Redis at redis://x")
+            .context("connecting to Redis at redis://x: connection refused")
+            .context("dlq list")
+            .expect_err("an error");
+        assert_eq!(
+            super::describe(&error),
+            "dlq list: connecting to Redis at redis://x: connection refused"
+        );
+    }
 }
