@@ -13,7 +13,8 @@ use redis::Script;
 use sift_core::KeySpace;
 
 use crate::metrics as m;
-use crate::{rollups, sessions};
+use crate::rollups;
+use crate::sessions::{self, FlushWindow};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FlushError {
@@ -68,47 +69,31 @@ impl FlusherLock {
     /// Takes the lock for `ttl` if nobody holds it, or renews it for `ttl` if this holder
     /// does; returns whether this holder has it now.
     pub async fn acquire(&self, ttl: Duration) -> Result<bool, FlushError> {
-        let mut conn = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| FlushError::Redis(e.to_string()))?;
-        let held: i64 = self
-            .acquire
-            .key(&self.key)
-            .arg(&self.token)
-            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| FlushError::Redis(e.to_string()))?;
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let held = self
+            .invoke(self.acquire.key(&self.key).arg(&self.token).arg(ttl_ms))
+            .await?;
         Ok(held == 1)
     }
 
     /// Gives the lock up if this holder has it.
     pub async fn release(&self) -> Result<(), FlushError> {
+        self.invoke(self.release.key(&self.key).arg(&self.token))
+            .await?;
+        Ok(())
+    }
+
+    /// Runs one of the lock's scripts, with its key and arguments, on a pooled connection.
+    async fn invoke(&self, call: &redis::ScriptInvocation<'_>) -> Result<i64, FlushError> {
         let mut conn = self
             .pool
             .get()
             .await
             .map_err(|e| FlushError::Redis(e.to_string()))?;
-        let _: i64 = self
-            .release
-            .key(&self.key)
-            .arg(&self.token)
-            .invoke_async(&mut conn)
+        call.invoke_async(&mut conn)
             .await
-            .map_err(|e| FlushError::Redis(e.to_string()))?;
-        Ok(())
+            .map_err(|e| FlushError::Redis(e.to_string()))
     }
-}
-
-/// What one flusher run covers.
-#[derive(Debug, Clone, Copy)]
-pub struct FlushWindow {
-    /// Sessions that received rows in this last span (by insertion into ClickHouse).
-    pub active: Duration,
-    /// The longest session: a run reads events no older than `active + max_span`.
-    pub max_span: Duration,
 }
 
 /// The share of the period a run may take: the rest is margin before the lock expires, so a
@@ -183,13 +168,7 @@ async fn run_once(
     window: FlushWindow,
     deadline: Instant,
 ) -> Result<(), FlushError> {
-    sessions::flush_active(
-        &until(client, deadline)?,
-        db,
-        window.active,
-        window.max_span,
-    )
-    .await?;
+    sessions::flush_active(&until(client, deadline)?, db, window).await?;
     rollups::finalize_recent(
         &until(client, deadline)?,
         db,
@@ -202,7 +181,7 @@ async fn run_once(
     let long_deadline = deadline - Duration::from_millis(50).min(every / 20);
     let long = match until(client, long_deadline) {
         Ok(client) => {
-            let long = sessions::flush_long(&client, db, window.active, window.max_span);
+            let long = sessions::flush_long(&client, db, window);
             match tokio::time::timeout_at(long_deadline.into(), long).await {
                 Ok(result) => result.map_err(FlushError::from),
                 Err(_) => Err(FlushError::TimedOut),

@@ -38,18 +38,26 @@ WHERE {bound} AND (tenant_id, session_id) IN ({selector})
 GROUP BY tenant_id, session_id
 SETTINGS do_not_merge_across_partitions_select_final = 1";
 
-/// Recomputes the sessions that received rows in the last `active` span (by insertion into
+/// Which sessions a flush recomputes, and how far back it reads their events.
+#[derive(Debug, Clone, Copy)]
+pub struct FlushWindow {
+    /// Sessions that received rows in this last span (by insertion into ClickHouse).
+    pub active: Duration,
+    /// The longest session: a flush reads events no older than `active + max_span`.
+    pub max_span: Duration,
+}
+
+/// Recomputes the sessions that received rows in the last `window.active` (by insertion into
 /// ClickHouse, so rows that arrived late, after a backlog or a replay, count too), from their
-/// events of the last `active + max_span` (`max_span`: the longest session); but those that
-/// `ai_sessions` already knows to begin earlier, which [`flush_long`] reads whole. Rows older
-/// than the span of a session computed for the first time are left to `backfill sessions`.
+/// events of the last `window.active + window.max_span`; but those that `ai_sessions` already
+/// knows to begin earlier, which [`flush_long`] reads whole. Rows older than the span of a
+/// session computed for the first time are left to `backfill sessions`.
 pub async fn flush_active(
     client: &Client,
     db: &str,
-    active: Duration,
-    max_span: Duration,
+    window: FlushWindow,
 ) -> Result<(), clickhouse::error::Error> {
-    let (recent, active, long) = selections(db, active, max_span);
+    let (recent, active, long) = selections(db, window);
     let short = format!("{active} AND (tenant_id, session_id) NOT IN ({long})");
     recompute(client, db, &events_since(&recent), &short).await
 }
@@ -60,25 +68,24 @@ pub async fn flush_active(
 pub async fn flush_long(
     client: &Client,
     db: &str,
-    active: Duration,
-    max_span: Duration,
+    window: FlushWindow,
 ) -> Result<(), clickhouse::error::Error> {
-    let (recent, _, long) = selections(db, active, max_span);
+    let (recent, _, long) = selections(db, window);
     let bound = events_since(&reach(db, &long, Edge::First, &recent));
     recompute(client, db, &bound, &long).await
 }
 
 /// The span's start, the active sessions, and those of them that began before the span.
-fn selections(db: &str, active: Duration, max_span: Duration) -> (String, String, String) {
+fn selections(db: &str, window: FlushWindow) -> (String, String, String) {
     let recent = format!(
         "now64(3) - toIntervalSecond({})",
-        (active + max_span).as_secs()
+        (window.active + window.max_span).as_secs()
     );
     let active = format!(
         "SELECT DISTINCT tenant_id, session_id FROM {db}.ai_events \
          WHERE {} AND inserted_at >= now64(3) - toIntervalSecond({})",
         events_since(&recent),
-        active.as_secs()
+        window.active.as_secs()
     );
     let long = format!(
         "SELECT tenant_id, session_id FROM {db}.ai_sessions FINAL \

@@ -11,7 +11,7 @@ use sift_core::KeySpace;
 
 use super::Context;
 use crate::config::RunArgs;
-use crate::flusher::{self, FlushWindow, FlusherLock};
+use crate::flusher::{self, FlusherLock};
 use crate::health::{self, HealthState};
 use crate::ledger::Ledger;
 use crate::metrics as m;
@@ -157,7 +157,7 @@ async fn work(args: RunArgs, ctx: &Context) -> Result<(), RunError> {
             clickhouse.clone().with_database(&ch.clickhouse_database),
             ch.clickhouse_database.clone(),
             Duration::from_secs(args.session_flush_secs),
-            FlushWindow {
+            crate::sessions::FlushWindow {
                 active: Duration::from_secs(args.session_active_minutes * 60),
                 max_span: Duration::from_secs(args.session_max_span_hours * 3600),
             },
