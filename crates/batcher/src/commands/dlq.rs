@@ -1,6 +1,6 @@
 //! `sift-batcher dlq`: lists, shows, replays and purges dead letters (and events the API
-//! refused) across every Redis shard. With one shard its output is as it always was; with
-//! several, positions name their shard.
+//! refused) across every Redis shard. With one shard a position is the entry's index in its
+//! list; with several, it is `shard:index`, as `dlq show --shard` takes it.
 
 use anyhow::Context as _;
 

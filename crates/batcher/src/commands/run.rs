@@ -34,6 +34,7 @@ impl From<&RunArgs> for WorkerSettings {
     }
 }
 
+/// Why the worker could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(transparent)]
@@ -71,6 +72,7 @@ fn default_worker_id() -> String {
     )
 }
 
+/// Runs the worker as the flags say until SIGTERM.
 pub async fn run(args: RunArgs, ctx: &Context) -> anyhow::Result<()> {
     Ok(work(args, ctx).await?)
 }
@@ -90,7 +92,7 @@ async fn work(args: RunArgs, ctx: &Context) -> Result<(), RunError> {
         Duration::from_secs(5),
     )?;
     // Refuse a Redis that cannot run the scripts; one that does not answer yet is waited for
-    // by the workers, as always.
+    // by the workers, like any service that is down.
     sift_service::redis_version::require_supported(&redis_pools).await?;
     let pg_pool = sift_service::pools::postgres(&ctx.postgres_url, 4, Duration::from_secs(5))?;
     let clickhouse = crate::clickhouse::client(ch);
