@@ -108,6 +108,20 @@ pub enum MigrateTarget {
     Clickhouse,
 }
 
+/// The flags of `migrate`.
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    /// Which stores to migrate.
+    #[arg(long, env = "SIFT_MIGRATE_TARGET", value_enum, default_value = "all")]
+    pub target: MigrateTarget,
+    /// Days raw events are kept in ClickHouse (TTL of ai_events).
+    #[arg(long, env = "SIFT_RAW_TTL_DAYS", default_value_t = 30)]
+    pub raw_ttl_days: u32,
+    /// Days hourly rollups and session metrics are kept.
+    #[arg(long, env = "SIFT_ROLLUP_TTL_DAYS", default_value_t = 365)]
+    pub rollup_ttl_days: u32,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     /// This worker's id (default: host name, process id and a random suffix). A worker that
@@ -181,17 +195,7 @@ pub struct RunArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Apply the schema migrations that are not applied yet (idempotent).
-    Migrate {
-        /// Which stores to migrate.
-        #[arg(long, env = "SIFT_MIGRATE_TARGET", value_enum, default_value = "all")]
-        target: MigrateTarget,
-        /// Days raw events are kept in ClickHouse (TTL of ai_events).
-        #[arg(long, env = "SIFT_RAW_TTL_DAYS", default_value_t = 30)]
-        raw_ttl_days: u32,
-        /// Days hourly rollups and session metrics are kept.
-        #[arg(long, env = "SIFT_ROLLUP_TTL_DAYS", default_value_t = 365)]
-        rollup_ttl_days: u32,
-    },
+    Migrate(MigrateArgs),
     /// Consume the queue: write chunks to ClickHouse exactly once, until SIGTERM.
     Run(RunArgs),
     /// Recompute derived tables for an older time range.

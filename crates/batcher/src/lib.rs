@@ -2,20 +2,28 @@
 //! and the operator commands around it.
 //!
 //! - [`config`]: the command line (every flag also read from the environment).
-//! - [`run`] and [`worker`]: the queue consumer; [`queue`] (Redis: reliable claim, heartbeats,
-//!   takeover), [`chunk`] (deterministic chunk ids), [`rowbinary`] (a record as a row),
-//!   [`ledger`] (PostgreSQL chunk ledger), [`clickhouse`] (the token-carrying insert),
+//! - [`commands`]: one module per command (`migrate`, `run`, `backfill`, `dlq`, `tenant`,
+//!   `key`), the binary's edge: each connects to the stores, calls the modules below and
+//!   prints what the operator reads.
+//! - [`worker`]: the queue consumer that `run` starts; [`queue`] (Redis: reliable claim,
+//!   heartbeats, takeover), [`chunk`] (deterministic chunk ids), [`rowbinary`] (a record as a
+//!   row), [`ledger`] (PostgreSQL chunk ledger), [`clickhouse`] (the token-carrying insert),
 //!   [`retry`], [`shutdown`].
-//! - [`sessions`]: the flusher (session metrics) and its backfill; [`rollups`]: finalized
-//!   hourly figures for the read API.
-//! - [`dlq`]: dead letters and the operator commands on them.
+//! - [`flusher`]: one batcher at a time, every period, recomputes recent [`sessions`] (session
+//!   metrics, and their backfill) and finalizes recent [`rollups`] (hourly figures for the
+//!   read API); [`event_bounds`]: the time bounds on raw events both read with.
+//! - [`dlq`]: dead letters: listing, replay (whole chunks with their tokens), purge.
 //! - [`health`] and [`metrics`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`postgres`], [`migrate`], [`tenants`]: schema and tenants/keys administration.
+//! - [`sql`]: names (the database, a table, a TTL) bound into SQL text, in one place.
 
 pub mod chunk;
 pub mod clickhouse;
+pub mod commands;
 pub mod config;
 pub mod dlq;
+pub mod event_bounds;
+pub mod flusher;
 pub mod health;
 pub mod ledger;
 pub mod metrics;
@@ -25,8 +33,8 @@ pub mod queue;
 pub mod retry;
 pub mod rollups;
 pub mod rowbinary;
-pub mod run;
 pub mod sessions;
 pub mod shutdown;
+pub mod sql;
 pub mod tenants;
 pub mod worker;

@@ -5,6 +5,7 @@ use sha2::{Digest, Sha256};
 use tokio_postgres::Client;
 
 use crate::postgres::PostgresError;
+use crate::sql;
 
 /// One migration file: applied once, in version order, never edited after release.
 pub struct Migration {
@@ -238,7 +239,7 @@ pub async fn clickhouse(
     schema: &ClickHouseSchema,
 ) -> Result<Vec<i32>, MigrateError> {
     let db = &schema.database;
-    if db.is_empty() || !db.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+    if !sql::is_identifier(db) {
         return Err(MigrateError::DatabaseName(db.clone()));
     }
     client
@@ -273,11 +274,15 @@ pub async fn clickhouse(
             }
             Some(_) => {}
             None => {
-                let sql = migration
-                    .sql
-                    .replace("{database}", db)
-                    .replace("{raw_ttl_days}", &schema.raw_ttl_days.to_string())
-                    .replace("{rollup_ttl_days}", &schema.rollup_ttl_days.to_string());
+                // `{table}` and `{source}` are left to `rewrite_events`.
+                let sql = sql::render(
+                    migration.sql,
+                    &[
+                        ("database", db),
+                        ("raw_ttl_days", &schema.raw_ttl_days.to_string()),
+                        ("rollup_ttl_days", &schema.rollup_ttl_days.to_string()),
+                    ],
+                );
                 let statements: Vec<String> = strip_comments(&sql)
                     .split(';')
                     .map(str::trim)
@@ -330,7 +335,7 @@ async fn rewrite_events(
             "a rewrite of ai_events needs two statements (create, copy)",
         ));
     };
-    let create = |table: &str| create.replace("{table}", table);
+    let create = |table: &str| sql::render(create, &[("table", table)]);
     let run = |sql: String| async move { client.query(&sql).execute().await };
     let exists = |table: &'static str| async move {
         client
@@ -359,9 +364,10 @@ async fn rewrite_events(
         run(create("ai_events_copy")).await?;
         run(format!("TRUNCATE TABLE {db}.ai_events_copy")).await?;
         let started = std::time::Instant::now();
-        run(copy
-            .replace("{table}", "ai_events_copy")
-            .replace("{source}", "ai_events_old"))
+        run(sql::render(
+            copy,
+            &[("table", "ai_events_copy"), ("source", "ai_events_old")],
+        ))
         .await?;
         run(format!(
             "RENAME TABLE {db}.ai_events_copy TO {db}.ai_events_copied"

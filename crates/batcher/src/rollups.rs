@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use clickhouse::Client;
 
+use crate::sql;
+
 /// Finalizes the groups selected by `{filter}` (a condition on `ai_events_hourly`).
 const FINALIZE: &str = "
 INSERT INTO {db}.ai_events_hourly_final
@@ -40,7 +42,7 @@ pub async fn finalize_recent(
     let filter = format!(
         "hour >= toStartOfHour({since}, 'UTC') AND (tenant_id, hour) IN (SELECT DISTINCT tenant_id, toStartOfHour(event_time) \
          FROM {db}.ai_events WHERE {} AND inserted_at >= now64(3) - toIntervalSecond({}))",
-        crate::sessions::events_since(&since),
+        crate::event_bounds::events_since(&since),
         window.as_secs()
     );
     finalize(client, db, &filter).await
@@ -49,7 +51,7 @@ pub async fn finalize_recent(
 /// Finalizes the groups of `ai_events_hourly` that `filter` selects.
 async fn finalize(client: &Client, db: &str, filter: &str) -> Result<(), clickhouse::error::Error> {
     client
-        .query(&FINALIZE.replace("{db}", db).replace("{filter}", filter))
+        .query(&sql::render(FINALIZE, &[("db", db), ("filter", filter)]))
         .execute()
         .await
 }
@@ -68,14 +70,18 @@ fn rebuild_sql(db: &str, filter: &str) -> Option<String> {
     let view = VIEW_MIGRATION.find("CREATE MATERIALIZED VIEW")?;
     let select = view + VIEW_MIGRATION[view..].find("SELECT")?;
     let select = VIEW_MIGRATION[select..].trim_end().trim_end_matches(';');
-    select.contains(VIEW_SOURCE).then(|| {
-        format!("INSERT INTO {{database}}.ai_events_hourly\n{select}")
-            .replace(
-                VIEW_SOURCE,
-                &format!("FROM {{database}}.ai_events FINAL\nWHERE {filter}\n"),
-            )
-            .replace("{database}", db)
-    })
+    let (columns, grouping) = select.split_once(VIEW_SOURCE)?;
+    let template = [
+        "INSERT INTO {database}.ai_events_hourly\n",
+        columns,
+        "FROM {database}.ai_events FINAL\nWHERE {filter}\n",
+        grouping,
+    ]
+    .concat();
+    Some(sql::render(
+        &template,
+        &[("database", db), ("filter", filter)],
+    ))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -164,7 +170,7 @@ async fn rebuild_day(
         .with_setting("lightweight_deletes_sync", "2")
         .execute()
         .await?;
-    let events = crate::sessions::events_between_ms(start, end);
+    let events = crate::event_bounds::events_between_ms(start, end);
     let sql = rebuild_sql(db, &events).ok_or(RebuildError::ViewText)?;
     client
         .query(&sql)

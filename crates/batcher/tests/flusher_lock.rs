@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use sift_batcher::sessions::FlusherLock;
+use sift_batcher::flusher::FlusherLock;
 
 mod common;
 

@@ -2,7 +2,7 @@
 //! that tests run side by side and again.
 
 use deadpool_redis::Pool;
-use sift_batcher::run::redis_pool;
+use sift_batcher::commands::run::redis_pool;
 use sift_core::KeySpace;
 
 /// A small pool on `SIFT_TEST_REDIS` (default the local Redis).

@@ -1,6 +1,7 @@
-//! `sift-batcher run`: builds the pools, starts the health server, the heartbeat and the
-//! gauges, and runs the workers until SIGTERM: one worker loop per Redis shard, so that every
-//! batcher drains every shard and any of them recovers any shard's dead workers.
+//! `sift-batcher run`: builds the pools and the workers from the flags, starts the health
+//! server, the heartbeat and the gauges and (unless `--session-flush-secs 0`) the flusher, and
+//! runs the workers until SIGTERM: one worker loop per Redis shard, so that every batcher
+//! drains every shard and any of them recovers any shard's dead workers.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +9,9 @@ use std::time::Duration;
 use actix_web::web;
 use sift_core::KeySpace;
 
-use crate::config::{ClickHouseArgs, RedisArgs, RunArgs};
+use super::Context;
+use crate::config::RunArgs;
+use crate::flusher::{self, FlusherLock};
 use crate::health::{self, HealthState};
 use crate::ledger::Ledger;
 use crate::metrics as m;
@@ -31,6 +34,7 @@ impl From<&RunArgs> for WorkerSettings {
     }
 }
 
+/// Why the worker could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(transparent)]
@@ -68,12 +72,14 @@ fn default_worker_id() -> String {
     )
 }
 
-pub async fn run(
-    args: RunArgs,
-    redis: &RedisArgs,
-    postgres_url: &str,
-    ch: &ClickHouseArgs,
-) -> Result<(), RunError> {
+/// Runs the worker as the flags say until SIGTERM.
+pub async fn run(args: RunArgs, ctx: &Context) -> anyhow::Result<()> {
+    Ok(work(args, ctx).await?)
+}
+
+/// Runs the workers until SIGTERM; then leaves, removing their heartbeats.
+async fn work(args: RunArgs, ctx: &Context) -> Result<(), RunError> {
+    let (redis, ch) = (&ctx.redis, &ctx.clickhouse);
     let handle = m::install().map_err(|e| RunError::Metrics(e.to_string()))?;
     let shards = usize::from(redis.redis_shards);
     let settings = WorkerSettings::from(&args);
@@ -86,9 +92,9 @@ pub async fn run(
         Duration::from_secs(5),
     )?;
     // Refuse a Redis that cannot run the scripts; one that does not answer yet is waited for
-    // by the workers, as always.
+    // by the workers, like any service that is down.
     sift_service::redis_version::require_supported(&redis_pools).await?;
-    let pg_pool = sift_service::pools::postgres(postgres_url, 4, Duration::from_secs(5))?;
+    let pg_pool = sift_service::pools::postgres(&ctx.postgres_url, 4, Duration::from_secs(5))?;
     let clickhouse = crate::clickhouse::client(ch);
     let worker_id = args.worker_id.clone().unwrap_or_else(default_worker_id);
 
@@ -143,12 +149,12 @@ pub async fn run(
     ));
     let flusher = (args.session_flush_secs > 0).then(|| {
         // One flusher across all batchers: its lock lives on the first shard.
-        let lock = crate::sessions::FlusherLock::new(
+        let lock = FlusherLock::new(
             redis_pools[0].clone(),
             workers[0].queue().keys(),
             &worker_id,
         );
-        tokio::spawn(crate::sessions::run(
+        tokio::spawn(flusher::run(
             lock,
             clickhouse.clone().with_database(&ch.clickhouse_database),
             ch.clickhouse_database.clone(),

@@ -1,0 +1,72 @@
+//! `sift-batcher backfill`: recomputes the derived tables for an older time range, which the
+//! flusher no longer reaches: the sessions with events in it, or its hourly rollups (finalized,
+//! or rebuilt from the raw events and finalized), in bounded steps.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sift_core::KeySpace;
+
+use super::Context;
+use crate::config::BackfillCommand;
+use crate::{clickhouse, rollups, sessions};
+
+pub async fn run(command: BackfillCommand, ctx: &Context) -> anyhow::Result<()> {
+    let db = &ctx.clickhouse.clickhouse_database;
+    let client = clickhouse::client(&ctx.clickhouse).with_database(db);
+    match command {
+        BackfillCommand::Sessions {
+            from,
+            to,
+            step_minutes,
+            session_max_span_hours,
+        } => {
+            let (from, to) = range(&from, &to)?;
+            let step = Duration::from_secs(step_minutes.max(1) * 60);
+            let span = Duration::from_secs(session_max_span_hours * 3600);
+            // Its ClickHouse errors are told as such, as the flusher's are.
+            let steps = sessions::backfill(&client, db, from, to, step, span)
+                .await
+                .context("ClickHouse")?;
+            println!("sessions recomputed in {steps} steps");
+        }
+        BackfillCommand::Rollups {
+            from,
+            to,
+            rebuild: false,
+        } => {
+            let (from, to) = range(&from, &to)?;
+            let steps = rollups::backfill(&client, db, from, to).await?;
+            println!("rollups finalized in {steps} steps");
+        }
+        BackfillCommand::Rollups {
+            from,
+            to,
+            rebuild: true,
+        } => {
+            let (from, to) = range(&from, &to)?;
+            // The read API caches hours by their version: each day's are moved once it is
+            // rebuilt (on shard 0; the API compares every shard's), or it would show the old
+            // figures until its cache expires.
+            let redis = &ctx.redis;
+            let url = redis.redis_url.split(',').next().unwrap_or_default().trim();
+            let mut conn = super::connect_redis(url).await?;
+            let keys = KeySpace::shards(&redis.key_prefix, usize::from(redis.redis_shards));
+            let shard0 = keys.first().context("no Redis shard")?;
+            let (steps, hours) =
+                rollups::rebuild(&client, db, from, to, (&mut conn, shard0)).await?;
+            println!(
+                "rollups rebuilt from the raw events and finalized in {steps} steps ({hours} tenant hours)"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `--from` and `--to` (RFC 3339 or epoch seconds) in epoch milliseconds, `from` before `to`.
+fn range(from: &str, to: &str) -> anyhow::Result<(i64, i64)> {
+    let from = sift_core::clock::parse_time_ms(from)?;
+    let to = sift_core::clock::parse_time_ms(to)?;
+    anyhow::ensure!(from < to, "--from must be before --to");
+    Ok((from, to))
+}

@@ -1,0 +1,228 @@
+//! The flusher: every period (a minute by default), the one batcher that holds its lock in
+//! Redis recomputes the sessions that received events recently ([`crate::sessions`]) and
+//! finalizes the hourly rollups of recently touched hours ([`crate::rollups`]), so that the
+//! read API answers from fresh derived tables without any batcher tracking which sessions or
+//! hours changed. Each run is cut at a time budget that ends before the lock can pass to
+//! another batcher, so runs never overlap.
+
+use std::time::{Duration, Instant};
+
+use clickhouse::Client;
+use deadpool_redis::Pool;
+use redis::Script;
+use sift_core::KeySpace;
+
+use crate::metrics as m;
+use crate::rollups;
+use crate::sessions::{self, FlushWindow};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FlushError {
+    #[error("ClickHouse: {0}")]
+    ClickHouse(#[from] clickhouse::error::Error),
+    #[error("Redis: {0}")]
+    Redis(String),
+    #[error("the run did not finish within its time budget (4/5 of the period)")]
+    TimedOut,
+}
+
+/// How far back (by arrival) the flusher looks for hours to finalize.
+const FINALIZE_WINDOW: Duration = Duration::from_secs(15 * 60);
+
+/// A lock in Redis that at most one flusher holds; it expires, so a crashed holder cannot keep
+/// it, and only its holder (by token) can release it.
+pub struct FlusherLock {
+    pool: Pool,
+    key: String,
+    token: String,
+    acquire: Script,
+    release: Script,
+}
+
+/// Takes the lock if it is free, or renews it if this holder has it: a flusher that holds the
+/// lock keeps its turn at its next tick even if that tick comes a hair before the lock expires.
+const ACQUIRE: &str = r"
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if holder then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1";
+
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0";
+
+impl FlusherLock {
+    pub fn new(pool: Pool, keys: &KeySpace, holder: &str) -> Self {
+        Self {
+            pool,
+            key: format!("{}:flusher:lock", keys.prefix()),
+            token: holder.to_owned(),
+            acquire: Script::new(ACQUIRE),
+            release: Script::new(RELEASE),
+        }
+    }
+
+    /// Takes the lock for `ttl` if nobody holds it, or renews it for `ttl` if this holder
+    /// does; returns whether this holder has it now.
+    pub async fn acquire(&self, ttl: Duration) -> Result<bool, FlushError> {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let held = self
+            .invoke(self.acquire.key(&self.key).arg(&self.token).arg(ttl_ms))
+            .await?;
+        Ok(held == 1)
+    }
+
+    /// Gives the lock up if this holder has it.
+    pub async fn release(&self) -> Result<(), FlushError> {
+        self.invoke(self.release.key(&self.key).arg(&self.token))
+            .await?;
+        Ok(())
+    }
+
+    /// Runs one of the lock's scripts, with its key and arguments, on a pooled connection.
+    async fn invoke(&self, call: &redis::ScriptInvocation<'_>) -> Result<i64, FlushError> {
+        let mut conn = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| FlushError::Redis(e.to_string()))?;
+        call.invoke_async(&mut conn)
+            .await
+            .map_err(|e| FlushError::Redis(e.to_string()))
+    }
+}
+
+/// The share of the period a run may take: the rest is margin before the lock expires, so a
+/// run (and its queries in ClickHouse, cut by `max_execution_time`) is over before any other
+/// batcher can take the lock.
+pub fn run_budget(every: Duration) -> Duration {
+    every * 4 / 5
+}
+
+/// Runs the flusher every `every` until the task is aborted, in whichever batcher holds the
+/// lock. The lock is taken for one period and kept (renewed by its holder at its next tick),
+/// never released after a run: another batcher can take it only once it has expired, a period
+/// after this run began, so there is at most one run per period across all batchers. Each run
+/// is cut at [`run_budget`] (its queries carry `max_execution_time` for the time left, so
+/// ClickHouse stops them too), so runs never overlap. A failed run keeps the lock as well:
+/// releasing it would let every other batcher retry within the same period against a
+/// ClickHouse that is failing, and a run cut by its timeout may still be finishing there. But
+/// its batcher does not renew it at its next tick, so a batcher that keeps failing (cut off
+/// from ClickHouse, say) cannot keep the flusher from the others. The next run recomputes the
+/// same sessions (the active window spans many periods).
+pub async fn run(
+    lock: FlusherLock,
+    client: Client,
+    db: String,
+    every: Duration,
+    window: FlushWindow,
+) {
+    let budget = run_budget(every);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failed = false;
+    loop {
+        tick.tick().await;
+        if std::mem::take(&mut failed) {
+            // After a failed run, sit one tick out: the lock expires untouched and another
+            // batcher (one that reaches ClickHouse, say) can take the flusher over.
+            continue;
+        }
+        // Timed from before the lock is asked for: its lifetime starts in Redis, earlier than
+        // the answer arrives, and the run must end before it.
+        let started = Instant::now();
+        match lock.acquire(every).await {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(error) => {
+                tracing::warn!(%error, "session flusher: cannot take the lock");
+                continue;
+            }
+        }
+        let deadline = started + budget;
+        let result = tokio::time::timeout(budget, run_once(&client, &db, every, window, deadline))
+            .await
+            .unwrap_or(Err(FlushError::TimedOut));
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        metrics::counter!(m::FLUSHER_RUNS, "result" => outcome).increment(1);
+        metrics::histogram!(m::FLUSHER_DURATION).record(started.elapsed().as_secs_f64());
+        if let Err(error) = result {
+            tracing::warn!(%error, "session flusher run failed; the next run recomputes the same sessions");
+            failed = true;
+        }
+    }
+}
+
+/// One run: the active sessions, then the recently touched hours, then the active sessions
+/// that began before the span, within `deadline`. The last step reads furthest back, so it
+/// comes last and its failure does not fail the run (the others are done): it is logged and
+/// counted, and the next run tries again.
+async fn run_once(
+    client: &Client,
+    db: &str,
+    every: Duration,
+    window: FlushWindow,
+    deadline: Instant,
+) -> Result<(), FlushError> {
+    sessions::flush_active(&until(client, deadline)?, db, window).await?;
+    rollups::finalize_recent(
+        &until(client, deadline)?,
+        db,
+        FINALIZE_WINDOW.max(every * 3),
+        window.active + window.max_span,
+    )
+    .await?;
+    // A little before the run's own bound, so that this step's overrun is told apart (and
+    // does not fail the run).
+    let long_deadline = deadline - Duration::from_millis(50).min(every / 20);
+    let long = match until(client, long_deadline) {
+        Ok(client) => {
+            let long = sessions::flush_long(&client, db, window);
+            match tokio::time::timeout_at(long_deadline.into(), long).await {
+                Ok(result) => result.map_err(FlushError::from),
+                Err(_) => Err(FlushError::TimedOut),
+            }
+        }
+        Err(error) => Err(error),
+    };
+    if let Err(error) = long {
+        m::retry("clickhouse", "long_sessions");
+        tracing::warn!(%error, "session flusher: the sessions begun before the span were not recomputed; next run");
+    }
+    Ok(())
+}
+
+/// `client` with `max_execution_time` set to the time left until `deadline`.
+fn until(client: &Client, deadline: Instant) -> Result<Client, FlushError> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    // Whole milliseconds, at least one: 0 would mean no limit at all.
+    if left < Duration::from_millis(1) {
+        return Err(FlushError::TimedOut);
+    }
+    Ok(client
+        .clone()
+        .with_setting("max_execution_time", format!("{:.3}", left.as_secs_f64())))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::{run_budget, until, FlushError};
+
+    #[test]
+    fn a_run_ends_before_its_lock_expires_and_a_spent_deadline_runs_nothing() {
+        let every = Duration::from_secs(60);
+        assert_eq!(run_budget(every), Duration::from_secs(48));
+        let client = clickhouse::Client::default();
+        assert!(matches!(
+            until(&client, Instant::now()),
+            Err(FlushError::TimedOut)
+        ));
+        assert!(until(&client, Instant::now() + every).is_ok());
+    }
+}
