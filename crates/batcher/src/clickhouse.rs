@@ -12,7 +12,6 @@ use bytes::Bytes;
 use clickhouse::Client;
 use sift_core::Digest;
 
-use crate::config::ClickHouseArgs;
 use crate::rowbinary::COLUMNS;
 
 pub const EVENTS_TABLE: &str = "ai_events";
@@ -65,15 +64,6 @@ impl From<clickhouse::error::Error> for InsertError {
         };
         kind(error)
     }
-}
-
-/// A client for `args`.
-pub fn client(args: &ClickHouseArgs) -> Client {
-    sift_service::pools::clickhouse(
-        &args.clickhouse_url,
-        &args.clickhouse_user,
-        &args.clickhouse_password,
-    )
 }
 
 /// Inserts `payload` (rows in RowBinary, see [`crate::rowbinary`]) as one block with

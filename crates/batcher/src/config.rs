@@ -101,6 +101,17 @@ pub struct ClickHouseArgs {
     pub clickhouse_password: String,
 }
 
+impl ClickHouseArgs {
+    /// A client for these flags (the database is named in each query, not set here).
+    pub fn client(&self) -> clickhouse::Client {
+        sift_service::pools::clickhouse(
+            &self.clickhouse_url,
+            &self.clickhouse_user,
+            &self.clickhouse_password,
+        )
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum MigrateTarget {
     All,
@@ -275,6 +286,16 @@ pub struct DlqFilter {
     /// Work on the invalid-events list (events the API refused) instead of `ai:dlq`.
     #[arg(long, env = "SIFT_DLQ_INVALID")]
     pub invalid: bool,
+}
+
+impl From<&DlqFilter> for crate::dlq::Filter {
+    fn from(args: &DlqFilter) -> Self {
+        Self {
+            error: args.error.clone(),
+            older_than_secs: args.older_than_secs,
+            invalid: args.invalid,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

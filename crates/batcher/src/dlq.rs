@@ -107,6 +107,17 @@ impl Claims {
     }
 }
 
+/// Which entries an operator command applies to.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Only entries whose error contains this text.
+    pub error: Option<String>,
+    /// Only entries dead-lettered at least this many seconds ago.
+    pub older_than_secs: Option<u64>,
+    /// The invalid-events list (events the API refused) instead of the dead letters.
+    pub invalid: bool,
+}
+
 /// An entry of either list, seen uniformly by the operator commands.
 #[derive(Debug, Clone)]
 pub struct Entry {
@@ -157,7 +168,7 @@ fn entry(raw: Vec<u8>, invalid: bool) -> Entry {
 /// The entries of the list (newest first) that match `filter`, with their positions.
 pub async fn entries(
     shard: &mut ShardConn,
-    filter: &crate::config::DlqFilter,
+    filter: &Filter,
 ) -> Result<Vec<(usize, Entry)>, DlqError> {
     let ShardConn { keys, conn } = shard;
     let list = if filter.invalid {
@@ -201,7 +212,7 @@ pub async fn entries(
 pub async fn replay(
     shards: &mut [ShardConn],
     shard: usize,
-    filter: &crate::config::DlqFilter,
+    filter: &Filter,
     partial_chunks: bool,
     limits: &sift_core::Limits,
 ) -> Result<ReplayReport, DlqError> {
@@ -429,10 +440,7 @@ fn revalidate(
 }
 
 /// Deletes the matching entries; returns how many.
-pub async fn purge(
-    shard: &mut ShardConn,
-    filter: &crate::config::DlqFilter,
-) -> Result<usize, DlqError> {
+pub async fn purge(shard: &mut ShardConn, filter: &Filter) -> Result<usize, DlqError> {
     let list = if filter.invalid {
         shard.keys.invalid()
     } else {

@@ -9,11 +9,11 @@ use sift_core::KeySpace;
 
 use super::Context;
 use crate::config::BackfillCommand;
-use crate::{clickhouse, rollups, sessions};
+use crate::{rollups, sessions};
 
 pub async fn run(command: BackfillCommand, ctx: &Context) -> anyhow::Result<()> {
     let db = &ctx.clickhouse.clickhouse_database;
-    let client = clickhouse::client(&ctx.clickhouse).with_database(db);
+    let client = ctx.clickhouse.client().with_database(db);
     match command {
         BackfillCommand::Sessions {
             from,

@@ -5,13 +5,13 @@
 use anyhow::Context as _;
 
 use super::Context;
-use crate::config::{DlqCommand, DlqFilter};
+use crate::config::DlqCommand;
 use crate::dlq::{self, ShardConn};
 
 pub async fn run(command: DlqCommand, ctx: &Context) -> anyhow::Result<()> {
     let mut shards = ctx.redis_shards().await?;
     match command {
-        DlqCommand::List { filter, limit } => list(&mut shards, &filter, limit).await,
+        DlqCommand::List { filter, limit } => list(&mut shards, &(&filter).into(), limit).await,
         DlqCommand::Show {
             position,
             invalid,
@@ -23,6 +23,7 @@ pub async fn run(command: DlqCommand, ctx: &Context) -> anyhow::Result<()> {
             limits,
         } => {
             let limits = limits.limits();
+            let filter = dlq::Filter::from(&filter);
             let mut report = dlq::ReplayReport::default();
             for s in 0..shards.len() {
                 report.add(dlq::replay(&mut shards, s, &filter, partial_chunks, &limits).await?);
@@ -30,12 +31,12 @@ pub async fn run(command: DlqCommand, ctx: &Context) -> anyhow::Result<()> {
             print_replay(&report, partial_chunks);
             Ok(())
         }
-        DlqCommand::Purge { filter, yes } => purge(&mut shards, &filter, yes).await,
+        DlqCommand::Purge { filter, yes } => purge(&mut shards, &(&filter).into(), yes).await,
     }
 }
 
 /// Position, age and error of the entries `filter` keeps, newest first, at most `limit`.
-async fn list(shards: &mut [ShardConn], filter: &DlqFilter, limit: usize) -> anyhow::Result<()> {
+async fn list(shards: &mut [ShardConn], filter: &dlq::Filter, limit: usize) -> anyhow::Result<()> {
     let several = shards.len() > 1;
     let mut listed = Vec::new();
     for (s, shard) in shards.iter_mut().enumerate() {
@@ -64,7 +65,7 @@ async fn show(
     invalid: bool,
     shard: usize,
 ) -> anyhow::Result<()> {
-    let filter = DlqFilter {
+    let filter = dlq::Filter {
         invalid,
         ..Default::default()
     };
@@ -77,7 +78,10 @@ async fn show(
         .find(|(p, _)| *p == position)
         .ok_or(dlq::DlqError::NoSuchEntry(position))?;
     // A dead letter is shown with its record decoded (a queue record is binary).
-    match dlq::DeadLetter::decode(&entry.raw).filter(|_| !invalid) {
+    match sift_core::DeadLetter::decode(&entry.raw)
+        .ok()
+        .filter(|_| !invalid)
+    {
         Some(dead) => println!("{}", serde_json::to_string_pretty(&dead.describe())?),
         None => println!("{}", String::from_utf8_lossy(&entry.raw)),
     }
@@ -112,7 +116,7 @@ fn print_replay(report: &dlq::ReplayReport, partial_chunks: bool) {
 }
 
 /// Deletes the entries `filter` keeps on every shard, once confirmed (or `yes`).
-async fn purge(shards: &mut [ShardConn], filter: &DlqFilter, yes: bool) -> anyhow::Result<()> {
+async fn purge(shards: &mut [ShardConn], filter: &dlq::Filter, yes: bool) -> anyhow::Result<()> {
     let mut count = 0;
     for shard in shards.iter_mut() {
         count += dlq::entries(shard, filter).await?.len();

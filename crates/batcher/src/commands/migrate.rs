@@ -5,7 +5,7 @@ use anyhow::Context as _;
 
 use super::Context;
 use crate::config::{MigrateArgs, MigrateTarget};
-use crate::{clickhouse, migrate, postgres};
+use crate::{migrate, postgres};
 
 pub async fn run(args: MigrateArgs, ctx: &Context) -> anyhow::Result<()> {
     if args.target != MigrateTarget::Clickhouse {
@@ -15,7 +15,7 @@ pub async fn run(args: MigrateArgs, ctx: &Context) -> anyhow::Result<()> {
         report("postgres", &applied, migrate::POSTGRES.len());
     }
     if args.target != MigrateTarget::Postgres {
-        let client = clickhouse::client(&ctx.clickhouse);
+        let client = ctx.clickhouse.client();
         let schema = migrate::ClickHouseSchema {
             database: ctx.clickhouse.clickhouse_database.clone(),
             raw_ttl_days: args.raw_ttl_days,

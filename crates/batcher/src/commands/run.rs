@@ -95,7 +95,7 @@ async fn work(args: RunArgs, ctx: &Context) -> Result<(), RunError> {
     // by the workers, like any service that is down.
     sift_service::redis_version::require_supported(&redis_pools).await?;
     let pg_pool = sift_service::pools::postgres(&ctx.postgres_url, 4, Duration::from_secs(5))?;
-    let clickhouse = crate::clickhouse::client(ch);
+    let clickhouse = ch.client();
     let worker_id = args.worker_id.clone().unwrap_or_else(default_worker_id);
 
     let shutdown = Shutdown::default();
