@@ -246,12 +246,16 @@ async fn the_cluster_ddl_parses_and_matches_the_single_node_schema() -> Result<(
         .map(|l| format!("{l}\n"))
         .collect();
     for statement in code.split(';').filter(|s| !s.trim().is_empty()) {
-        let sql = statement
-            .replace("{database}", "sift_cluster_check")
-            .replace("{raw_ttl_days}", "30")
-            .replace("{rollup_ttl_days}", "365")
-            .replace('\\', "\\\\")
-            .replace('\'', "\\'");
+        let sql = sift_batcher::sql::render(
+            statement,
+            &[
+                ("database", "sift_cluster_check"),
+                ("raw_ttl_days", "30"),
+                ("rollup_ttl_days", "365"),
+            ],
+        )
+        .replace('\\', "\\\\")
+        .replace('\'', "\\'");
         let formatted = clickhouse_query(&format!("SELECT formatQuerySingleLine('{sql}')")).await?;
         assert!(formatted.contains("ON CLUSTER"), "{formatted}");
         statements += 1;

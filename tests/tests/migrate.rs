@@ -35,10 +35,14 @@ async fn migrate_clickhouse_up_to(db: &str, last: u32) -> Result<()> {
             continue;
         }
         let sql = std::fs::read_to_string(&file)?;
-        let filled = sql
-            .replace("{database}", db)
-            .replace("{raw_ttl_days}", "30")
-            .replace("{rollup_ttl_days}", "365");
+        let filled = sift_batcher::sql::render(
+            &sql,
+            &[
+                ("database", db),
+                ("raw_ttl_days", "30"),
+                ("rollup_ttl_days", "365"),
+            ],
+        );
         let code: String = filled
             .lines()
             .filter(|l| !l.trim_start().starts_with("--"))
