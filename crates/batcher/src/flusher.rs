@@ -21,7 +21,9 @@ pub enum FlushError {
     #[error("ClickHouse: {0}")]
     ClickHouse(#[from] clickhouse::error::Error),
     #[error("Redis: {0}")]
-    Redis(String),
+    Redis(#[from] redis::RedisError),
+    #[error("Redis: {0}")]
+    RedisPool(#[from] deadpool_redis::PoolError),
     #[error("the run did not finish within its time budget (4/5 of the period)")]
     TimedOut,
 }
@@ -85,14 +87,8 @@ impl FlusherLock {
 
     /// Runs one of the lock's scripts, with its key and arguments, on a pooled connection.
     async fn invoke(&self, call: &redis::ScriptInvocation<'_>) -> Result<i64, FlushError> {
-        let mut conn = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| FlushError::Redis(e.to_string()))?;
-        call.invoke_async(&mut conn)
-            .await
-            .map_err(|e| FlushError::Redis(e.to_string()))
+        let mut conn = self.pool.get().await?;
+        Ok(call.invoke_async(&mut conn).await?)
     }
 }
 

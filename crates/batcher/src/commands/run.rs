@@ -42,7 +42,7 @@ pub enum RunError {
     #[error(transparent)]
     RedisTooOld(#[from] sift_service::redis_version::TooOld),
     #[error("metrics: {0}")]
-    Metrics(String),
+    Metrics(#[from] metrics_exporter_prometheus::BuildError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: std::net::SocketAddr,
@@ -80,7 +80,7 @@ pub async fn run(args: RunArgs, ctx: &Context) -> anyhow::Result<()> {
 /// Runs the workers until SIGTERM; then leaves, removing their heartbeats.
 async fn work(args: RunArgs, ctx: &Context) -> Result<(), RunError> {
     let (redis, ch) = (&ctx.redis, &ctx.clickhouse);
-    let handle = m::install().map_err(|e| RunError::Metrics(e.to_string()))?;
+    let handle = m::install()?;
     let shards = usize::from(redis.redis_shards);
     let settings = WorkerSettings::from(&args);
     // Per shard: one lane waiting in a blocking claim, the others acknowledging or reading,
