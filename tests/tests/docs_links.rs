@@ -163,31 +163,6 @@ fn unique_slug(slug: &str, seen: &mut HashMap<String, usize>) -> String {
     candidate
 }
 
-/// `%20` and friends back to bytes, as a browser reads a link.
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(byte)) => {
-                out.push(byte);
-                i += 3;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// `scheme:` at the start of a destination (`https:`, `mailto:`, `file:`, …).
 fn scheme(dest: &str) -> Option<&str> {
     let (head, _) = dest.split_once(':')?;
@@ -259,8 +234,14 @@ fn check(repo: &impl Repo, sources: &[String]) -> Vec<String> {
                 None => {}
             }
             let (path, fragment) = dest.split_once('#').unwrap_or((dest, ""));
-            let path = percent_decode(path.split('?').next().unwrap_or(""));
-            let fragment = percent_decode(fragment);
+            // `%20` and friends back to text, as a browser reads a link.
+            let decode = |text: &str| {
+                percent_encoding::percent_decode_str(text)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            let path = decode(path.split('?').next().unwrap_or(""));
+            let fragment = decode(fragment);
             if path.is_empty() && fragment.is_empty() {
                 problem("the link is empty".into());
                 continue;

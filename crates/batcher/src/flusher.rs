@@ -61,7 +61,7 @@ impl FlusherLock {
     pub fn new(pool: Pool, keys: &KeySpace, holder: &str) -> Self {
         Self {
             pool,
-            key: format!("{}:flusher:lock", keys.prefix()),
+            key: keys.flusher_lock(),
             token: holder.to_owned(),
             acquire: Script::new(ACQUIRE),
             release: Script::new(RELEASE),

@@ -8,7 +8,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::record::{QueueRecord, RecordError};
+use crate::record::{versioned_within, QueueRecord, RecordError, Versioned};
 
 /// The version [`DeadLetter::encode`] writes: 2 keeps a binary record in `record_base64`.
 pub const DEAD_LETTER_VERSION: u64 = 2;
@@ -59,14 +59,6 @@ pub struct DeadLetter {
     pub chunk_rows: u32,
 }
 
-/// The entry with its version first, as it is stored.
-#[derive(Serialize)]
-struct Versioned<'a> {
-    v: u64,
-    #[serde(flatten)]
-    letter: &'a DeadLetter,
-}
-
 impl DeadLetter {
     /// The entry of `record`, kept byte for byte, failed now.
     pub fn new(kind: DeadLetterKind, error: String, record: &[u8]) -> Self {
@@ -104,12 +96,8 @@ impl DeadLetter {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
-        let value: Value = serde_json::from_slice(bytes)?;
-        match value.get("v").and_then(Value::as_u64) {
-            None => Err(RecordError::MissingVersion),
-            Some(1..=DEAD_LETTER_VERSION) => Ok(serde_json::from_value(value)?),
-            Some(v) => Err(RecordError::UnsupportedVersion(v)),
-        }
+        let value = versioned_within(bytes, 1..=DEAD_LETTER_VERSION)?;
+        Ok(serde_json::from_value(value)?)
     }
 
     /// The entry for people: itself, and its record decoded when it is a queue record (its
@@ -123,11 +111,8 @@ impl DeadLetter {
         value
     }
 
-    fn versioned(&self) -> Versioned<'_> {
-        Versioned {
-            v: DEAD_LETTER_VERSION,
-            letter: self,
-        }
+    fn versioned(&self) -> Versioned<'_, Self> {
+        Versioned::new(DEAD_LETTER_VERSION, self)
     }
 }
 

@@ -133,6 +133,11 @@ impl KeySpace {
         format!("{}:workers", self.prefix)
     }
 
+    /// The lock that lets one batcher at a time run the flusher (sessions, finalized hours).
+    pub fn flusher_lock(&self) -> String {
+        format!("{}:flusher:lock", self.prefix)
+    }
+
     /// This shard's answer to its part of one multi-shard request (named by the hash of that
     /// part), so that the request retried after another shard failed is answered the same.
     pub fn receipt(&self, tenant: &str, part_hash: &str) -> String {

@@ -332,18 +332,8 @@ pub struct InvalidRecord {
 
 impl InvalidRecord {
     pub fn encode(&self) -> Vec<u8> {
-        #[derive(Serialize)]
-        struct Versioned<'a> {
-            v: u64,
-            #[serde(flatten)]
-            record: &'a InvalidRecord,
-        }
         // Serializing plain structs of strings and numbers into memory cannot fail.
-        serde_json::to_vec(&Versioned {
-            v: INVALID_RECORD_VERSION,
-            record: self,
-        })
-        .unwrap_or_default()
+        serde_json::to_vec(&Versioned::new(INVALID_RECORD_VERSION, self)).unwrap_or_default()
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
@@ -352,12 +342,34 @@ impl InvalidRecord {
     }
 }
 
+/// A JSON record as written: its version first, then its fields.
+#[derive(Serialize)]
+pub(crate) struct Versioned<'a, T> {
+    v: u64,
+    #[serde(flatten)]
+    record: &'a T,
+}
+
+impl<'a, T> Versioned<'a, T> {
+    pub(crate) fn new(v: u64, record: &'a T) -> Self {
+        Self { v, record }
+    }
+}
+
 /// Parses a JSON record and checks that its version is `current`.
 fn versioned(bytes: &[u8], current: u64) -> Result<Value, RecordError> {
+    versioned_within(bytes, current..=current)
+}
+
+/// Parses a JSON record and checks that this build reads its version.
+pub(crate) fn versioned_within(
+    bytes: &[u8],
+    readable: std::ops::RangeInclusive<u64>,
+) -> Result<Value, RecordError> {
     let value: Value = serde_json::from_slice(bytes)?;
     match value.get("v").and_then(Value::as_u64) {
         None => Err(RecordError::MissingVersion),
-        Some(v) if v == current => Ok(value),
+        Some(v) if readable.contains(&v) => Ok(value),
         Some(v) => Err(RecordError::UnsupportedVersion(v)),
     }
 }

@@ -61,7 +61,7 @@ pub fn redis_clients(urls: &str, shards: usize) -> Result<Vec<redis::Client>, Po
 }
 
 /// The URL of each of `shards` shards: one URL for all, or one each.
-fn shard_urls(urls: &str, shards: usize) -> Result<Vec<&str>, PoolError> {
+pub fn shard_urls(urls: &str, shards: usize) -> Result<Vec<&str>, PoolError> {
     let urls: Vec<&str> = urls.split(',').map(str::trim).collect();
     let shards = shards.max(1);
     match urls.len() {

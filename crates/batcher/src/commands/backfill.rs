@@ -49,7 +49,11 @@ pub async fn run(command: BackfillCommand, ctx: &Context) -> anyhow::Result<()> 
             // rebuilt (on shard 0; the API compares every shard's), or it would show the old
             // figures until its cache expires.
             let redis = &ctx.redis;
-            let url = redis.redis_url.split(',').next().unwrap_or_default().trim();
+            let url = ctx
+                .shard_urls()?
+                .first()
+                .copied()
+                .context("no Redis shard")?;
             let mut conn = super::connect_redis(url).await?;
             let keys = KeySpace::shards(&redis.key_prefix, usize::from(redis.redis_shards));
             let shard0 = keys.first().context("no Redis shard")?;

@@ -38,22 +38,27 @@ impl From<&Cli> for Context {
 }
 
 impl Context {
+    /// The Redis URL of each shard (`--redis-url`: one for all, or one per shard).
+    pub fn shard_urls(&self) -> anyhow::Result<Vec<&str>> {
+        let shards = usize::from(self.redis.redis_shards);
+        Ok(sift_service::pools::shard_urls(
+            &self.redis.redis_url,
+            shards,
+        )?)
+    }
+
     /// A connection to every Redis shard, with its keys; a shard whose server is too old for
     /// the scripts the commands run is refused.
     pub async fn redis_shards(&self) -> anyhow::Result<Vec<ShardConn>> {
         let shards = usize::from(self.redis.redis_shards);
-        let urls: Vec<&str> = self.redis.redis_url.split(',').map(str::trim).collect();
-        anyhow::ensure!(
-            urls.len() == 1 || urls.len() == shards,
-            "{} Redis URLs for {shards} shards: give one URL, or one per shard",
-            urls.len()
-        );
+        let urls = self.shard_urls()?;
         let mut conns = Vec::with_capacity(shards);
-        for (s, keys) in KeySpace::shards(&self.redis.key_prefix, shards)
+        for (s, (keys, url)) in KeySpace::shards(&self.redis.key_prefix, shards)
             .into_iter()
+            .zip(urls)
             .enumerate()
         {
-            let mut conn = connect_redis(urls[if urls.len() == 1 { 0 } else { s }]).await?;
+            let mut conn = connect_redis(url).await?;
             // The replays run scripts that Redis before 7.0 refuses. (INFO may be denied
             // to this user: then the commands themselves will tell.)
             let answer = redis_version::probe(&mut conn).await;

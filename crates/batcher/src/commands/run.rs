@@ -52,15 +52,6 @@ pub enum RunError {
     Signals(std::io::Error),
 }
 
-/// A Redis pool as the batcher makes them (the crate's tests use it too).
-pub fn redis_pool(url: &str, size: usize) -> Result<deadpool_redis::Pool, RunError> {
-    Ok(sift_service::pools::redis(
-        url,
-        size,
-        Duration::from_secs(5),
-    )?)
-}
-
 fn default_worker_id() -> String {
     let host = std::fs::read_to_string("/etc/hostname")
         .map(|h| h.trim().to_owned())
