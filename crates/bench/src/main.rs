@@ -9,10 +9,11 @@
 //!            --clickhouse-url http://127.0.0.1:8123 --json target/bench.json
 //! ```
 //!
-//! Modules: [`config`] (flags), [`workload`] (which events, and their duplicates), [`body`]
-//! (JSON by hand, gzip), [`http`] (requests and answers), [`driver`] (closed and open loop),
-//! [`stats`] (counts, histogram), [`progress`] (the bar), [`clickhouse`] (rows and lag),
-//! [`check`] (the verdict), [`report`] (text and JSON).
+//! Modules: [`config`] (flags), [`workload`] (which events, and their duplicates: the types
+//! and state, the schedule, streams, prompts and variants), [`body`] (JSON by hand, gzip),
+//! [`http`] (requests and answers), [`driver`] (closed and open loop), [`stats`] (counts,
+//! histogram), [`progress`] (the bar), [`clickhouse`] (rows and lag), [`check`] (the
+//! verdict), [`report`] (the JSON schema, computed from the run, and its text).
 //!
 //! Exit codes: 0 every check passed; 1 a check failed (see [`check`]) or the run could not
 //! be done (ClickHouse unreachable before the start, ...); 2 bad usage.
