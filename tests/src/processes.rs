@@ -21,8 +21,15 @@ impl Ingest {
     /// Starts `sift-ingest` with its own key prefix; `args` are extra flags.
     pub async fn start(db: &Database, redis: &str, args: &[&str]) -> Result<Self> {
         let key_prefix = unique("e2e");
+        // Two HTTP workers unless the test sets its own number.
+        let workers: &[&str] = if args.contains(&"--workers") {
+            &[]
+        } else {
+            &["--workers", "2"]
+        };
         let mut child = Command::new(bin("sift-ingest"))
-            .args(["--listen", "127.0.0.1:0", "--workers", "2"])
+            .args(["--listen", "127.0.0.1:0"])
+            .args(workers)
             .args(args)
             .envs(db.env())
             .env("SIFT_REDIS_URL", redis)

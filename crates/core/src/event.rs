@@ -14,6 +14,9 @@ pub struct Event {
     pub success: bool,
     /// Milliseconds since the Unix epoch.
     pub timestamp_ms: i64,
+    /// Whether the client sent `timestamp` (else it is the time the API received the event).
+    /// A client's own time is part of the event's identity: a resend carries it again.
+    pub timestamp_given: bool,
     pub event_id: Option<String>,
     pub turn_index: Option<u32>,
     pub stream: Option<StreamPart>,

@@ -64,6 +64,20 @@ impl KeySpace {
         out.extend_from_slice(event_id_hash.as_bytes());
     }
 
+    /// Writes [`KeySpace::event_time`] of a digest into `out` (cleared first).
+    pub fn write_event_time(
+        &self,
+        out: &mut Vec<u8>,
+        tenant: &str,
+        semantic_hash: &SemanticHash,
+        timestamp_ms: i64,
+    ) {
+        self.write_key(out, "evt", tenant);
+        push_hex(out, semantic_hash.as_bytes());
+        out.push(b':');
+        out.extend_from_slice(timestamp_ms.to_string().as_bytes());
+    }
+
     /// Writes [`KeySpace::stream_pending`] of a digest into `out` (cleared first).
     pub fn write_stream_pending(
         &self,
@@ -86,6 +100,16 @@ impl KeySpace {
     /// The claim on one client `event_id` (hashed, so any id length gives one key length).
     pub fn event_id(&self, tenant: &str, event_id_hash: &str) -> String {
         format!("{}:eid:{tenant}:{event_id_hash}", self.prefix)
+    }
+
+    /// The claim on one event by its identity when the client sent its own timestamp: its
+    /// intent and that time. Kept for the event-id window, so that a resend long after the
+    /// semantic window (a client retrying after an outage) is still known.
+    pub fn event_time(&self, tenant: &str, semantic_hash: &str, timestamp_ms: i64) -> String {
+        format!(
+            "{}:evt:{tenant}:{semantic_hash}:{timestamp_ms}",
+            self.prefix
+        )
     }
 
     /// The latest chunk of a stream whose final chunk has not come yet.

@@ -162,9 +162,9 @@ pub fn validate(value: &Value, limits: &Limits, now_ms: i64) -> Result<Event> {
         (None, _, _) => return Err(missing("token_count")),
     };
     let success = fields.boolean("success")?.unwrap_or(true);
-    let timestamp_ms = match fields.get("timestamp") {
-        None | Some(Value::Null) => now_ms,
-        Some(v) => timestamp(v)?,
+    let (timestamp_ms, timestamp_given) = match fields.get("timestamp") {
+        None | Some(Value::Null) => (now_ms, false),
+        Some(v) => (timestamp(v)?, true),
     };
     if timestamp_ms > now_ms + limits.max_future_skew_ms {
         return Err(ValidationError::new(
@@ -215,6 +215,7 @@ pub fn validate(value: &Value, limits: &Limits, now_ms: i64) -> Result<Event> {
         token_count,
         success,
         timestamp_ms,
+        timestamp_given,
         event_id,
         turn_index,
         stream,

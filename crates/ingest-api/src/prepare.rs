@@ -9,6 +9,10 @@ use sift_core::{Event, InvalidRecord, Limits, QueueRecord};
 use crate::body::Item;
 use crate::dedup::Claim;
 
+/// Why an event that repeats a key is refused.
+pub const DUPLICATE_KEY: &str =
+    "appears more than once in the event; send each field once (which copy is meant cannot be told)";
+
 /// The items of one request after validation.
 pub struct Prepared {
     pub events: Vec<Event>,
@@ -21,6 +25,8 @@ pub struct Prepared {
 pub struct Ready<'a> {
     pub record: QueueRecord<'a>,
     pub event_id_hash: Option<String>,
+    /// Whether the event is claimed by its timestamp too (see [`Claim::by_time`]).
+    pub by_time: bool,
 }
 
 /// Validates every item of a request received at `now_ms` for `tenant`.
@@ -34,6 +40,7 @@ pub fn prepare(tenant: &str, items: Vec<Item>, limits: &Limits, now_ms: i64) -> 
                 validate(&value, limits, now_ms).map_err(|e| (value.to_string(), e.field, e.reason))
             }
             Item::Unparseable { raw, reason } => Err((raw, "$".to_owned(), reason)),
+            Item::DuplicateKey { raw, key } => Err((raw, key, DUPLICATE_KEY.to_owned())),
         };
         match checked {
             Ok(event) => {
@@ -67,6 +74,9 @@ impl Prepared {
             .map(|event| Ready {
                 record: QueueRecord::new(tenant, event, now_ms),
                 event_id_hash: event.event_id.as_deref().map(sha256_hex),
+                by_time: event.timestamp_given
+                    && event.event_id.is_none()
+                    && event.stream.is_none(),
             })
             .collect()
     }
@@ -79,6 +89,7 @@ pub fn claims<'a>(ready: &'a [Ready<'a>]) -> Vec<Claim<'a>> {
         .map(|r| Claim {
             record: &r.record,
             event_id_hash: r.event_id_hash.as_deref(),
+            by_time: r.by_time,
         })
         .collect()
 }

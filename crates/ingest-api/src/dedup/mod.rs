@@ -61,6 +61,8 @@ pub enum Outcome {
     CollapsedIntent,
     CollapsedEventId,
     CollapsedStreamChunk,
+    /// The same intent with the same client timestamp, within the event-id window.
+    CollapsedEvent,
 }
 
 impl Outcome {
@@ -71,6 +73,7 @@ impl Outcome {
             Self::CollapsedIntent => Some("duplicate_intent"),
             Self::CollapsedEventId => Some("duplicate_event_id"),
             Self::CollapsedStreamChunk => Some("stream_chunk"),
+            Self::CollapsedEvent => Some("duplicate_event"),
         }
     }
 }

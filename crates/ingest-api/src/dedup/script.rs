@@ -19,6 +19,10 @@ const STATS_TTL_AT_CREATION_MS: u64 = STATS_TTL_MS + 3600 * 1000;
 pub struct Claim<'a> {
     pub record: &'a QueueRecord<'a>,
     pub event_id_hash: Option<&'a str>,
+    /// A plain event without an `event_id` whose client sent its `timestamp`: its identity
+    /// (intent and timestamp) is claimed for the event-id window besides its intent's claim,
+    /// so a resend after the semantic window is still collapsed (`duplicate_event`).
+    pub by_time: bool,
 }
 
 /// The claim script's text (`claim.lua`).
@@ -53,7 +57,8 @@ pub fn claim_command(
         .filter(|c| c.record.stream_id.is_some())
         .count();
     let with_eid = claims.iter().filter(|c| c.event_id_hash.is_some()).count();
-    let n_keys = 5 + claims.len() + with_eid + streams + 1;
+    let by_time = claims.iter().filter(|c| time_claimed(c)).count();
+    let n_keys = 5 + claims.len() + with_eid + by_time + streams + 1;
     let n_args = 10 + 2 * claims.len() + streams + invalid.len() + 2;
     let mut cmd = redis::Cmd::with_capacity(3 + n_keys + n_args, 64 + 384 * claims.len());
     cmd.arg("EVALSHA").arg(script_hash).arg(n_keys);
@@ -71,6 +76,9 @@ pub fn claim_command(
         cmd.arg(&key[..]);
         if let Some(eid) = claim.event_id_hash {
             keys.write_event_id(&mut key, &r.tenant_id, eid);
+            cmd.arg(&key[..]);
+        } else if time_claimed(claim) {
+            keys.write_event_time(&mut key, &r.tenant_id, &r.semantic_hash, r.timestamp_ms);
             cmd.arg(&key[..]);
         }
         if r.stream_id.is_some() {
@@ -95,6 +103,7 @@ pub fn claim_command(
             r.stream_id.is_some(),
             r.is_final,
             claim.event_id_hash.is_some(),
+            time_claimed(claim),
         ));
         if r.stream_id.is_some() {
             cmd.arg(r.chunk_index.map_or(-1, i64::from));
@@ -113,10 +122,17 @@ pub fn claim_command(
     cmd
 }
 
+/// Whether `claim` sends its identity claim: only a plain event without an event_id has one.
+fn time_claimed(claim: &Claim<'_>) -> bool {
+    claim.by_time && claim.event_id_hash.is_none() && claim.record.stream_id.is_none()
+}
+
 /// An event's kind for the claim script: `p` plain, `s` stream chunk, `f` final stream chunk,
-/// followed by `e` when it carries an event_id.
-fn kind_flags(stream: bool, is_final: bool, has_event_id: bool) -> &'static str {
+/// followed by `e` when it carries an event_id, or (plain events only) `t` when it is claimed
+/// by its timestamp.
+fn kind_flags(stream: bool, is_final: bool, has_event_id: bool, by_time: bool) -> &'static str {
     match (stream, is_final, has_event_id) {
+        (false, _, false) if by_time => "pt",
         (false, _, false) => "p",
         (false, _, true) => "pe",
         (true, false, false) => "s",
@@ -160,6 +176,7 @@ pub(super) fn decode_status(value: &redis::Value) -> Option<Outcome> {
         redis::Value::Int(2) => Some(Outcome::CollapsedIntent),
         redis::Value::Int(3) => Some(Outcome::CollapsedEventId),
         redis::Value::Int(4) => Some(Outcome::CollapsedStreamChunk),
+        redis::Value::Int(5) => Some(Outcome::CollapsedEvent),
         _ => None,
     }
 }
@@ -188,12 +205,13 @@ mod tests {
 
     #[test]
     fn kinds_are_spelled_as_the_script_reads_them() {
-        assert_eq!(kind_flags(false, false, false), "p");
-        assert_eq!(kind_flags(false, true, true), "pe");
-        assert_eq!(kind_flags(true, false, false), "s");
-        assert_eq!(kind_flags(true, false, true), "se");
-        assert_eq!(kind_flags(true, true, false), "f");
-        assert_eq!(kind_flags(true, true, true), "fe");
+        assert_eq!(kind_flags(false, false, false, false), "p");
+        assert_eq!(kind_flags(false, false, false, true), "pt");
+        assert_eq!(kind_flags(false, true, true, false), "pe");
+        assert_eq!(kind_flags(true, false, false, false), "s");
+        assert_eq!(kind_flags(true, false, true, false), "se");
+        assert_eq!(kind_flags(true, true, false, false), "f");
+        assert_eq!(kind_flags(true, true, true, false), "fe");
     }
 
     /// Each event sends only the keys and arguments it uses, in the layout claim.lua walks.

@@ -6,14 +6,16 @@
 -- KEYS[1] queue, KEYS[2] invalid-events list, KEYS[3] open-streams sorted set, KEYS[4] the
 -- tenant's dedup counters of this hour (received, accepted: the dashboard's dedup ratio),
 -- KEYS[5] the tenant's event counter of this second (its rate limit), then per event the
--- keys it uses: the semantic claim, the event_id claim (with an event_id), the stream's
+-- keys it uses: the semantic claim, the event_id claim (with an event_id) or the event's
+-- identity claim (a plain event without one whose client sent its timestamp), the stream's
 -- pending hash (stream chunks), and last the request's receipt (see below; the queue when
 -- there is none). Only keys in use are sent: each is another string for Redis to read and
 -- for Lua to make.
 -- ARGV: now_ms, window_ms, event_id_window_ms, sliding (1/0), high_water (0: none),
 -- invalid_max, stream_timeout_ms, number of events, number of invalid records, the tenant's
 -- events per second (0: no limit); then per event its kind (p plain, s stream chunk, f final
--- stream chunk; followed by e when it has an event_id: p, pe, s, se, f, fe), its chunk_index
+-- stream chunk; followed by e when it has an event_id: p, pe, s, se, f, fe; pt: a plain event
+-- claimed by its identity, its intent and client timestamp), its chunk_index
 -- (stream chunks only; -1: none) and its record; then the invalid records, the receipt's
 -- lifetime in ms (0: no receipt), and the counters' lifetime in ms (given when an hour's
 -- counters are created).
@@ -23,7 +25,10 @@
 -- semantic window.
 -- Returns -1 when the queue is at its high-water mark, -2 when the tenant is over its rate
 -- (nothing written in either case), else one status per
--- event: 1 accepted, 2 collapsed (intent), 3 collapsed (event_id), 4 collapsed (stream chunk).
+-- event: 1 accepted, 2 collapsed (intent), 3 collapsed (event_id), 4 collapsed (stream chunk),
+-- 5 collapsed (the same event: intent and client timestamp, seen within the event-id window).
+-- The identity claim is what keeps a resend after an outage, long past the semantic window,
+-- from being counted again: the raw table would merge the copies, but the rollups would not.
 
 local now = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
@@ -73,14 +78,14 @@ local records = {}
 local statuses = {}
 -- The next event's first key and first argument.
 local k, a = 6, 11
-local kinds = {p = 'p', pe = 'p', s = 's', se = 's', f = 'f', fe = 'f'}
+local kinds = {p = 'p', pe = 'p', pt = 'p', s = 's', se = 's', f = 'f', fe = 'f'}
 for i = 1, n_events do
   local flags = ARGV[a]
-  local kind, has_eid = kinds[flags], #flags == 2
+  local kind, has_eid, by_time = kinds[flags], string.sub(flags, 2) == 'e', flags == 'pt'
   local claim = KEYS[k]
   local eid, pending, chunk = claim, claim, -1
   k = k + 1
-  if has_eid then
+  if has_eid or by_time then
     eid = KEYS[k]
     k = k + 1
   end
@@ -116,11 +121,22 @@ for i = 1, n_events do
       redis.call('ZREM', KEYS[3], pending)
     end
   elseif kind == 'p' then
+    -- The identity is claimed whatever the intent's claim says: a copy collapsed into another
+    -- event of its intent must be known too when it is resent after the semantic window.
+    local seen_before = false
+    if by_time then
+      seen_before = eid_seen[eid] or not redis.call('SET', eid, '1', 'NX', 'PX', eid_window)
+      eid_seen[eid] = true
+    end
     if claimed[claim] then
       status = 2
     elseif redis.call('SET', claim, '1', 'NX', 'PX', window) then
-      records[#records + 1] = record
-      status = 1
+      if seen_before then
+        status = 5
+      else
+        records[#records + 1] = record
+        status = 1
+      end
     else
       if sliding then redis.call('PEXPIRE', claim, window) end
       status = 2

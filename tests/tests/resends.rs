@@ -1,0 +1,148 @@
+//! End-to-end tests of resends that arrive long after the semantic window: a client that was
+//! answered 503 while Redis had in fact taken its events, and that retries once Redis is back.
+//! An event that carries its own `timestamp` (or an `event_id`) is known by its identity for
+//! the event-id window and is collapsed; one with neither cannot be told from a new event.
+//! Real binaries, a Redis of the test's own (paused to make the ambiguous answer).
+
+use std::time::Duration;
+
+use anyhow::Result;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sift_e2e::{event, Fixture, PrivateRedis};
+
+/// Keeps Redis busy for ARGV[1] milliseconds: it serves nobody else meanwhile.
+const BUSY: &str = r"
+local function ms() local t = redis.call('TIME'); return t[1] * 1000 + t[2] / 1000 end
+local start = ms()
+while ms() - start < tonumber(ARGV[1]) do end
+return 1";
+
+/// Milliseconds since the epoch, a minute ago (a client's own time for its events).
+fn a_minute_ago() -> i64 {
+    sift_core::clock::now_ms() - 60_000
+}
+
+/// Epoch milliseconds as the epoch seconds an event's `timestamp` takes.
+fn secs(ms: i64) -> f64 {
+    ms as f64 / 1000.0
+}
+
+/// The statuses and reasons of a batch answer, in request order.
+fn answers(body: &Value) -> Vec<(String, String)> {
+    body["results"]
+        .as_array()
+        .map(|results| {
+            results
+                .iter()
+                .map(|r| {
+                    (
+                        r["status"].as_str().unwrap_or("?").to_owned(),
+                        r["reason"].as_str().unwrap_or("").to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_resend_after_an_ambiguous_503_is_collapsed_by_the_events_timestamp() -> Result<()> {
+    let redis = PrivateRedis::start(&[]).await?;
+    // A short semantic window, so that the resend comes well after it; a short Redis timeout,
+    // so that a paused Redis is answered 503 while it still holds the script to run.
+    let f = Fixture::with_redis(
+        &redis.url(),
+        &[
+            "--dedup-window-ms",
+            "300",
+            "--redis-timeout-ms",
+            "200",
+            "--workers",
+            "1",
+        ],
+    )
+    .await?;
+    // One request first: the worker's connection to Redis is then open, and the claim below
+    // reaches Redis before the API gives up on it.
+    let (status, _) = f.event(&event("session-warm-up", "Hello")).await?;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let t0 = a_minute_ago();
+    let timed: Vec<Value> = (0..20)
+        .map(|i| {
+            let mut e = event(&format!("session-timed-{i:03}"), "Summarize the ticket");
+            e["timestamp"] = json!(secs(t0 + i));
+            e
+        })
+        .collect();
+    let untimed: Vec<Value> = (0..5)
+        .map(|i| event(&format!("session-untimed-{i:03}"), "Summarize the ticket"))
+        .collect();
+    let batch = Value::Array(timed.iter().chain(&untimed).cloned().collect());
+
+    // Redis is kept busy for 1.5 s by a script of ours: the API gives up after 200 ms and
+    // answers 503, and Redis then runs the claim it had received, so every event was in fact
+    // taken (a restart or a failover can do the same).
+    let mut conn = redis::Client::open(redis.url())?
+        .get_multiplexed_async_connection_with_config(
+            &redis::AsyncConnectionConfig::new()
+                .set_response_timeout(Some(Duration::from_secs(10))),
+        )
+        .await?;
+    let busy = tokio::spawn(async move {
+        redis::Script::new(BUSY)
+            .arg(1500)
+            .invoke_async::<i64>(&mut conn)
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, body) = f
+        .post("/v1/ai/events/batch", "application/json", batch.to_string())
+        .await?;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"], "unavailable");
+    busy.await??;
+    let queue = f.queue_of_at_least(26).await?;
+    assert_eq!(queue.len(), 26, "the paused script ran once Redis resumed");
+
+    // The client retries after its backoff, long after the 300 ms semantic window.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (status, body) = f
+        .post("/v1/ai/events/batch", "application/json", batch.to_string())
+        .await?;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let got = answers(&body);
+    let collapsed = ("collapsed".to_owned(), "duplicate_event".to_owned());
+    let accepted = ("accepted".to_owned(), String::new());
+    assert_eq!(got[..20], vec![collapsed.clone(); 20][..], "{body}");
+    // The documented limit: without a timestamp or an event_id, the resend is a new event.
+    assert_eq!(got[20..], vec![accepted.clone(); 5][..], "{body}");
+    assert_eq!(f.queue().await?.len(), 31);
+
+    // The same intent at another time is another event; a copy of it within the semantic
+    // window is still a duplicate intent, and known by its own identity afterwards.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut later = timed[0].clone();
+    later["timestamp"] = json!(secs(t0 + 30_000));
+    let (status, body) = f.event(&later).await?;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::ACCEPTED, Some("accepted"))
+    );
+    let mut close = later.clone();
+    close["timestamp"] = json!(secs(t0 + 30_001));
+    let (_, body) = f.event(&close).await?;
+    assert_eq!(body["reason"], "duplicate_intent", "{body}");
+    for copy in [&later, &close] {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let (_, body) = f.event(copy).await?;
+        assert_eq!(body["status"], "collapsed", "{body}");
+        assert_eq!(body["reason"], "duplicate_event", "{body}");
+    }
+    assert_eq!(
+        f.queue().await?.len(),
+        32,
+        "one record per event, whatever was resent"
+    );
+    f.cleanup().await
+}
