@@ -1,4 +1,6 @@
 //! Reading request bodies: content type, size limits, gzip, JSON and NDJSON.
+//! Every event object is parsed by [`crate::json::Checked`], so one that repeats a key is
+//! refused on its own (the copies disagree on what the event is), never read as its last copy.
 //!
 //! sift decodes gzip itself (not the framework) so that the decompressed size is bounded
 //! exactly: a small gzip bomb is answered 413 after reading at most the limit plus one byte.
@@ -9,9 +11,11 @@ use actix_web::http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use actix_web::{web, HttpRequest};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::error::ApiError;
+use crate::json::Checked;
 
 #[derive(Debug, Clone)]
 pub struct BodyLimits {
@@ -22,10 +26,23 @@ pub struct BodyLimits {
     pub max_batch_events: usize,
 }
 
-/// One item of a batch: a parsed event, or a line of NDJSON that is not JSON (kept raw).
+/// One item of a batch: a parsed event, a line of NDJSON that is not JSON (kept raw), or an
+/// event object that repeats a key (kept raw, with the key's path).
 pub enum Item {
     Event(Value),
     Unparseable { raw: String, reason: String },
+    DuplicateKey { raw: String, key: String },
+}
+
+impl Item {
+    /// The item of one event's parsed text: `raw` is called for its text only when the event
+    /// is refused.
+    fn of(checked: Checked, raw: impl FnOnce() -> String) -> Self {
+        match checked.duplicate {
+            None => Item::Event(checked.value),
+            Some(key) => Item::DuplicateKey { raw: raw(), key },
+        }
+    }
 }
 
 /// Reads the whole body within the limits and decodes `Content-Encoding: gzip`.
@@ -106,9 +123,12 @@ pub fn expect_json(request: &HttpRequest) -> Result<(), ApiError> {
 }
 
 /// Parses a single event's body.
-pub fn parse_event(body: &[u8]) -> Result<Value, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::BadRequest(format!("the body is not JSON: {e}")))
+pub fn parse_event(body: &[u8]) -> Result<Item, ApiError> {
+    let checked: Checked = serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("the body is not JSON: {e}")))?;
+    Ok(Item::of(checked, || {
+        String::from_utf8_lossy(body).into_owned()
+    }))
 }
 
 /// Parses a batch: a JSON array (`application/json`) or one event per line (NDJSON).
@@ -119,15 +139,31 @@ pub fn parse_batch(
 ) -> Result<Vec<Item>, ApiError> {
     let items = match media_type(request).as_deref() {
         Some("application/json") => {
-            let value: Value = serde_json::from_slice(body)
-                .map_err(|e| ApiError::BadRequest(format!("the body is not JSON: {e}")))?;
-            let Value::Array(events) = value else {
-                return Err(ApiError::BadRequest(
-                    "a JSON batch must be an array of events".into(),
-                ));
-            };
+            let events: Vec<Checked> = serde_json::from_slice(body).map_err(|e| {
+                // Any value parses as a Checked: a data error is the body not being an array.
+                if e.classify() == serde_json::error::Category::Data {
+                    ApiError::BadRequest("a JSON batch must be an array of events".into())
+                } else {
+                    ApiError::BadRequest(format!("the body is not JSON: {e}"))
+                }
+            })?;
             check_count(events.len(), limits)?;
-            events.into_iter().map(Item::Event).collect()
+            // The text of each event, read again only when one of them is refused.
+            let mut texts: Option<Vec<&RawValue>> = None;
+            events
+                .into_iter()
+                .enumerate()
+                .map(|(i, checked)| {
+                    Item::of(checked, || {
+                        let texts = texts.get_or_insert_with(|| {
+                            serde_json::from_slice(body).unwrap_or_default()
+                        });
+                        texts
+                            .get(i)
+                            .map_or_else(String::new, |t| t.get().to_owned())
+                    })
+                })
+                .collect()
         }
         Some(
             "application/x-ndjson"
@@ -142,7 +178,7 @@ pub fn parse_batch(
             lines
                 .into_iter()
                 .map(|line| match serde_json::from_str(line) {
-                    Ok(value) => Item::Event(value),
+                    Ok(checked) => Item::of(checked, || line.to_owned()),
                     Err(e) => Item::Unparseable {
                         raw: line.to_owned(),
                         reason: format!("the line is not JSON: {e}"),

@@ -12,6 +12,7 @@ pub mod body;
 pub mod config;
 pub mod dedup;
 pub mod error;
+pub mod json;
 pub mod metrics;
 pub mod prepare;
 pub mod server;

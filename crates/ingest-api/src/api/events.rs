@@ -39,8 +39,8 @@ pub async fn ingest_one(
     let caller = state.keys.caller(&request).await?;
     body::expect_json(&request)?;
     let bytes = body::read(&request, payload, &state.body_limits).await?;
-    let event = body::parse_event(&bytes)?;
-    let mut results = process(&state, &caller, vec![Item::Event(event)]).await?;
+    let item = body::parse_event(&bytes)?;
+    let mut results = process(&state, &caller, vec![item]).await?;
     match results.pop() {
         Some(EventResult::Rejected { field, reason, .. }) => {
             Err(ApiError::InvalidEvent { field, reason })
