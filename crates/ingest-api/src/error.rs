@@ -16,6 +16,8 @@ pub enum ApiError {
     BadParameter(String),
     #[error("{0}")]
     Unauthorized(&'static str),
+    #[error("this API key lacks the {0} scope; create one with --scope {0}")]
+    Forbidden(sift_core::Scope),
     #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{0}")]
@@ -90,6 +92,7 @@ impl ApiError {
             Self::BadRequest(_) => "bad_request",
             Self::BadParameter(_) => "bad_parameter",
             Self::Unauthorized(_) => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::InvalidEvent { .. } => "invalid_event",
@@ -110,6 +113,7 @@ impl ResponseError for ApiError {
         match self {
             Self::BadRequest(_) | Self::BadParameter(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::InvalidEvent { .. } => StatusCode::UNPROCESSABLE_ENTITY,
@@ -159,6 +163,17 @@ impl ResponseError for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_scope_is_403_forbidden_naming_it() {
+        let error = ApiError::Forbidden(sift_core::Scope::Read);
+        assert_eq!(error.status_code(), StatusCode::FORBIDDEN);
+        assert_eq!(error.code(), "forbidden");
+        assert_eq!(
+            error.to_string(),
+            "this API key lacks the read scope; create one with --scope read"
+        );
+    }
 
     #[test]
     fn clickhouse_timeouts_are_504_and_other_failures_503() {

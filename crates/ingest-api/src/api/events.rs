@@ -1,9 +1,10 @@
-//! `POST /v1/ai/events` and `POST /v1/ai/events/batch`: authenticate, read, validate, hash,
-//! then one dedup-and-enqueue script call for the whole request.
+//! `POST /v1/ai/events` and `POST /v1/ai/events/batch`: authenticate (the key needs the
+//! `ingest` scope), read, validate, hash, then one dedup-and-enqueue script call for the whole
+//! request.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
-use sift_core::InvalidRecord;
+use sift_core::{InvalidRecord, Scope};
 
 use crate::auth::Caller;
 use crate::body::{self, Item};
@@ -36,7 +37,7 @@ pub async fn ingest_one(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = state.keys.caller(&request).await?;
+    let caller = state.keys.authorize(&request, Scope::Ingest).await?;
     body::expect_json(&request)?;
     let bytes = body::read(&request, payload, &state.body_limits).await?;
     let event = body::parse_event(&bytes)?;
@@ -63,7 +64,7 @@ pub async fn ingest_batch(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = state.keys.caller(&request).await?;
+    let caller = state.keys.authorize(&request, Scope::Ingest).await?;
     let bytes = body::read(&request, payload, &state.body_limits).await?;
     let items = body::parse_batch(&request, &bytes, &state.body_limits)?;
     let results = process(&state, &caller, items).await?;

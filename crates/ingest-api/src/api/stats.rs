@@ -1,10 +1,11 @@
 //! The read API: `GET /v1/ai/stats/hourly`, `GET /v1/ai/stats/dedup` and
-//! `GET /v1/ai/sessions/{session_id}`. The tenant is the API key's; bad parameters are
-//! answered 400 with a message that names the parameter.
+//! `GET /v1/ai/sessions/{session_id}`. The tenant is the API key's, which needs the `read`
+//! scope; bad parameters are answered 400 with a message that names the parameter.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
+use sift_core::Scope;
 
 use crate::analytics;
 use crate::error::{ApiError, Cause};
@@ -65,7 +66,7 @@ pub async fn hourly(
     request: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let tenant = state.keys.authenticate(&request).await?;
+    let tenant = state.keys.authorize(&request, Scope::Read).await?.tenant;
     let query: RangeQuery = parse(&request)?;
     let (from, to) = range(&query)?;
     if let Some(model) = &query.model_version {
@@ -102,7 +103,7 @@ pub async fn dedup(
     request: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let tenant = state.keys.authenticate(&request).await?;
+    let tenant = state.keys.authorize(&request, Scope::Read).await?.tenant;
     let query: RangeQuery = parse(&request)?;
     if query.model_version.is_some() {
         return Err(ApiError::BadParameter(
@@ -163,7 +164,7 @@ pub async fn session(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let tenant = state.keys.authenticate(&request).await?;
+    let tenant = state.keys.authorize(&request, Scope::Read).await?.tenant;
     let session_id = path.into_inner();
     if session_id.is_empty() || session_id.chars().count() > 128 {
         return Err(ApiError::BadParameter(
