@@ -5,7 +5,8 @@
 //! PostgreSQL keeps SHA-256 hashes of keys. Each hash seen is looked up at most once per
 //! refresh interval, answers (including "no such key") are cached for that long, so a revoked
 //! key stops working within one interval and a flood of bad keys does not reach PostgreSQL.
-//! When PostgreSQL is down, a stale answer is still used rather than refusing known clients.
+//! When PostgreSQL is down, a stale answer is still used rather than refusing known clients;
+//! the outage is logged when it begins and ends, and counted every 10 s, not per request.
 
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -14,8 +15,8 @@ use std::time::{Duration, Instant};
 use actix_web::http::header::AUTHORIZATION;
 use actix_web::HttpRequest;
 use deadpool_postgres::Pool;
-
 use sift_core::{Scope, Scopes};
+use sift_service::outage::Outage;
 
 use crate::error::ApiError;
 
@@ -26,6 +27,8 @@ pub struct KeyCache {
     pool: Pool,
     ttl: Duration,
     entries: RwLock<HashMap<String, Entry>>,
+    /// PostgreSQL, as key lookups meet it.
+    postgres: Outage,
 }
 
 #[derive(Clone)]
@@ -60,6 +63,11 @@ impl KeyCache {
             pool,
             ttl,
             entries: RwLock::new(HashMap::new()),
+            postgres: Outage::new(
+                "PostgreSQL",
+                "requests",
+                "answered from the cached keys (503 for keys not seen before)",
+            ),
         }
     }
 
@@ -91,6 +99,7 @@ impl KeyCache {
         }
         match self.fetch(key_hash).await {
             Ok(tenant) => {
+                self.postgres.succeeded();
                 let mut entries = self
                     .entries
                     .write()
@@ -107,13 +116,13 @@ impl KeyCache {
                 );
                 Ok(tenant)
             }
-            Err(error) => match cached {
-                Some(entry) => {
-                    tracing::warn!(%error, "PostgreSQL unavailable; using the cached answer for an API key");
-                    Ok(entry.caller)
+            Err(error) => {
+                self.postgres.failed(&error);
+                match cached {
+                    Some(entry) => Ok(entry.caller),
+                    None => Err(error),
                 }
-                None => Err(error),
-            },
+            }
         }
     }
 

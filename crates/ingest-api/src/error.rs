@@ -87,6 +87,17 @@ impl From<clickhouse::error::Error> for ApiError {
 pub const RETRY_AFTER_SECS: u32 = 1;
 
 impl ApiError {
+    /// A dependency did not answer, or not in time: what [`crate::outages`] counts.
+    pub fn is_dependency_failure(&self) -> bool {
+        matches!(
+            self,
+            Self::RedisUnavailable(_)
+                | Self::PostgresUnavailable(_)
+                | Self::ClickHouseUnavailable(_)
+                | Self::ClickHouseTimeout(_)
+        )
+    }
+
     pub fn code(&self) -> &'static str {
         match self {
             Self::BadRequest(_) => "bad_request",
@@ -128,7 +139,10 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        if self.status_code().is_server_error() {
+        if self.is_dependency_failure() {
+            // Counted and logged as an outage where the dependency was called (crate::outages).
+            tracing::debug!(error = %self, "request failed");
+        } else if self.status_code().is_server_error() {
             tracing::warn!(error = %self, "request failed");
         }
         let mut response = HttpResponse::build(self.status_code());

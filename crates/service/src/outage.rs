@@ -28,8 +28,9 @@ const UP: u64 = u64::MAX;
 pub struct Outage {
     /// The dependency, as people name it: `PostgreSQL`.
     name: &'static str,
-    /// What happens to the affected requests meanwhile, after "requests":
-    /// `answered 503`.
+    /// What is counted, plural: `requests`.
+    unit: &'static str,
+    /// What happens to them meanwhile, as it reads after the unit: `answered 503`.
     effect: &'static str,
     origin: Instant,
     period_ms: u64,
@@ -49,21 +50,22 @@ pub struct Outage {
 pub enum Note {
     /// The dependency has just gone down.
     Down,
-    /// Still down: `requests` affected over the last `over_ms`.
-    StillDown { requests: u64, over_ms: u64 },
-    /// Back after `down_ms`, having affected `requests`.
-    Back { down_ms: u64, requests: u64 },
+    /// Still down: `affected` (requests) over the last `over_ms`.
+    StillDown { affected: u64, over_ms: u64 },
+    /// Back after `down_ms`, having affected `affected` (requests).
+    Back { down_ms: u64, affected: u64 },
 }
 
 impl Outage {
-    /// `name` is the dependency (`Redis`); `effect` what happens to requests meanwhile, as it
-    /// reads after "requests" (`answered 503`).
-    pub fn new(name: &'static str, effect: &'static str) -> Self {
-        Self::with_timing(name, effect, REPORT_PERIOD, SETTLE)
+    /// `name` is the dependency (`Redis`), `unit` what is counted (`requests`), `effect` what
+    /// happens to them meanwhile, as it reads after the unit (`answered 503`).
+    pub fn new(name: &'static str, unit: &'static str, effect: &'static str) -> Self {
+        Self::with_timing(name, unit, effect, REPORT_PERIOD, SETTLE)
     }
 
     pub fn with_timing(
         name: &'static str,
+        unit: &'static str,
         effect: &'static str,
         period: Duration,
         settle: Duration,
@@ -71,6 +73,7 @@ impl Outage {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         Self {
             name,
+            unit,
             effect,
             origin: Instant::now(),
             period_ms: ms(period),
@@ -83,10 +86,10 @@ impl Outage {
         }
     }
 
-    /// A request met the dependency failing with `error`: logged at debug, and counted; the
+    /// A request (or whatever the unit is) met the dependency failing with `error`: logged at debug, and counted; the
     /// state change and the periodic count are logged as warnings.
     pub fn failed(&self, error: &dyn fmt::Display) {
-        tracing::debug!(dependency = self.name, %error, "{} failed; request {}", self.name, self.effect);
+        tracing::debug!(dependency = self.name, %error, "{} failed: {} {}", self.name, self.unit, self.effect);
         if let Some(note) = self.on_failure(self.now_ms()) {
             tracing::warn!(dependency = self.name, %error, "{}", self.message(note));
         }
@@ -132,8 +135,8 @@ impl Outage {
                 .compare_exchange(last, now_ms, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
         {
-            let requests = self.unreported.swap(0, Ordering::AcqRel);
-            return Some(Note::StillDown { requests, over_ms });
+            let affected = self.unreported.swap(0, Ordering::AcqRel);
+            return Some(Note::StillDown { affected, over_ms });
         }
         None
     }
@@ -151,24 +154,24 @@ impl Outage {
             .compare_exchange(since, UP, Ordering::AcqRel, Ordering::Acquire)
             .ok()?;
         self.unreported.store(0, Ordering::Release);
-        let requests = self.affected.swap(0, Ordering::AcqRel);
+        let affected = self.affected.swap(0, Ordering::AcqRel);
         Some(Note::Back {
             down_ms: now_ms.saturating_sub(since),
-            requests,
+            affected,
         })
     }
 
     /// The line logged for `note`.
     pub fn message(&self, note: Note) -> String {
-        let (name, effect) = (self.name, self.effect);
+        let (name, unit, effect) = (self.name, self.unit, self.effect);
         match note {
-            Note::Down => format!("{name} unavailable: requests {effect} until it is back"),
-            Note::StillDown { requests, over_ms } => format!(
-                "{name} still unavailable: {requests} requests {effect} in the last {} s",
+            Note::Down => format!("{name} unavailable: {unit} {effect} until it is back"),
+            Note::StillDown { affected, over_ms } => format!(
+                "{name} still unavailable: {affected} {unit} {effect} in the last {} s",
                 seconds(over_ms)
             ),
-            Note::Back { down_ms, requests } => format!(
-                "{name} available again after {} s; {requests} requests were {effect} meanwhile",
+            Note::Back { down_ms, affected } => format!(
+                "{name} available again after {} s; {affected} {unit} were {effect} meanwhile",
                 seconds(down_ms)
             ),
         }
@@ -194,7 +197,7 @@ mod tests {
     use super::*;
 
     fn outage() -> Outage {
-        Outage::new("PostgreSQL", "answered from the cached keys")
+        Outage::new("PostgreSQL", "requests", "answered from the cached keys")
     }
 
     #[test]
@@ -223,11 +226,11 @@ mod tests {
             notes,
             [
                 Note::StillDown {
-                    requests: 1_000,
+                    affected: 1_000,
                     over_ms: 10_000
                 },
                 Note::StillDown {
-                    requests: 1_000,
+                    affected: 1_000,
                     over_ms: 10_000
                 },
             ]
@@ -236,7 +239,7 @@ mod tests {
         assert_eq!(
             o.on_failure(45_000),
             Some(Note::StillDown {
-                requests: 1,
+                affected: 1,
                 over_ms: 25_000
             })
         );
@@ -252,7 +255,7 @@ mod tests {
         assert_eq!(
             o.on_failure(22_000),
             Some(Note::StillDown {
-                requests: 100,
+                affected: 100,
                 over_ms: 20_000
             })
         );
@@ -263,7 +266,7 @@ mod tests {
             o.on_success(23_000),
             Some(Note::Back {
                 down_ms: 21_000,
-                requests: 101
+                affected: 101
             })
         );
         assert!(!o.is_down());
@@ -274,7 +277,7 @@ mod tests {
         assert_eq!(
             o.on_failure(41_000),
             Some(Note::StillDown {
-                requests: 1,
+                affected: 1,
                 over_ms: 11_000
             })
         );
@@ -282,7 +285,7 @@ mod tests {
             o.on_success(50_000),
             Some(Note::Back {
                 down_ms: 20_000,
-                requests: 2
+                affected: 2
             })
         );
     }
@@ -302,7 +305,7 @@ mod tests {
         assert_eq!(notes[0], Note::Down);
         assert!(notes[1..]
             .iter()
-            .all(|n| matches!(n, Note::StillDown { requests: 500, .. })));
+            .all(|n| matches!(n, Note::StillDown { affected: 500, .. })));
     }
 
     #[test]
@@ -314,7 +317,7 @@ mod tests {
         );
         assert_eq!(
             o.message(Note::StillDown {
-                requests: 1632,
+                affected: 1632,
                 over_ms: 10_004
             }),
             "PostgreSQL still unavailable: 1632 requests answered from the cached keys in the last 10 s"
@@ -322,7 +325,7 @@ mod tests {
         assert_eq!(
             o.message(Note::Back {
                 down_ms: 20_360,
-                requests: 3265
+                affected: 3265
             }),
             "PostgreSQL available again after 20.4 s; 3265 requests were answered from the cached keys meanwhile"
         );
@@ -349,7 +352,7 @@ mod tests {
             o.on_success(2_000),
             Some(Note::Back {
                 down_ms: 1_900,
-                requests: 8_000
+                affected: 8_000
             })
         );
     }

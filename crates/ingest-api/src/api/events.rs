@@ -11,6 +11,7 @@ use crate::body::{self, Item};
 use crate::dedup::Outcome;
 use crate::error::ApiError;
 use crate::metrics::count_events;
+use crate::outages::watch;
 use crate::prepare::{claims, prepare};
 use crate::state::AppState;
 
@@ -99,10 +100,13 @@ async fn process(
     }
     let claims = claims(&records);
     let invalid = &prepared.invalid;
-    let outcomes = state
-        .dedup
-        .submit(tenant, caller.rate_limit, &claims, invalid, now)
-        .await?;
+    let outcomes = watch(
+        &state.outages.redis,
+        state
+            .dedup
+            .submit(tenant, caller.rate_limit, &claims, invalid, now)
+            .await,
+    )?;
 
     // Counted once per request and outcome: a labelled counter is a registry look-up.
     let mut counts = [0u64; 3];

@@ -9,6 +9,7 @@ use sift_core::Scope;
 
 use crate::analytics;
 use crate::error::{ApiError, Cause};
+use crate::outages::watch;
 use crate::state::AppState;
 
 /// The longest range one request may ask for.
@@ -119,7 +120,10 @@ pub async fn dedup(
             "dedup counters are kept 8 days; ask for at most 31 days".into(),
         ));
     }
-    let counters = state.dedup.dedup_counters(&tenant, &hours).await?;
+    let counters = watch(
+        &state.outages.redis,
+        state.dedup.dedup_counters(&tenant, &hours).await,
+    )?;
     let (received, accepted) = counters.iter().fold((0, 0), |(r, a), c| (r + c.1, a + c.2));
     let rows: Vec<_> = counters
         .into_iter()
@@ -136,18 +140,20 @@ pub async fn dedup(
 }
 
 /// `work`, or a 504 once it has waited on ClickHouse longer than the read timeout (ClickHouse
-/// stops its queries before that; this covers one that does not answer at all).
+/// stops its queries before that; this covers one that does not answer at all). Either way,
+/// reported to ClickHouse's outage.
 async fn within_read_timeout<T>(
     state: &AppState,
     work: impl std::future::Future<Output = Result<T, ApiError>>,
 ) -> Result<T, ApiError> {
-    tokio::time::timeout(state.read_timeout, work)
+    let result = tokio::time::timeout(state.read_timeout, work)
         .await
         .unwrap_or_else(|_| {
             Err(ApiError::ClickHouseTimeout(Cause::TimedOut(
                 state.read_timeout,
             )))
-        })
+        });
+    watch(&state.outages.clickhouse, result)
 }
 
 /// Events received per event kept (3.8 means 3.8 events arrived for each one stored).
