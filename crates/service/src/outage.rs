@@ -185,7 +185,7 @@ impl Outage {
 /// Milliseconds as seconds with one decimal at most: `10`, `20.4`.
 fn seconds(ms: u64) -> String {
     let tenths = (ms + 50) / 100;
-    if tenths % 10 == 0 {
+    if tenths.is_multiple_of(10) {
         format!("{}", tenths / 10)
     } else {
         format!("{}.{}", tenths / 10, tenths % 10)
