@@ -19,7 +19,7 @@ pub mod services;
 pub use fixtures::{dataset, event, f, gzip, hourly_path, now_secs, Fixture, World, MODELS};
 pub use hourly::assert_hourly_equals_raw;
 pub use pipeline::{event_in, unique_events, Pipeline};
-pub use processes::{Batcher, Ingest};
+pub use processes::{Batcher, Ingest, Log};
 pub use proxy::Proxy;
 pub use services::{
     bin, clickhouse_query, clickhouse_url, delete_prefix, postgres_base, redis_connection,

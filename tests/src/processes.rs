@@ -1,7 +1,9 @@
 //! The sift binaries as child processes of a test: `sift-ingest` and `sift-batcher run`,
 //! started on free ports, read until they say where they listen, killed when dropped.
+//! [`Ingest::start_logged`] also keeps what the process logs, for tests of its logs.
 
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -20,6 +22,37 @@ pub struct Ingest {
 impl Ingest {
     /// Starts `sift-ingest` with its own key prefix; `args` are extra flags.
     pub async fn start(db: &Database, redis: &str, args: &[&str]) -> Result<Self> {
+        Self::spawn(db, redis, args, &[], Stdio::inherit()).await
+    }
+
+    /// As [`Ingest::start`], with environment overrides (`RUST_LOG`, a proxied database URL),
+    /// keeping every line the process logs (JSON, one object per line) in the returned log.
+    pub async fn start_logged(
+        db: &Database,
+        redis: &str,
+        args: &[&str],
+        env: &[(&str, String)],
+    ) -> Result<(Self, Log)> {
+        let mut ingest = Self::spawn(db, redis, args, env, Stdio::piped()).await?;
+        let stderr = ingest.child.stderr.take().context("stderr")?;
+        let log = Log::default();
+        let lines = log.0.clone();
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                lines.lock().expect("log lock").push(line);
+            }
+        });
+        Ok((ingest, log))
+    }
+
+    async fn spawn(
+        db: &Database,
+        redis: &str,
+        args: &[&str],
+        env: &[(&str, String)],
+        stderr: Stdio,
+    ) -> Result<Self> {
         let key_prefix = unique("e2e");
         // Two HTTP workers unless the test sets its own number.
         let workers: &[&str] = if args.contains(&"--workers") {
@@ -34,8 +67,9 @@ impl Ingest {
             .envs(db.env())
             .env("SIFT_REDIS_URL", redis)
             .env("SIFT_KEY_PREFIX", &key_prefix)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .kill_on_drop(true)
             .spawn()
             .context("starting sift-ingest")?;
@@ -88,6 +122,22 @@ impl Ingest {
     /// Waits (20 s at most) for the process to exit; its exit status.
     pub async fn wait(&mut self) -> Result<std::process::ExitStatus> {
         Ok(tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await??)
+    }
+}
+
+/// The lines a process logged so far (see [`Ingest::start_logged`]).
+#[derive(Debug, Clone, Default)]
+pub struct Log(Arc<Mutex<Vec<String>>>);
+
+impl Log {
+    /// The lines logged so far, each parsed as JSON (a line that is not JSON is skipped).
+    pub fn entries(&self) -> Vec<serde_json::Value> {
+        self.0
+            .lock()
+            .expect("log lock")
+            .iter()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
     }
 }
 

@@ -73,6 +73,32 @@ impl Database {
         Self::create_with("all").await
     }
 
+    /// An empty PostgreSQL database, not migrated: for tests of the migrations themselves.
+    pub async fn empty() -> Result<Self> {
+        let name = unique("sift_e2e");
+        let (client, conn) = tokio_postgres::connect(
+            &format!("{}/postgres", postgres_base()),
+            tokio_postgres::NoTls,
+        )
+        .await?;
+        tokio::spawn(conn);
+        client
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await?;
+        Ok(Self {
+            url: format!("{}/{name}", postgres_base()),
+            name,
+            clickhouse: false,
+        })
+    }
+
+    /// A connection to this test's PostgreSQL database.
+    pub async fn connect(&self) -> Result<tokio_postgres::Client> {
+        let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        Ok(client)
+    }
+
     async fn create_with(target: &str) -> Result<Self> {
         let name = unique("sift_e2e");
         let url = format!("{}/{name}", postgres_base());
@@ -122,7 +148,15 @@ impl Database {
     /// Creates a tenant and a key for it; returns the key.
     pub async fn tenant_with_key(&self, tenant: &str) -> Result<String> {
         self.batcher(&["tenant", "create", tenant]).await?;
-        let out = self.batcher(&["key", "create", tenant]).await?;
+        self.key(tenant, &[]).await
+    }
+
+    /// Creates a key for an existing tenant, with `args` added (`--scope read`, say);
+    /// returns the key.
+    pub async fn key(&self, tenant: &str, args: &[&str]) -> Result<String> {
+        let mut full = vec!["key", "create", tenant];
+        full.extend_from_slice(args);
+        let out = self.batcher(&full).await?;
         out.split_whitespace()
             .find_map(|w| w.strip_prefix("key="))
             .map(str::to_owned)

@@ -261,6 +261,18 @@ pub enum KeyCommand {
     Create {
         /// The tenant the key belongs to.
         tenant: String,
+        /// What the key may do: `ingest` (send events), `read` (the read API and the
+        /// dashboard), `admin` (operator routes on the tenant's data; implies neither of the
+        /// others). Repeat the flag or separate with commas.
+        #[arg(
+            long = "scope",
+            value_name = "SCOPE",
+            env = "SIFT_KEY_SCOPES",
+            value_enum,
+            value_delimiter = ',',
+            default_values_t = [ScopeArg::Ingest, ScopeArg::Read]
+        )]
+        scopes: Vec<ScopeArg>,
     },
     /// Revoke an API key, given its numeric id or the key itself.
     Revoke {
@@ -272,6 +284,24 @@ pub enum KeyCommand {
         /// The tenant whose keys to list.
         tenant: String,
     },
+}
+
+/// A scope as given on the command line; [`sift_core::Scope`] is the one the code uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScopeArg {
+    Ingest,
+    Read,
+    Admin,
+}
+
+impl From<ScopeArg> for sift_core::Scope {
+    fn from(arg: ScopeArg) -> Self {
+        match arg {
+            ScopeArg::Ingest => Self::Ingest,
+            ScopeArg::Read => Self::Read,
+            ScopeArg::Admin => Self::Admin,
+        }
+    }
 }
 
 /// Which entries a dead-letter command applies to.
@@ -408,6 +438,45 @@ mod tests {
             assert!(error.to_string().contains(flag), "{error}");
             let cli = Cli::try_parse_from(["sift-batcher", "run", flag, "1"]);
             assert!(cli.is_ok(), "{cli:?}");
+        }
+    }
+
+    /// The scopes `key create` was given, as the library receives them.
+    fn scopes_of(args: &[&str]) -> Result<sift_core::Scopes, clap::Error> {
+        let cli =
+            Cli::try_parse_from(["sift-batcher", "key", "create", "acme"].iter().chain(args))?;
+        match cli.command {
+            super::Command::Key {
+                command: super::KeyCommand::Create { scopes, .. },
+            } => Ok(scopes.into_iter().map(sift_core::Scope::from).collect()),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn key_scopes_default_to_ingest_and_read_and_are_repeatable_or_comma_separated() {
+        let names = |args: &[&str]| scopes_of(args).map(|s| s.to_string());
+        assert_eq!(names(&[]).ok().as_deref(), Some("ingest,read"));
+        assert_eq!(names(&["--scope", "read"]).ok().as_deref(), Some("read"));
+        assert_eq!(
+            names(&["--scope", "admin", "--scope", "ingest"])
+                .ok()
+                .as_deref(),
+            Some("ingest,admin")
+        );
+        assert_eq!(
+            names(&["--scope", "read,admin"]).ok().as_deref(),
+            Some("read,admin")
+        );
+        assert_eq!(
+            names(&["--scope=ingest,read,admin", "--scope", "read"])
+                .ok()
+                .as_deref(),
+            Some("ingest,read,admin")
+        );
+        for bad in ["write", "", "Read", "read,"] {
+            let error = scopes_of(&["--scope", bad]).expect_err(bad);
+            assert_eq!(error.kind(), clap::error::ErrorKind::InvalidValue, "{bad}");
         }
     }
 }

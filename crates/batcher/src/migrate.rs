@@ -52,6 +52,12 @@ pub const POSTGRES: &[Migration] = &[
         sql: include_str!("../../../sql/postgres/0003_tenant_rate_limit.sql"),
         apply: Apply::Statements,
     },
+    Migration {
+        version: 4,
+        name: "key_scopes",
+        sql: include_str!("../../../sql/postgres/0004_key_scopes.sql"),
+        apply: Apply::Statements,
+    },
 ];
 
 /// The ClickHouse migrations, in order. `{database}`, `{raw_ttl_days}` and

@@ -1,7 +1,8 @@
 //! Tenants and API keys. A key is shown once, at creation; PostgreSQL keeps only its SHA-256,
-//! which is also what the ingest API looks up.
+//! which is also what the ingest API looks up, with the key's scopes (what it may do).
 
 use rand::RngCore;
+use sift_core::Scopes;
 use tokio_postgres::Client;
 
 use crate::postgres::PostgresError;
@@ -21,6 +22,13 @@ pub enum TenantError {
     NoSuchKey(String),
     #[error("rate limit {0} is not valid: use 1 to 2147483647 events per second")]
     InvalidRateLimit(u32),
+    #[error("a key needs at least one scope")]
+    NoScopes,
+    #[error("key {id} has a scope this version does not know: {source}")]
+    UnknownScope {
+        id: i64,
+        source: sift_core::scope::UnknownScope,
+    },
 }
 
 impl From<tokio_postgres::Error> for TenantError {
@@ -42,6 +50,7 @@ pub struct KeyInfo {
     pub id: i64,
     pub prefix: String,
     pub revoked: bool,
+    pub scopes: Scopes,
 }
 
 /// A newly created key: the only moment the key itself exists outside the client.
@@ -50,6 +59,7 @@ pub struct NewKey {
     pub id: i64,
     pub tenant_id: String,
     pub key: String,
+    pub scopes: Scopes,
 }
 
 pub fn is_valid_tenant_id(id: &str) -> bool {
@@ -128,7 +138,15 @@ pub async fn list_tenants(client: &Client) -> Result<Vec<Tenant>, TenantError> {
         .collect())
 }
 
-pub async fn create_key(client: &Client, tenant: &str) -> Result<NewKey, TenantError> {
+/// Creates a key for `tenant` with `scopes` (at least one).
+pub async fn create_key(
+    client: &Client,
+    tenant: &str,
+    scopes: Scopes,
+) -> Result<NewKey, TenantError> {
+    if scopes.is_empty() {
+        return Err(TenantError::NoScopes);
+    }
     let exists = client
         .query_opt("SELECT 1 FROM tenants WHERE id = $1", &[&tenant])
         .await?
@@ -142,14 +160,15 @@ pub async fn create_key(client: &Client, tenant: &str) -> Result<NewKey, TenantE
     let prefix: String = key.chars().take(KEY_PREFIX.len() + 6).collect();
     let row = client
         .query_one(
-            "INSERT INTO api_keys (tenant_id, key_hash, key_prefix) VALUES ($1, $2, $3) RETURNING id",
-            &[&tenant, &sift_core::hash::sha256_hex(&key), &prefix],
+            "INSERT INTO api_keys (tenant_id, key_hash, key_prefix, scopes) VALUES ($1, $2, $3, $4) RETURNING id",
+            &[&tenant, &sift_core::hash::sha256_hex(&key), &prefix, &scopes.names()],
         )
         .await?;
     Ok(NewKey {
         id: row.get(0),
         tenant_id: tenant.to_owned(),
         key,
+        scopes,
     })
 }
 
@@ -185,18 +204,23 @@ pub async fn revoke_key(client: &Client, id_or_key: &str) -> Result<i64, TenantE
 pub async fn list_keys(client: &Client, tenant: &str) -> Result<Vec<KeyInfo>, TenantError> {
     let rows = client
         .query(
-            "SELECT id, key_prefix, revoked_at IS NOT NULL FROM api_keys WHERE tenant_id = $1 ORDER BY id",
+            "SELECT id, key_prefix, revoked_at IS NOT NULL, scopes FROM api_keys WHERE tenant_id = $1 ORDER BY id",
             &[&tenant],
         )
         .await?;
-    Ok(rows
-        .iter()
-        .map(|r| KeyInfo {
-            id: r.get(0),
-            prefix: r.get(1),
-            revoked: r.get(2),
+    rows.iter()
+        .map(|r| {
+            let id = r.try_get(0)?;
+            let names: Vec<String> = r.try_get(3)?;
+            Ok(KeyInfo {
+                id,
+                prefix: r.try_get(1)?,
+                revoked: r.try_get(2)?,
+                scopes: Scopes::from_names(&names)
+                    .map_err(|source| TenantError::UnknownScope { id, source })?,
+            })
         })
-        .collect())
+        .collect()
 }
 
 #[cfg(test)]

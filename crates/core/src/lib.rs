@@ -8,6 +8,7 @@
 //! - [`hash`]: the semantic hash that identifies an intent.
 //! - [`record`]: the versioned queue record the batcher reads, and the invalid-event record.
 //! - [`keys`]: every Redis key name, built in one place so sharding stays a configuration change.
+//! - [`scope`]: what an API key may do (`ingest`, `read`, `admin`), as stored and as checked.
 
 pub mod clock;
 pub mod dead_letter;
@@ -16,6 +17,7 @@ pub mod hash;
 pub mod keys;
 pub mod normalize;
 pub mod record;
+pub mod scope;
 pub mod validate;
 
 pub use dead_letter::{DeadLetter, DeadLetterKind};
@@ -24,4 +26,5 @@ pub use hash::{Digest, EventHashes, SemanticHash};
 pub use keys::KeySpace;
 pub use normalize::{normalize, NORMALIZER_VERSION};
 pub use record::{frame, records_of, rows_in, InvalidRecord, QueueRecord, RecordError};
+pub use scope::{Scope, Scopes};
 pub use validate::{Limits, ValidationError};

@@ -16,6 +16,8 @@ pub enum ApiError {
     BadParameter(String),
     #[error("{0}")]
     Unauthorized(&'static str),
+    #[error("this API key lacks the {0} scope; create one with --scope {0}")]
+    Forbidden(sift_core::Scope),
     #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{0}")]
@@ -85,11 +87,23 @@ impl From<clickhouse::error::Error> for ApiError {
 pub const RETRY_AFTER_SECS: u32 = 1;
 
 impl ApiError {
+    /// A dependency did not answer, or not in time: what [`crate::outages`] counts.
+    pub fn is_dependency_failure(&self) -> bool {
+        matches!(
+            self,
+            Self::RedisUnavailable(_)
+                | Self::PostgresUnavailable(_)
+                | Self::ClickHouseUnavailable(_)
+                | Self::ClickHouseTimeout(_)
+        )
+    }
+
     pub fn code(&self) -> &'static str {
         match self {
             Self::BadRequest(_) => "bad_request",
             Self::BadParameter(_) => "bad_parameter",
             Self::Unauthorized(_) => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::InvalidEvent { .. } => "invalid_event",
@@ -110,6 +124,7 @@ impl ResponseError for ApiError {
         match self {
             Self::BadRequest(_) | Self::BadParameter(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::InvalidEvent { .. } => StatusCode::UNPROCESSABLE_ENTITY,
@@ -124,7 +139,10 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        if self.status_code().is_server_error() {
+        if self.is_dependency_failure() {
+            // Counted and logged as an outage where the dependency was called (crate::outages).
+            tracing::debug!(error = %self, "request failed");
+        } else if self.status_code().is_server_error() {
             tracing::warn!(error = %self, "request failed");
         }
         let mut response = HttpResponse::build(self.status_code());
@@ -159,6 +177,17 @@ impl ResponseError for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_scope_is_403_forbidden_naming_it() {
+        let error = ApiError::Forbidden(sift_core::Scope::Read);
+        assert_eq!(error.status_code(), StatusCode::FORBIDDEN);
+        assert_eq!(error.code(), "forbidden");
+        assert_eq!(
+            error.to_string(),
+            "this API key lacks the read scope; create one with --scope read"
+        );
+    }
 
     #[test]
     fn clickhouse_timeouts_are_504_and_other_failures_503() {

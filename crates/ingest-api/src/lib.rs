@@ -3,7 +3,7 @@
 //! A request is authenticated ([`auth`]), read within limits ([`body`]), validated and hashed
 //! (`sift-core`), then deduplicated and enqueued in one atomic Redis script ([`dedup`]).
 //! [`analytics`] answers the read API from ClickHouse, behind [`stats_cache`]. [`api`] holds the routes, [`error`] the one error type and its HTTP mapping, [`metrics`] the
-//! Prometheus names, [`tasks`] the once-a-second background work, [`server`] the start-up.
+//! Prometheus names, [`outages`] the quiet logging of dependencies that are down, [`tasks`] the once-a-second background work, [`server`] the start-up.
 
 pub mod analytics;
 pub mod api;
@@ -14,6 +14,7 @@ pub mod dedup;
 pub mod error;
 pub mod json;
 pub mod metrics;
+pub mod outages;
 pub mod prepare;
 pub mod server;
 pub mod state;

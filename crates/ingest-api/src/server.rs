@@ -11,6 +11,7 @@ use sift_core::KeySpace;
 use crate::auth::KeyCache;
 use crate::config::Config;
 use crate::dedup::{Deduplicator, Shard};
+use crate::outages::Outages;
 use crate::state::AppState;
 use crate::stats_cache::StatsCache;
 use crate::{api, metrics, tasks};
@@ -75,6 +76,7 @@ pub async fn serve(config: Config, metrics_handle: PrometheusHandle) -> Result<(
         limits: config.limits(),
         body_limits: config.body_limits(),
         metrics: metrics_handle,
+        outages: Outages::default(),
     });
 
     let app_state = state.clone();

@@ -6,6 +6,7 @@ use sift_core::Limits;
 use crate::auth::KeyCache;
 use crate::body::BodyLimits;
 use crate::dedup::Deduplicator;
+use crate::outages::Outages;
 use crate::stats_cache::StatsCache;
 
 pub struct AppState {
@@ -19,4 +20,6 @@ pub struct AppState {
     pub limits: Limits,
     pub body_limits: BodyLimits,
     pub metrics: PrometheusHandle,
+    /// Redis and ClickHouse as the routes and background tasks meet them.
+    pub outages: Outages,
 }

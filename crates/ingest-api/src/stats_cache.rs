@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clickhouse::Client;
+use sift_service::outage::Outage;
 
 use crate::analytics::{self, HourlyStats};
 use crate::dedup::Shard;
@@ -39,6 +40,8 @@ pub struct StatsCache {
     entries: Option<moka::sync::Cache<(String, u32), Arc<CachedHour>>>,
     shards: Vec<Shard>,
     redis_timeout: Duration,
+    /// Redis, as the rollup versions meet it.
+    versions_outage: Outage,
 }
 
 impl StatsCache {
@@ -54,6 +57,11 @@ impl StatsCache {
             entries,
             shards,
             redis_timeout,
+            versions_outage: Outage::new(
+                "Redis",
+                "hourly reads",
+                "answered from ClickHouse without the stats cache",
+            ),
         }
     }
 
@@ -77,10 +85,14 @@ impl StatsCache {
             return analytics::hourly(client, tenant, from, to, model).await;
         }
         let versions = match self.versions(tenant, &hours).await {
-            Ok(versions) => versions,
+            Ok(versions) => {
+                self.versions_outage.succeeded();
+                versions
+            }
             Err(error) => {
                 // The cache cannot tell what changed: answer from ClickHouse, still right.
-                tracing::warn!(%error, "cannot read rollup versions; reading ClickHouse");
+                self.versions_outage
+                    .failed(&format!("cannot read rollup versions: {error}"));
                 metrics::counter!(STATS_CACHE_HOURS, "result" => "bypass")
                     .increment(hours.len() as u64);
                 return analytics::hourly(client, tenant, from, to, model).await;

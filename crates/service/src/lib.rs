@@ -5,6 +5,8 @@
 //! - [`pools`]: Redis and PostgreSQL pools with bounded waits, the ClickHouse client, and the
 //!   readiness probes.
 //! - [`limits`]: the validation limits as flags, the same for the API and for replays.
+//! - [`outage`]: a dependency's failures logged as state changes and periodic counts, not one
+//!   line per request.
 //! - [`clickhouse_text`]: exception codes and TTL days in ClickHouse's answers.
 //! - [`redis_version`]: the oldest Redis sift runs on (7.0), checked at start-up.
 
@@ -12,5 +14,6 @@ pub mod clickhouse_text;
 pub mod health;
 pub mod limits;
 pub mod logging;
+pub mod outage;
 pub mod pools;
 pub mod redis_version;

@@ -1,15 +1,17 @@
-//! `POST /v1/ai/events` and `POST /v1/ai/events/batch`: authenticate, read, validate, hash,
-//! then one dedup-and-enqueue script call for the whole request.
+//! `POST /v1/ai/events` and `POST /v1/ai/events/batch`: authenticate (the key needs the
+//! `ingest` scope), read, validate, hash, then one dedup-and-enqueue script call for the whole
+//! request.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
-use sift_core::InvalidRecord;
+use sift_core::{InvalidRecord, Scope};
 
 use crate::auth::Caller;
 use crate::body::{self, Item};
 use crate::dedup::Outcome;
 use crate::error::ApiError;
 use crate::metrics::count_events;
+use crate::outages::watch;
 use crate::prepare::{claims, prepare};
 use crate::state::AppState;
 
@@ -36,7 +38,7 @@ pub async fn ingest_one(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = state.keys.caller(&request).await?;
+    let caller = state.keys.authorize(&request, Scope::Ingest).await?;
     body::expect_json(&request)?;
     let bytes = body::read(&request, payload, &state.body_limits).await?;
     let item = body::parse_event(&bytes)?;
@@ -63,7 +65,7 @@ pub async fn ingest_batch(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = state.keys.caller(&request).await?;
+    let caller = state.keys.authorize(&request, Scope::Ingest).await?;
     let bytes = body::read(&request, payload, &state.body_limits).await?;
     let items = body::parse_batch(&request, &bytes, &state.body_limits)?;
     let results = process(&state, &caller, items).await?;
@@ -98,10 +100,13 @@ async fn process(
     }
     let claims = claims(&records);
     let invalid = &prepared.invalid;
-    let outcomes = state
-        .dedup
-        .submit(tenant, caller.rate_limit, &claims, invalid, now)
-        .await?;
+    let outcomes = watch(
+        &state.outages.redis,
+        state
+            .dedup
+            .submit(tenant, caller.rate_limit, &claims, invalid, now)
+            .await,
+    )?;
 
     // Counted once per request and outcome: a labelled counter is a registry look-up.
     let mut counts = [0u64; 3];

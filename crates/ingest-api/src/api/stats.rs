@@ -1,13 +1,15 @@
 //! The read API: `GET /v1/ai/stats/hourly`, `GET /v1/ai/stats/dedup` and
-//! `GET /v1/ai/sessions/{session_id}`. The tenant is the API key's; bad parameters are
-//! answered 400 with a message that names the parameter.
+//! `GET /v1/ai/sessions/{session_id}`. The tenant is the API key's, which needs the `read`
+//! scope; bad parameters are answered 400 with a message that names the parameter.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
+use sift_core::Scope;
 
 use crate::analytics;
 use crate::error::{ApiError, Cause};
+use crate::outages::watch;
 use crate::state::AppState;
 
 /// The longest range one request may ask for.
@@ -65,7 +67,7 @@ pub async fn hourly(
     request: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let tenant = state.keys.authenticate(&request).await?;
+    let tenant = state.keys.authorize(&request, Scope::Read).await?.tenant;
     let query: RangeQuery = parse(&request)?;
     let (from, to) = range(&query)?;
     if let Some(model) = &query.model_version {
@@ -102,7 +104,7 @@ pub async fn dedup(
     request: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let tenant = state.keys.authenticate(&request).await?;
+    let tenant = state.keys.authorize(&request, Scope::Read).await?.tenant;
     let query: RangeQuery = parse(&request)?;
     if query.model_version.is_some() {
         return Err(ApiError::BadParameter(
@@ -118,7 +120,10 @@ pub async fn dedup(
             "dedup counters are kept 8 days; ask for at most 31 days".into(),
         ));
     }
-    let counters = state.dedup.dedup_counters(&tenant, &hours).await?;
+    let counters = watch(
+        &state.outages.redis,
+        state.dedup.dedup_counters(&tenant, &hours).await,
+    )?;
     let (received, accepted) = counters.iter().fold((0, 0), |(r, a), c| (r + c.1, a + c.2));
     let rows: Vec<_> = counters
         .into_iter()
@@ -135,18 +140,20 @@ pub async fn dedup(
 }
 
 /// `work`, or a 504 once it has waited on ClickHouse longer than the read timeout (ClickHouse
-/// stops its queries before that; this covers one that does not answer at all).
+/// stops its queries before that; this covers one that does not answer at all). Either way,
+/// reported to ClickHouse's outage.
 async fn within_read_timeout<T>(
     state: &AppState,
     work: impl std::future::Future<Output = Result<T, ApiError>>,
 ) -> Result<T, ApiError> {
-    tokio::time::timeout(state.read_timeout, work)
+    let result = tokio::time::timeout(state.read_timeout, work)
         .await
         .unwrap_or_else(|_| {
             Err(ApiError::ClickHouseTimeout(Cause::TimedOut(
                 state.read_timeout,
             )))
-        })
+        });
+    watch(&state.outages.clickhouse, result)
 }
 
 /// Events received per event kept (3.8 means 3.8 events arrived for each one stored).
@@ -163,7 +170,7 @@ pub async fn session(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let tenant = state.keys.authenticate(&request).await?;
+    let tenant = state.keys.authorize(&request, Scope::Read).await?.tenant;
     let session_id = path.into_inner();
     if session_id.is_empty() || session_id.chars().count() > 128 {
         return Err(ApiError::BadParameter(

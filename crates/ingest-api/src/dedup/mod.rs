@@ -303,7 +303,8 @@ impl Deduplicator {
             {
                 Ok(n) => swept += n,
                 Err(error) => {
-                    tracing::warn!(shard = s, %error, "stream sweep failed on this shard");
+                    // The background task's outage tells when Redis goes and comes back.
+                    tracing::debug!(shard = s, %error, "stream sweep failed on this shard");
                     failed += 1;
                     last_error = Some(error);
                 }
