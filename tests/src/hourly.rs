@@ -7,7 +7,7 @@ use serde_json::Value;
 use crate::fixtures::{f, World};
 
 /// Asserts that `rows` (an hourly answer for `tenant`, every hour with events) are the figures
-/// computed straight from `ai_events`: the same counts, sums and exact unique sessions, and
+/// computed straight from `ai_events FINAL` (each event once, as the rollups must count it): the same counts, sums and exact unique sessions, and
 /// percentiles within the exact quantiles a few ranks to either side (t-digest).
 pub async fn assert_hourly_equals_raw(w: &World, tenant: &str, rows: &[Value]) -> Result<()> {
     let direct = w
@@ -18,7 +18,7 @@ pub async fn assert_hourly_equals_raw(w: &World, tenant: &str, rows: &[Value]) -
                     avg(latency_ms) AS avg_latency, uniqExact(session_id) AS sessions,
                     countIf(length(fallback_chain) > 1) AS fallbacks,
                     quantilesExact(0.47, 0.53, 0.92, 0.98, 0.97, 1.0)(latency_ms) AS bounds
-             FROM {} WHERE tenant_id = '{tenant}' GROUP BY hour, model_version ORDER BY hour, model_version",
+             FROM {} FINAL WHERE tenant_id = '{tenant}' GROUP BY hour, model_version ORDER BY hour, model_version",
             w.table("ai_events")
         ))
         .await?;

@@ -198,6 +198,12 @@ pub struct RunArgs {
     #[arg(long, env = "SIFT_SESSION_MAX_SPAN_HOURS", default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..=8784))]
     pub session_max_span_hours: u64,
 
+    /// The flusher compares an hour's rollup with its raw events once the hour has received
+    /// no rows for this many seconds, and rebuilds it when they differ (a copy that only the
+    /// raw table merges away). Shorter heals sooner; an hour still written to is not compared.
+    #[arg(long, env = "SIFT_ROLLUP_SETTLE_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub rollup_settle_secs: u64,
+
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "SIFT_BATCHER_LISTEN", default_value = "127.0.0.1:9090")]
     pub listen: std::net::SocketAddr,

@@ -13,7 +13,7 @@ use redis::Script;
 use sift_core::KeySpace;
 
 use crate::metrics as m;
-use crate::rollups;
+use crate::{reconcile, rollups};
 use crate::sessions::{self, FlushWindow};
 
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +26,8 @@ pub enum FlushError {
     RedisPool(#[from] deadpool_redis::PoolError),
     #[error("the run did not finish within its time budget (4/5 of the period)")]
     TimedOut,
+    #[error("reconciling the rollups: {0}")]
+    Reconcile(#[from] crate::rollups::RebuildError),
 }
 
 /// How far back (by arrival) the flusher looks for hours to finalize.
@@ -35,6 +37,8 @@ const FINALIZE_WINDOW: Duration = Duration::from_secs(15 * 60);
 /// it, and only its holder (by token) can release it.
 pub struct FlusherLock {
     pool: Pool,
+    /// The shard's key names: the read API's rollup versions live beside the lock.
+    keys: KeySpace,
     key: String,
     token: String,
     acquire: Script,
@@ -61,6 +65,7 @@ impl FlusherLock {
     pub fn new(pool: Pool, keys: &KeySpace, holder: &str) -> Self {
         Self {
             pool,
+            keys: keys.clone(),
             key: keys.flusher_lock(),
             token: holder.to_owned(),
             acquire: Script::new(ACQUIRE),
@@ -116,6 +121,7 @@ pub async fn run(
     db: String,
     every: Duration,
     window: FlushWindow,
+    settle: Duration,
 ) {
     let budget = run_budget(every);
     let mut tick = tokio::time::interval(every);
@@ -140,7 +146,8 @@ pub async fn run(
             }
         }
         let deadline = started + budget;
-        let result = tokio::time::timeout(budget, run_once(&client, &db, every, window, deadline))
+        let result =
+            tokio::time::timeout(budget, run_once(&lock, &client, &db, (every, settle), window, deadline))
             .await
             .unwrap_or(Err(FlushError::TimedOut));
         let outcome = if result.is_ok() { "ok" } else { "error" };
@@ -153,14 +160,16 @@ pub async fn run(
     }
 }
 
-/// One run: the active sessions, then the recently touched hours, then the active sessions
-/// that began before the span, within `deadline`. The last step reads furthest back, so it
-/// comes last and its failure does not fail the run (the others are done): it is logged and
-/// counted, and the next run tries again.
+/// One run: the active sessions, then the recently touched hours (finalized, then their
+/// rollups reconciled with the raw events), then the active sessions that began before the
+/// span, within `deadline`. The last step reads furthest back, so it comes last and its
+/// failure does not fail the run (the others are done): it is logged and counted, and the
+/// next run tries again.
 async fn run_once(
+    lock: &FlusherLock,
     client: &Client,
     db: &str,
-    every: Duration,
+    (every, settle): (Duration, Duration),
     window: FlushWindow,
     deadline: Instant,
 ) -> Result<(), FlushError> {
@@ -172,6 +181,20 @@ async fn run_once(
         window.active + window.max_span,
     )
     .await?;
+    let mut conn = lock.pool.get().await?;
+    let healed = reconcile::run(
+        &until(client, deadline)?,
+        db,
+        settle,
+        every * 3,
+        window.active + window.max_span,
+        (&mut conn, &lock.keys),
+    )
+    .await?;
+    drop(conn);
+    if !healed.is_empty() {
+        metrics::counter!(m::ROLLUP_HOURS_REBUILT).increment(healed.len() as u64);
+    }
     // A little before the run's own bound, so that this step's overrun is told apart (and
     // does not fail the run).
     let long_deadline = deadline - Duration::from_millis(50).min(every / 20);

@@ -10,8 +10,9 @@
 //!   row), [`ledger`] (PostgreSQL chunk ledger), [`clickhouse`] (the token-carrying insert),
 //!   [`retry`], [`shutdown`].
 //! - [`flusher`]: one batcher at a time, every period, recomputes recent [`sessions`] (session
-//!   metrics, and their backfill) and finalizes recent [`rollups`] (hourly figures for the
-//!   read API); [`event_bounds`]: the time bounds on raw events both read with.
+//!   metrics, and their backfill), finalizes recent [`rollups`] (hourly figures for the
+//!   read API) and [`reconcile`]s them with the raw events; [`event_bounds`]: the time bounds
+//!   on raw events they read with.
 //! - [`dlq`]: dead letters: listing, replay (whole chunks with their tokens), purge.
 //! - [`health`] and [`metrics`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`postgres`], [`migrate`], [`tenants`]: schema and tenants/keys administration.
@@ -30,6 +31,7 @@ pub mod metrics;
 pub mod migrate;
 pub mod postgres;
 pub mod queue;
+pub mod reconcile;
 pub mod retry;
 pub mod rollups;
 pub mod rowbinary;

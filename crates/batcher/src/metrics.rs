@@ -18,6 +18,8 @@ pub const RECOVERED: &str = "sift_batcher_recovered_lists_total";
 /// Session flusher runs by result (`ok`, `error`), and their duration.
 pub const FLUSHER_RUNS: &str = "sift_flusher_runs_total";
 pub const FLUSHER_DURATION: &str = "sift_flusher_duration_seconds";
+/// Tenant hours whose rollup differed from their raw events and were rebuilt by the flusher.
+pub const ROLLUP_HOURS_REBUILT: &str = "sift_flusher_rollup_hours_rebuilt_total";
 
 const INSERT_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,

@@ -170,8 +170,18 @@ async fn rebuild_day(
         .with_setting("lightweight_deletes_sync", "2")
         .execute()
         .await?;
-    let events = crate::event_bounds::events_between_ms(start, end);
-    let sql = rebuild_sql(db, &events).ok_or(RebuildError::ViewText)?;
+    write_from_raw(client, db, &crate::event_bounds::events_between_ms(start, end)).await?;
+    touched.extend(client.query(&groups).fetch_all::<(String, i64)>().await?);
+    finalize(client, db, &hours).await?;
+    touched.sort_unstable();
+    touched.dedup();
+    Ok(touched)
+}
+
+/// Writes the rollup rows of the raw events that `filter` keeps (deduplicated with `FINAL`), as
+/// the view would have.
+async fn write_from_raw(client: &Client, db: &str, filter: &str) -> Result<(), RebuildError> {
+    let sql = rebuild_sql(db, filter).ok_or(RebuildError::ViewText)?;
     client
         .query(&sql)
         // The same rows written by a second rebuild must not be dropped as a retry (26.9
@@ -180,11 +190,56 @@ async fn rebuild_day(
         .with_setting("do_not_merge_across_partitions_select_final", "1")
         .execute()
         .await?;
-    touched.extend(client.query(&groups).fetch_all::<(String, i64)>().await?);
-    finalize(client, db, &hours).await?;
-    touched.sort_unstable();
-    touched.dedup();
-    Ok(touched)
+    Ok(())
+}
+
+/// A tenant and an hour's start (epoch seconds).
+pub type Group = (String, i64);
+
+/// Rebuilds the rollups of `groups` alone (each tenant hour): deletes their rows, writes them
+/// anew from `ai_events FINAL`, finalizes them and moves their versions on `cache`, as
+/// [`rebuild`] does for whole days. For the flusher's reconciliation, which finds a few hours.
+pub async fn rebuild_groups<C: redis::aio::ConnectionLike>(
+    client: &Client,
+    db: &str,
+    groups: &[Group],
+    cache: (&mut C, &sift_core::KeySpace),
+) -> Result<(), RebuildError> {
+    let (Some(first), Some(last)) = (
+        groups.iter().map(|g| g.1).min(),
+        groups.iter().map(|g| g.1).max(),
+    ) else {
+        return Ok(());
+    };
+    let list = groups_list(groups);
+    let rollup_rows = format!("(tenant_id, toInt64(toUnixTimestamp(hour))) IN ({list})");
+    client
+        .query(&format!("DELETE FROM {db}.ai_events_hourly WHERE {rollup_rows}"))
+        .with_setting("lightweight_deletes_sync", "2")
+        .execute()
+        .await?;
+    let events = format!(
+        "{} AND (tenant_id, toInt64(toUnixTimestamp(toStartOfHour(event_time)))) IN ({list})",
+        crate::event_bounds::events_between_ms(first * 1000, (last + 3600) * 1000)
+    );
+    write_from_raw(client, db, &events).await?;
+    finalize(client, db, &rollup_rows).await?;
+    move_versions(cache.0, cache.1, groups).await?;
+    Ok(())
+}
+
+/// `groups` as a SQL list of tuples: `('acme', 1790000000), …`.
+fn groups_list(groups: &[Group]) -> String {
+    groups
+        .iter()
+        .map(|(tenant, hour)| format!("({}, {hour})", quote(tenant)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A ClickHouse string literal of `text`.
+fn quote(text: &str) -> String {
+    format!("'{}'", text.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
 /// The raw events' TTL in days, as `ai_events` was created with (`None`: no TTL).
@@ -209,8 +264,8 @@ fn ttl_days(engine: &str) -> Option<i64> {
 
 /// Moves the rollup versions of `touched` (tenant, hour in epoch seconds), as the batcher's
 /// acknowledgement does, so that the read API's cache fetches those hours again.
-pub async fn move_versions(
-    conn: &mut redis::aio::MultiplexedConnection,
+pub async fn move_versions<C: redis::aio::ConnectionLike>(
+    conn: &mut C,
     keys: &sift_core::KeySpace,
     touched: &[(String, i64)],
 ) -> redis::RedisResult<()> {
@@ -262,6 +317,15 @@ mod tests {
                       ORDER BY (tenant_id) TTL toDateTime(event_time) + toIntervalDay(30) SETTINGS x = 1";
         assert_eq!(super::ttl_days(engine), Some(30));
         assert_eq!(super::ttl_days("MergeTree ORDER BY x"), None);
+    }
+
+    #[test]
+    fn groups_are_listed_as_quoted_tuples() {
+        let groups = [("acme".to_owned(), 3600), ("o'neil\\x".to_owned(), 7200)];
+        assert_eq!(
+            super::groups_list(&groups),
+            r"('acme', 3600), ('o\'neil\\x', 7200)"
+        );
     }
 
     #[test]

@@ -154,6 +154,7 @@ async fn work(args: RunArgs, ctx: &Context) -> Result<(), RunError> {
                 active: Duration::from_secs(args.session_active_minutes * 60),
                 max_span: Duration::from_secs(args.session_max_span_hours * 3600),
             },
+            Duration::from_secs(args.rollup_settle_secs),
         ))
     });
     tracing::info!(worker = %worker_id, shards, "sift-batcher running");
