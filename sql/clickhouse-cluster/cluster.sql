@@ -30,6 +30,7 @@ CREATE TABLE IF NOT EXISTS {database}.ai_events_local ON CLUSTER '{cluster}'
     event_time          DateTime64(3, 'UTC'),
     semantic_hash       FixedString(32),
     session_id          String,
+    user_id             String DEFAULT '',
     prompt_hash         FixedString(32),
     normalizer_version  UInt16,
     model_version       LowCardinality(String),
@@ -56,6 +57,9 @@ PARTITION BY toYYYYMM(event_time)
 ORDER BY (tenant_id, toStartOfHour(event_time), semantic_hash, event_time)
 TTL toDateTime(event_time) + INTERVAL {raw_ttl_days} DAY
 SETTINGS replicated_deduplication_window = 100000;
+
+-- As sql/clickhouse/0008: erasures find a user's rows by user_id.
+ALTER TABLE {database}.ai_events_local ON CLUSTER '{cluster}' ADD INDEX IF NOT EXISTS user_id_bloom user_id TYPE bloom_filter(0.01) GRANULARITY 4;
 
 -- As sql/clickhouse/0005: the flusher selects recent rows by inserted_at.
 ALTER TABLE {database}.ai_events_local ON CLUSTER '{cluster}'

@@ -186,6 +186,17 @@ async fn main() -> Result<()> {
         finalize.as_secs_f64(),
         requests.min(50),
     );
+    let (heal_rows, heal_json) = reconcile_costs(&db, &key_prefix(&ingest)).await?;
+    let report = format!(
+        "{report}\n\
+         ## Rollup reconciliation (the flusher's comparison of recent hours with `ai_events FINAL`)\n\n\
+         Reads of one run, from `system.query_log` (every query of the run: the comparison, and the rebuild of \
+         the hours that differ). `bulk load`: every hour of the lookback (24 h 40 min) received rows within the \
+         window, as right after a bulk import; `replay`: 500 copies of tenant-0's rows of the last day written \
+         again (a replay past ClickHouse's dedup window), the only rows of the window; `quiet`: the same hours \
+         compared again once healed.\n\n\
+         | run | tenant hours compared | hours rebuilt | rows read | MB read | ms |\n|---|---:|---:|---:|---:|---:|\n{heal_rows}"
+    );
     println!("{report}");
     let target = sift_e2e::bin("sift-ingest")
         .parent()
@@ -200,7 +211,7 @@ async fn main() -> Result<()> {
         serde_json::to_string_pretty(&serde_json::json!({
             "events": events, "tenants": TENANTS, "days": DAYS, "requests": requests,
             "load_s": load.as_secs_f64(), "finalize_s": finalize.as_secs_f64(),
-            "questions": figures, "markdown": report,
+            "questions": figures, "reconcile": heal_json, "markdown": report,
         }))?,
     )?;
     drop(ingest);
@@ -315,4 +326,135 @@ async fn api_latency(
             .await?;
     }
     Ok((rows, percentiles(samples)))
+}
+
+fn key_prefix(ingest: &Ingest) -> String {
+    ingest.key_prefix.clone()
+}
+
+/// One reconciliation run's reads: (rows, bytes, ms) summed over its queries in the query log.
+async fn run_reads(db: &Database, comment: &str) -> Result<(u64, u64, f64)> {
+    clickhouse_query("SYSTEM FLUSH LOGS").await?;
+    let line = clickhouse_query(&format!(
+        "SELECT sum(read_rows), sum(read_bytes), sum(query_duration_ms) FROM system.query_log \
+         WHERE type = 'QueryFinish' AND log_comment = '{comment}' AND current_database = '{}'",
+        db.name
+    ))
+    .await?;
+    let parts: Vec<&str> = line.split_whitespace().collect();
+    anyhow::ensure!(parts.len() == 3, "query log: {line}");
+    Ok((parts[0].parse()?, parts[1].parse()?, parts[2].parse()?))
+}
+
+/// The flusher's reconciliation on the loaded data: after the bulk load, after a replay of
+/// 500 copies, and once healed. Markdown rows and their JSON.
+async fn reconcile_costs(db: &Database, prefix: &str) -> Result<(String, serde_json::Value)> {
+    let client = clickhouse::Client::default()
+        .with_url(sift_e2e::clickhouse_url())
+        .with_database(&db.name);
+    let mut redis = redis_connection(&redis_url()).await?;
+    let keys = sift_core::KeySpace::new(prefix);
+    let lookback = Duration::from_secs(24 * 3600 + 40 * 60);
+    let table = format!("{}.ai_events", db.name);
+    let groups = |window: u64| {
+        let table = table.clone();
+        async move {
+            clickhouse_query(&format!(
+                "SELECT count() FROM (SELECT DISTINCT tenant_id, toStartOfHour(event_time) FROM {table} \
+                 WHERE event_time >= now64(3) - toIntervalSecond({}) AND inserted_at >= now64(3) - toIntervalSecond({window}))",
+                lookback.as_secs()
+            ))
+            .await
+        }
+    };
+    let ctx = Run {
+        client: &client,
+        db,
+        keys: &keys,
+        lookback,
+    };
+    let mut results = Vec::new();
+    let everything = 40 * 86_400;
+    results.push(
+        ctx.once(
+            &mut redis,
+            "bulk load",
+            everything,
+            groups(everything).await?,
+        )
+        .await?,
+    );
+    clickhouse_query(&format!(
+        "INSERT INTO {table} SELECT * REPLACE (now64(3) AS inserted_at) FROM {table} \
+         WHERE tenant_id = 'tenant-0' AND event_time >= now64(3) - toIntervalDay(1) \
+         ORDER BY semantic_hash LIMIT 500 SETTINGS insert_deduplication_token = 'bench-replay'"
+    ))
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    results.push(
+        ctx.once(&mut redis, "replay", 30, groups(30).await?)
+            .await?,
+    );
+    results.push(ctx.once(&mut redis, "quiet", 30, groups(30).await?).await?);
+    let healed: u64 = clickhouse_query(&format!(
+        "SELECT (SELECT sum(events) FROM {}.ai_events_hourly WHERE tenant_id = 'tenant-0' AND hour >= now() - toIntervalDay(2)) \
+              = (SELECT count() FROM {table} FINAL WHERE tenant_id = 'tenant-0' AND event_time >= toStartOfHour(now() - toIntervalDay(2)))",
+        db.name
+    ))
+    .await?
+    .parse()?;
+    anyhow::ensure!(healed == 1, "the replayed copies were not healed");
+    let (mut rows, mut json) = (String::new(), Vec::new());
+    for (name, compared, rebuilt, read_rows, read_bytes, ms) in results {
+        rows.push_str(&format!(
+            "| {name} | {compared} | {rebuilt} | {read_rows} | {:.1} | {ms:.0} |\n",
+            read_bytes as f64 / 1e6
+        ));
+        json.push(
+            serde_json::json!({"run": name, "compared": compared, "rebuilt": rebuilt,
+            "read_rows": read_rows, "read_bytes": read_bytes, "ms": ms}),
+        );
+    }
+    Ok((rows, serde_json::Value::Array(json)))
+}
+
+/// What each reconciliation run of the bench shares.
+struct Run<'a> {
+    client: &'a clickhouse::Client,
+    db: &'a Database,
+    keys: &'a sift_core::KeySpace,
+    lookback: Duration,
+}
+
+/// A run's name, tenant hours compared, hours rebuilt, rows and bytes read, milliseconds.
+type RunFigures = (&'static str, String, usize, u64, u64, f64);
+
+impl Run<'_> {
+    /// One reconciliation of the hours touched in the last `window` seconds, settled at once.
+    async fn once(
+        &self,
+        redis: &mut redis::aio::MultiplexedConnection,
+        name: &'static str,
+        window: u64,
+        compared: String,
+    ) -> Result<RunFigures> {
+        let comment = format!("bench-reconcile-{name}");
+        let client = self
+            .client
+            .clone()
+            .with_setting("log_comment", comment.clone());
+        let started = Instant::now();
+        let healed = sift_batcher::reconcile::run(
+            &client,
+            &self.db.name,
+            Duration::ZERO,
+            Duration::from_secs(window),
+            self.lookback,
+            (redis, self.keys),
+        )
+        .await?;
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        let (read_rows, read_bytes, _) = run_reads(self.db, &comment).await?;
+        Ok((name, compared, healed.len(), read_rows, read_bytes, ms))
+    }
 }

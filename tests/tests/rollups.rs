@@ -352,9 +352,8 @@ async fn the_flusher_heals_rollups_that_counted_copies() -> Result<()> {
     assert_eq!(status, StatusCode::OK);
 
     // 40 copies of acme's rows under a new token: ClickHouse takes them as a new insert.
-    let copies = format!(
-        "SELECT * FROM {events} WHERE tenant_id = 'acme' ORDER BY semantic_hash LIMIT 40"
-    );
+    let copies =
+        format!("SELECT * FROM {events} WHERE tenant_id = 'acme' ORDER BY semantic_hash LIMIT 40");
     let hours: u64 = clickhouse_query(&format!(
         "SELECT uniqExact(toStartOfHour(event_time)) FROM ({copies})"
     ))
@@ -367,12 +366,10 @@ async fn the_flusher_heals_rollups_that_counted_copies() -> Result<()> {
     let count = |sql: String| async move {
         Ok::<u64, anyhow::Error>(clickhouse_query(&sql).await?.parse()?)
     };
-    let rollup_of = |tenant: &str| {
-        format!("SELECT sum(events) FROM {hourly} WHERE tenant_id = '{tenant}'")
-    };
-    let unique_of = |tenant: &str| {
-        format!("SELECT count() FROM {events} FINAL WHERE tenant_id = '{tenant}'")
-    };
+    let rollup_of =
+        |tenant: &str| format!("SELECT sum(events) FROM {hourly} WHERE tenant_id = '{tenant}'");
+    let unique_of =
+        |tenant: &str| format!("SELECT count() FROM {events} FINAL WHERE tenant_id = '{tenant}'");
     let globex_rollup = count(rollup_of("globex")).await?;
     let acme_unique = count(unique_of("acme")).await?;
     let first = count(rollup_of("acme")).await?;
@@ -392,7 +389,9 @@ async fn the_flusher_heals_rollups_that_counted_copies() -> Result<()> {
     // Exactly the hours with copies were rebuilt, once each.
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(
-        batcher.metric("sift_flusher_rollup_hours_rebuilt_total").await? as u64,
+        batcher
+            .metric("sift_flusher_rollup_hours_rebuilt_total")
+            .await? as u64,
         hours
     );
     assert_eq!(count(rollup_of("globex")).await?, globex_rollup);

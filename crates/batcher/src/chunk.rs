@@ -8,6 +8,10 @@
 //! are poison: they are set aside for the dead letters, the rest of the chunk goes on, and
 //! they are not part of the id.
 //!
+//! A record of an erased subject ([`TombstoneSet::covers`]) is dropped here, before it is a
+//! row: it still counts in the id, so that a chunk formed again after an erasure (a retry, a
+//! recovery) keeps its id and its token, and ClickHouse drops it if it had been written.
+//!
 //! A chunk is decoded once, here: each record is checked, its tenant and hour noted, and its
 //! row written in RowBinary into the chunk's payload, which every attempt at the insert sends
 //! as it is (the records borrow their strings from their bytes, so nothing is copied twice).
@@ -20,6 +24,7 @@ use sha2::{Digest as _, Sha256};
 use sift_core::{Digest, QueueRecord};
 
 use crate::clickhouse::ChunkBounds;
+use crate::erasure::TombstoneSet;
 use crate::rowbinary;
 
 /// Where a record lies: an element, and the record's bytes within it.
@@ -40,6 +45,8 @@ pub struct Chunk {
     row_ranges: Vec<Range<usize>>,
     /// What cannot be decoded (a whole element, or one record of a frame), with the reason.
     poison: Vec<(Span, String)>,
+    /// Records dropped because their subject was erased.
+    pub erased: usize,
     /// Every (tenant, hour start in epoch seconds) the chunk has rows for, once each.
     pub hours: Vec<(String, i64)>,
     /// Where the rows sort in `ai_events`.
@@ -48,10 +55,16 @@ pub struct Chunk {
 
 impl Chunk {
     pub fn new(elements: Vec<Vec<u8>>) -> Self {
+        Self::with_erasures(elements, &TombstoneSet::default())
+    }
+
+    /// The chunk of `elements` without the records that `erased` covers.
+    pub fn with_erasures(elements: Vec<Vec<u8>>, erased: &TombstoneSet) -> Self {
         // A frame's header says how many records it holds.
         let records: usize = elements.iter().map(|e| sift_core::rows_in(e)).sum();
         let mut rows = Vec::with_capacity(records);
         let mut poison = Vec::new();
+        let mut dropped: Vec<Span> = Vec::new();
         // Rows are encoded in queue order, in one pass over the records, into a buffer that
         // the thread keeps for its next chunk (a fresh one cost a page fault every 4 KB), and
         // put in the table's order afterwards: reading the records in sorted order instead
@@ -78,6 +91,9 @@ impl Chunk {
                 let start = record.as_ptr() as usize - element.as_ptr() as usize;
                 let span = (e, start..start + record.len());
                 match QueueRecord::decode(record) {
+                    Ok(record) if !erased.is_empty() && erased.covers(&record) => {
+                        dropped.push(span);
+                    }
                     Ok(record) => {
                         rows.push(span);
                         let hour = hour_of(&record);
@@ -101,10 +117,15 @@ impl Chunk {
         }
         let bytes = |(e, range): &Span| &elements[*e][range.clone()];
         // A chunk of poison only still gets an id of its own, for its dead letters.
-        let id = if rows.is_empty() {
+        let id = if rows.is_empty() && dropped.is_empty() {
             id_of(poison.iter().map(|(span, _)| bytes(span)))
-        } else {
+        } else if dropped.is_empty() {
             id_of(rows.iter().map(bytes))
+        } else {
+            // Every record that decodes, in queue order, as if none were erased.
+            let mut named: Vec<&Span> = rows.iter().chain(&dropped).collect();
+            named.sort_unstable_by_key(|(e, range)| (*e, range.start));
+            id_of(named.into_iter().map(bytes))
         };
         for range in &ranges {
             let at = range.end - rowbinary::CHUNK_ID_FROM_END;
@@ -141,6 +162,7 @@ impl Chunk {
             payload: payload.into(),
             row_ranges: ranges,
             poison,
+            erased: dropped.len(),
             hours: hours.into_iter().collect(),
             bounds,
         }
@@ -316,8 +338,12 @@ mod tests {
     }
 
     fn record(tenant: &str, prompt: &str, at_ms: i64) -> Vec<u8> {
+        record_in(tenant, "session-0001", prompt, at_ms)
+    }
+
+    fn record_in(tenant: &str, session: &str, prompt: &str, at_ms: i64) -> Vec<u8> {
         let value = serde_json::json!({
-            "session_id": "session-0001", "prompt_text": prompt, "model_version": "v1.0.0", "latency_ms": 1.0,
+            "session_id": session, "prompt_text": prompt, "model_version": "v1.0.0", "latency_ms": 1.0,
             "token_count": 3, "timestamp": at_ms as f64 / 1000.0,
         });
         let event = sift_core::validate::validate(&value, &sift_core::Limits::default(), at_ms)
@@ -349,6 +375,38 @@ mod tests {
             "each row carries the chunk id"
         );
         assert_ne!(Chunk::new(vec![y, x]).id, clean.id);
+    }
+
+    /// An erased subject's records are not written, but the chunk keeps its id: formed again
+    /// after the erasure, it is the same chunk with the same token.
+    #[test]
+    fn erased_records_are_dropped_and_keep_the_id() {
+        use crate::erasure::TombstoneSet;
+        use sift_service::erasures::{Subject, SubjectKind, Tombstone};
+        let (x, y) = (record("t", "x", 0), record_in("t", "session-gone", "y", 0));
+        let session = "session-gone".to_owned();
+        let erased = TombstoneSet::new(vec![Tombstone {
+            tenant_id: "t".into(),
+            subject: Subject {
+                kind: SubjectKind::Session,
+                value: session,
+            },
+            before_ms: 1,
+        }]);
+        let whole = Chunk::new(vec![x.clone(), y.clone()]);
+        let without = Chunk::with_erasures(vec![x.clone(), y.clone()], &erased);
+        assert_eq!((whole.row_count(), without.row_count()), (2, 1));
+        assert_eq!(without.erased, 1);
+        assert_eq!(without.id, whole.id);
+        assert_eq!(without.row_record(0), x.as_slice());
+        assert_eq!(
+            without.elements.len(),
+            2,
+            "the acknowledgement removes both"
+        );
+        let only = Chunk::with_erasures(vec![y.clone()], &erased);
+        assert_eq!((only.row_count(), only.erased), (0, 1));
+        assert_eq!(only.id, Chunk::new(vec![y]).id);
     }
 
     /// A frame's records are rows like any others: the same chunk id as the records queued

@@ -204,9 +204,49 @@ pub struct RunArgs {
     #[arg(long, env = "SIFT_ROLLUP_SETTLE_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub rollup_settle_secs: u64,
 
+    #[command(flatten)]
+    pub erasure: ErasureArgs,
+
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "SIFT_BATCHER_LISTEN", default_value = "127.0.0.1:9090")]
     pub listen: std::net::SocketAddr,
+}
+
+/// How erasures are carried out (`run` and `erase`).
+#[derive(Debug, Clone, Args)]
+pub struct ErasureArgs {
+    /// How often each batcher reads the erasures' tombstones (and looks for a pending erasure
+    /// to carry out), in milliseconds. An erasure waits twice this before deleting, so that
+    /// every batcher drops the subject's events from then on.
+    #[arg(long, env = "SIFT_ERASURE_REFRESH_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    pub erasure_refresh_ms: u64,
+
+    /// Days an erasure's tombstone is kept: an event of the erased subject timed before the
+    /// erasure that arrives within this time is dropped. At least the API's
+    /// `--max-event-age-days` (30), past which such an event is refused anyway.
+    #[arg(long, env = "SIFT_ERASURE_TOMBSTONE_DAYS", default_value_t = 30, value_parser = clap::value_parser!(i32).range(1..=3660))]
+    pub erasure_tombstone_days: i32,
+}
+
+/// The flags of `erase`: whose data, and of which tenant.
+#[derive(Debug, Clone, Args)]
+#[command(group(clap::ArgGroup::new("subject").required(true).args(["user", "session"])))]
+pub struct EraseArgs {
+    /// The tenant whose data is erased.
+    #[arg(long)]
+    pub tenant: String,
+    /// Erase every event of this end user (the events' `user_id`).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Erase every event of this session.
+    #[arg(long)]
+    pub session: Option<String>,
+    /// The longest session, in hours (as `run`'s): the sessions that held the erased events
+    /// are recomputed from the events this far around them.
+    #[arg(long, env = "SIFT_SESSION_MAX_SPAN_HOURS", default_value_t = 24, value_parser = clap::value_parser!(u64).range(1..=8784))]
+    pub session_max_span_hours: u64,
+    #[command(flatten)]
+    pub erasure: ErasureArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -235,6 +275,9 @@ pub enum Command {
         #[command(subcommand)]
         command: KeyCommand,
     },
+    /// Erase one end user's or one session's data now, and wait until it is done (as
+    /// `POST /v1/ai/erasures` asks a running batcher to).
+    Erase(EraseArgs),
 }
 
 #[derive(Debug, Subcommand)]

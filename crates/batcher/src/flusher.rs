@@ -13,8 +13,8 @@ use redis::Script;
 use sift_core::KeySpace;
 
 use crate::metrics as m;
-use crate::{reconcile, rollups};
 use crate::sessions::{self, FlushWindow};
+use crate::{reconcile, rollups};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FlushError {
@@ -146,10 +146,12 @@ pub async fn run(
             }
         }
         let deadline = started + budget;
-        let result =
-            tokio::time::timeout(budget, run_once(&lock, &client, &db, (every, settle), window, deadline))
-            .await
-            .unwrap_or(Err(FlushError::TimedOut));
+        let result = tokio::time::timeout(
+            budget,
+            run_once(&lock, &client, &db, (every, settle), window, deadline),
+        )
+        .await
+        .unwrap_or(Err(FlushError::TimedOut));
         let outcome = if result.is_ok() { "ok" } else { "error" };
         metrics::counter!(m::FLUSHER_RUNS, "result" => outcome).increment(1);
         metrics::histogram!(m::FLUSHER_DURATION).record(started.elapsed().as_secs_f64());

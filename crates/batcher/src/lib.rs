@@ -14,6 +14,8 @@
 //!   read API) and [`reconcile`]s them with the raw events; [`event_bounds`]: the time bounds
 //!   on raw events they read with.
 //! - [`dlq`]: dead letters: listing, replay (whole chunks with their tokens), purge.
+//! - [`erasure`]: carrying out erasure requests, and the tombstones that keep an erased
+//!   subject's late events out.
 //! - [`health`] and [`metrics`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`postgres`], [`migrate`], [`tenants`]: schema and tenants/keys administration.
 //! - [`sql`]: names (the database, a table, a TTL) bound into SQL text, in one place.
@@ -23,6 +25,7 @@ pub mod clickhouse;
 pub mod commands;
 pub mod config;
 pub mod dlq;
+pub mod erasure;
 pub mod event_bounds;
 pub mod flusher;
 pub mod health;

@@ -20,6 +20,7 @@ async fn main() -> ExitCode {
         Command::Dlq { command } => commands::dlq::run(command, &ctx).await,
         Command::Tenant { command } => commands::tenant::run(command, &ctx).await,
         Command::Key { command } => commands::key::run(command, &ctx).await,
+        Command::Erase(args) => commands::erase::run(args, &ctx).await,
     };
     match done {
         Ok(()) => ExitCode::SUCCESS,

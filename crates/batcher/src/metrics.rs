@@ -15,6 +15,8 @@ pub const QUEUE_DEPTH: &str = "sift_queue_depth";
 pub const DLQ_DEPTH: &str = "sift_dlq_depth";
 pub const PROCESSING_LISTS: &str = "sift_batcher_processing_lists";
 pub const RECOVERED: &str = "sift_batcher_recovered_lists_total";
+/// Queue records dropped because an erasure covers them (their subject was erased).
+pub const ERASED_ROWS: &str = "sift_batcher_erased_records_total";
 /// Session flusher runs by result (`ok`, `error`), and their duration.
 pub const FLUSHER_RUNS: &str = "sift_flusher_runs_total";
 pub const FLUSHER_DURATION: &str = "sift_flusher_duration_seconds";

@@ -58,6 +58,12 @@ pub const POSTGRES: &[Migration] = &[
         sql: include_str!("../../../sql/postgres/0004_key_scopes.sql"),
         apply: Apply::Statements,
     },
+    Migration {
+        version: 6,
+        name: "erasures",
+        sql: include_str!("../../../sql/postgres/0006_erasures.sql"),
+        apply: Apply::Statements,
+    },
 ];
 
 /// The ClickHouse migrations, in order. `{database}`, `{raw_ttl_days}` and
@@ -98,6 +104,12 @@ pub const CLICKHOUSE: &[Migration] = &[
         name: "ai_events_binary_digests",
         sql: include_str!("../../../sql/clickhouse/0006_ai_events_binary_digests.sql"),
         apply: Apply::RewriteEvents,
+    },
+    Migration {
+        version: 8,
+        name: "ai_events_user_id",
+        sql: include_str!("../../../sql/clickhouse/0008_ai_events_user_id.sql"),
+        apply: Apply::Statements,
     },
 ];
 

@@ -74,13 +74,13 @@ SETTINGS do_not_merge_across_partitions_select_final = 1, join_use_nulls = 0",
 
 /// Compares the hours settled for `settle` and touched in the `window` before that (see the
 /// module comment) and rebuilds those that differ; returns the differences found, each rebuilt.
-pub async fn run(
+pub async fn run<C: redis::aio::ConnectionLike>(
     client: &Client,
     db: &str,
     settle: Duration,
     window: Duration,
     lookback: Duration,
-    cache: (&mut deadpool_redis::Connection, &sift_core::KeySpace),
+    cache: (&mut C, &sift_core::KeySpace),
 ) -> Result<Vec<Difference>, rollups::RebuildError> {
     let differences: Vec<Difference> = client
         .query(&differences_sql(db, settle, window, lookback))

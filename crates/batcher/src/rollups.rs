@@ -170,7 +170,12 @@ async fn rebuild_day(
         .with_setting("lightweight_deletes_sync", "2")
         .execute()
         .await?;
-    write_from_raw(client, db, &crate::event_bounds::events_between_ms(start, end)).await?;
+    write_from_raw(
+        client,
+        db,
+        &crate::event_bounds::events_between_ms(start, end),
+    )
+    .await?;
     touched.extend(client.query(&groups).fetch_all::<(String, i64)>().await?);
     finalize(client, db, &hours).await?;
     touched.sort_unstable();
@@ -214,7 +219,9 @@ pub async fn rebuild_groups<C: redis::aio::ConnectionLike>(
     let list = groups_list(groups);
     let rollup_rows = format!("(tenant_id, toInt64(toUnixTimestamp(hour))) IN ({list})");
     client
-        .query(&format!("DELETE FROM {db}.ai_events_hourly WHERE {rollup_rows}"))
+        .query(&format!(
+            "DELETE FROM {db}.ai_events_hourly WHERE {rollup_rows}"
+        ))
         .with_setting("lightweight_deletes_sync", "2")
         .execute()
         .await?;
@@ -228,18 +235,47 @@ pub async fn rebuild_groups<C: redis::aio::ConnectionLike>(
     Ok(())
 }
 
+/// How many of `groups` have a rollup whose event count differs from `count()` of their raw
+/// events in `ai_events FINAL` (0: every one agrees).
+pub async fn differing_groups(
+    client: &Client,
+    db: &str,
+    groups: &[Group],
+) -> Result<u64, clickhouse::error::Error> {
+    let (Some(first), Some(last)) = (
+        groups.iter().map(|g| g.1).min(),
+        groups.iter().map(|g| g.1).max(),
+    ) else {
+        return Ok(0);
+    };
+    let list = groups_list(groups);
+    client
+        .query(&format!(
+            "SELECT count() FROM
+             (SELECT tenant_id, toInt64(toUnixTimestamp(hour)) AS h, toUInt64(sum(events)) AS n
+              FROM {db}.ai_events_hourly WHERE (tenant_id, toInt64(toUnixTimestamp(hour))) IN ({list})
+              GROUP BY tenant_id, h) AS r
+             FULL OUTER JOIN
+             (SELECT tenant_id, toInt64(toUnixTimestamp(toStartOfHour(event_time))) AS h, count() AS n
+              FROM {db}.ai_events FINAL
+              WHERE {} AND (tenant_id, toInt64(toUnixTimestamp(toStartOfHour(event_time)))) IN ({list})
+              GROUP BY tenant_id, h) AS e
+             USING (tenant_id, h)
+             WHERE r.n != e.n
+             SETTINGS join_use_nulls = 0, do_not_merge_across_partitions_select_final = 1",
+            crate::event_bounds::events_between_ms(first * 1000, (last + 3600) * 1000)
+        ))
+        .fetch_one()
+        .await
+}
+
 /// `groups` as a SQL list of tuples: `('acme', 1790000000), …`.
 fn groups_list(groups: &[Group]) -> String {
     groups
         .iter()
-        .map(|(tenant, hour)| format!("({}, {hour})", quote(tenant)))
+        .map(|(tenant, hour)| format!("({}, {hour})", sql::quote(tenant)))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// A ClickHouse string literal of `text`.
-fn quote(text: &str) -> String {
-    format!("'{}'", text.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
 /// The raw events' TTL in days, as `ai_events` was created with (`None`: no TTL).

@@ -38,6 +38,7 @@ pub const COLUMNS: &[(&str, &str)] = &[
     ("is_final", "Bool"),
     ("fallback_chain", "Array(LowCardinality(String))"),
     ("properties", "String"),
+    ("user_id", "String"),
     ("chunk_id", "FixedString(32)"),
     ("ingested_at", "DateTime64(3, 'UTC')"),
 ];
@@ -73,6 +74,7 @@ pub fn encode(out: &mut Vec<u8>, record: &QueueRecord<'_>, chunk_id: &Digest) {
         string(out, model);
     }
     text(out, record.properties.as_deref());
+    text(out, record.user_id.as_deref());
     out.extend_from_slice(chunk_id.as_bytes());
     out.extend_from_slice(&record.ingested_at_ms.to_le_bytes());
 }
@@ -138,9 +140,29 @@ mod tests {
         // tenant, time, digest, session (1 + 12), digest, version, model (1 + 6), provider
         // and operation (empty), latency, three counts, success, event id (empty),
         // turn index (0 + 4), stream (empty), chunk index (null), final, chain (1 + 1 + 6),
-        // properties (empty), chunk id, ingestion time.
-        let expected =
-            5 + 8 + 32 + 13 + 32 + 2 + 7 + 1 + 1 + 8 + 12 + 1 + 1 + 5 + 1 + 1 + 1 + 8 + 1 + 32 + 8;
+        // properties (empty), user (empty), chunk id, ingestion time.
+        let expected = 5
+            + 8
+            + 32
+            + 13
+            + 32
+            + 2
+            + 7
+            + 1
+            + 1
+            + 8
+            + 12
+            + 1
+            + 1
+            + 5
+            + 1
+            + 1
+            + 1
+            + 8
+            + 1
+            + 1
+            + 32
+            + 8;
         assert_eq!(end, expected);
     }
 }

@@ -134,6 +134,39 @@ async fn recompute(
     Ok(())
 }
 
+/// The sessions `sessions` of `tenant`, as a selector of `(tenant_id, session_id)` pairs.
+/// Tenant and session ids are bound by the caller's checks (API-validated characters, no
+/// quotes); they are quoted here all the same.
+pub fn listed(tenant: &str, sessions: &[String]) -> String {
+    let quote = crate::sql::quote;
+    let pairs: Vec<String> = sessions
+        .iter()
+        .map(|s| format!("({}, {})", quote(tenant), quote(s)))
+        .collect();
+    format!(
+        "SELECT * FROM VALUES('tenant_id String, session_id String', {})",
+        pairs.join(", ")
+    )
+}
+
+/// Recomputes the sessions that `selector` returns from their events in `[from_ms, to_ms)`
+/// (an erasure recomputes the sessions that held the erased events from what is left).
+pub async fn recompute_between(
+    client: &Client,
+    db: &str,
+    selector: &str,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<(), clickhouse::error::Error> {
+    recompute(
+        client,
+        db,
+        &events_between(&utc(from_ms), &utc(to_ms)),
+        selector,
+    )
+    .await
+}
+
 /// Recomputes the sessions with events in `[from_ms, to_ms)`, one step at a time, each from
 /// its events within `max_span` of the step.
 pub async fn backfill(

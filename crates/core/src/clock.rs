@@ -34,6 +34,14 @@ pub fn parse_rfc3339_ms(text: &str) -> Option<i64> {
     i64::try_from(at.unix_timestamp_nanos() / 1_000_000).ok()
 }
 
+/// Epoch milliseconds as RFC 3339 in UTC, to the millisecond (empty if out of range).
+pub fn format_rfc3339_ms(ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
+
 /// An instant given as RFC 3339 or as whole epoch seconds (0 to [`MAX_EPOCH_SECS`]), as epoch
 /// milliseconds.
 pub fn parse_time_ms(text: &str) -> Result<i64, TimeError> {

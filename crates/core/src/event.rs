@@ -27,6 +27,9 @@ pub struct Event {
     pub operation: Option<String>,
     /// A flat JSON object, kept as its JSON text.
     pub properties: Option<String>,
+    /// The end user the event is about, when the application tells: what an erasure of that
+    /// user's data finds the events by.
+    pub user_id: Option<String>,
 }
 
 /// A chunk of a streamed answer: every chunk of one stream is one intent.

@@ -1,12 +1,13 @@
 //! What travels through Redis: the queue record the batcher turns into a ClickHouse row, and
 //! the record of an event the API refused.
 //!
-//! A queue record is written compact: one version byte (`2`), then its fields in postcard's
+//! A queue record is written compact: one version byte (`4`), then its fields in postcard's
 //! encoding (varint integers, length-prefixed strings, the two digests as 32 raw bytes), about
 //! a quarter of the JSON it replaced, which matters because the queue lives in Redis's memory
-//! and every byte of it is copied by the API, Redis and the batcher. Records of version 1 (a
-//! JSON object with `"v":1` and hex digests) are still read, so a batcher drains what an older
-//! ingest API queued during a rolling deploy. A record borrows its strings from the bytes it
+//! and every byte of it is copied by the API, Redis and the batcher. Records of the older
+//! versions are still read, so a batcher drains what an older ingest API queued during a
+//! rolling deploy: version 2 (the same fields but the last, `user_id`) and version 1 (a JSON
+//! object with `"v":1` and hex digests). Byte 3 starts a frame of records, not a record. A record borrows its strings from the bytes it
 //! was decoded from (or from the event it was built from), so neither side copies them.
 //!
 //! The invalid-event record stays JSON (`"v":1`): it carries the raw event for people to read.
@@ -21,7 +22,10 @@ use crate::hash::{Digest, EventHashes, SemanticHash};
 use crate::normalize::NORMALIZER_VERSION;
 
 /// The version [`QueueRecord::encode`] writes: its first byte.
-pub const QUEUE_RECORD_VERSION: u8 = 2;
+pub const QUEUE_RECORD_VERSION: u8 = 4;
+/// The previous binary version: every field of version 4 but `user_id`, which postcard, a
+/// positional encoding, cannot leave out at the end; read as version 4 without a user.
+const QUEUE_RECORD_V2: u8 = 2;
 /// The first byte of a frame: the records one request had accepted, queued as one element.
 pub const FRAME_VERSION: u8 = 3;
 /// The version [`InvalidRecord::encode`] writes.
@@ -129,6 +133,9 @@ pub struct QueueRecord<'a> {
     #[serde(borrow, deserialize_with = "borrowed_option")]
     pub properties: Option<Cow<'a, str>>,
     pub ingested_at_ms: i64,
+    /// Last, so that a version 2 record is this one without it.
+    #[serde(borrow, deserialize_with = "borrowed_option")]
+    pub user_id: Option<Cow<'a, str>>,
 }
 
 impl<'a> QueueRecord<'a> {
@@ -179,6 +186,7 @@ impl<'a> QueueRecord<'a> {
             operation: borrowed(&event.operation),
             properties: borrowed(&event.properties),
             ingested_at_ms,
+            user_id: borrowed(&event.user_id),
         }
     }
 
@@ -194,16 +202,27 @@ impl<'a> QueueRecord<'a> {
     pub fn decode(bytes: &'a [u8]) -> Result<Self, RecordError> {
         match bytes.first() {
             None => Err(RecordError::Empty),
-            Some(&QUEUE_RECORD_VERSION) => {
-                let (record, rest) = postcard::take_from_bytes(&bytes[1..])?;
-                if rest.is_empty() {
-                    Ok(record)
-                } else {
-                    Err(RecordError::Binary(postcard::Error::DeserializeBadEncoding))
-                }
+            Some(&QUEUE_RECORD_VERSION) => Self::decode_fields(&bytes[1..]),
+            Some(&QUEUE_RECORD_V2) => {
+                // Version 2 is version 4 without its last field: a `None` (one zero byte)
+                // added makes it one, owned (only what an older API queued takes this copy).
+                let mut fields = Vec::with_capacity(bytes.len());
+                fields.extend_from_slice(&bytes[1..]);
+                fields.push(0);
+                Ok(QueueRecord::decode_fields(&fields)?.into_owned())
             }
             Some(b'{') => decode_v1(bytes),
             Some(&other) => Err(RecordError::UnsupportedVersion(u64::from(other))),
+        }
+    }
+
+    /// The postcard fields of a record (after its version byte), all of them.
+    fn decode_fields(fields: &'a [u8]) -> Result<Self, RecordError> {
+        let (record, rest) = postcard::take_from_bytes(fields)?;
+        if rest.is_empty() {
+            Ok(record)
+        } else {
+            Err(RecordError::Binary(postcard::Error::DeserializeBadEncoding))
         }
     }
 
@@ -242,6 +261,7 @@ impl<'a> QueueRecord<'a> {
             operation: own(self.operation),
             properties: own(self.properties),
             ingested_at_ms: self.ingested_at_ms,
+            user_id: own(self.user_id),
         }
     }
 }
@@ -316,6 +336,7 @@ fn decode_v1(bytes: &[u8]) -> Result<QueueRecord<'static>, RecordError> {
         operation: r.operation.map(Cow::Owned),
         properties: r.properties.map(Cow::Owned),
         ingested_at_ms: r.ingested_at_ms,
+        user_id: None,
     })
 }
 

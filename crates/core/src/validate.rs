@@ -80,6 +80,7 @@ const FIELDS: &[(&str, &[&str])] = &[
     ("provider", &["gen_ai.provider.name", "gen_ai.system"]),
     ("operation", &["gen_ai.operation.name"]),
     ("properties", &[]),
+    ("user_id", &["user.id"]),
 ];
 
 /// The API v1 name of `name` (itself or the field it is an alias of), as [`FIELDS`] lists
@@ -105,6 +106,7 @@ fn canonical(name: &str) -> Option<&'static str> {
         "provider" | "gen_ai.provider.name" | "gen_ai.system" => "provider",
         "operation" | "gen_ai.operation.name" => "operation",
         "properties" => "properties",
+        "user_id" | "user.id" => "user_id",
         _ => return None,
     })
 }
@@ -183,6 +185,7 @@ pub fn validate(value: &Value, limits: &Limits, now_ms: i64) -> Result<Event> {
     }
 
     let event_id = fields.id("event_id", 1, limits.max_id_chars)?;
+    let user_id = fields.id("user_id", 1, limits.max_id_chars)?;
     let turn_index = fields.count("turn_index")?;
     let stream = match fields.id("stream_id", 1, limits.max_id_chars)? {
         Some(stream_id) => Some(StreamPart {
@@ -225,6 +228,7 @@ pub fn validate(value: &Value, limits: &Limits, now_ms: i64) -> Result<Event> {
         provider,
         operation,
         properties,
+        user_id,
     })
 }
 

@@ -56,12 +56,14 @@ fn queue_records_round_trip_and_refuse_unknown_versions() {
         "session_id": "session-0001", "prompt_text": "Hi", "model_version": "v1.0.0",
         "latency_ms": 5, "token_count": 3, "fallback_chain": ["v2.0.0", "v1.0.0"],
         "properties": {"feature": "chat", "beta": true}, "event_id": "evt-1",
+        "user.id": "user-42",
     });
     let event = validate(&body, &Limits::default(), 1_790_000_000_000).expect("valid");
     let record = QueueRecord::new("acme", &event, 1_790_000_000_001);
     assert_eq!(record.semantic_hash, SemanticHash::of("acme", &event));
+    assert_eq!(record.user_id.as_deref(), Some("user-42"));
     let bytes = record.encode();
-    assert_eq!(bytes[0], 2, "version 2: binary");
+    assert_eq!(bytes[0], 4, "version 4: binary");
     assert!(bytes.len() < 200, "{} bytes", bytes.len());
     let decoded = QueueRecord::decode(&bytes).expect("decodes");
     assert_eq!(decoded, record);
@@ -85,6 +87,32 @@ fn queue_records_round_trip_and_refuse_unknown_versions() {
     assert!(QueueRecord::decode(&truncated).is_err());
 }
 
+/// Records of version 2, queued by an API without `user_id`, are read as records without a
+/// user: version 4 is version 2 with `user_id` appended.
+#[test]
+fn version_2_records_are_read_without_a_user() {
+    let body = json!({
+        "session_id": "session-0001", "prompt_text": "Hi", "model_version": "v1.0.0",
+        "latency_ms": 5, "token_count": 3, "event_id": "evt-1",
+    });
+    let event = validate(&body, &Limits::default(), 1_790_000_000_000).expect("valid");
+    let record = QueueRecord::new("acme", &event, 1_790_000_000_001);
+    let v4 = record.encode();
+    assert_eq!(
+        v4.last(),
+        Some(&0),
+        "no user: postcard's None, one zero byte"
+    );
+    let mut v2 = v4[..v4.len() - 1].to_vec();
+    v2[0] = 2;
+    let read = QueueRecord::decode(&v2).expect("a version 2 record");
+    assert_eq!(read, record);
+    assert_eq!(read.user_id, None);
+    let mut v2_cut = v2.clone();
+    v2_cut.pop();
+    assert!(QueueRecord::decode(&v2_cut).is_err());
+}
+
 /// Records queued by an older ingest API (JSON, version 1, hex digests) are still read: the
 /// batcher drains them after an upgrade.
 #[test]
@@ -100,9 +128,9 @@ fn version_1_json_records_are_still_read() {
     assert_eq!(record.output_tokens, Some(7));
     assert_eq!(record.turn_index, Some(3));
     assert_eq!(record.fallback_chain, vec!["v2.0.0"]);
-    // Written again, it is a version 2 record with the same content.
+    // Written again, it is a version 4 record with the same content.
     let again = record.encode();
-    assert_eq!(QueueRecord::decode(&again).expect("v2"), record);
+    assert_eq!(QueueRecord::decode(&again).expect("v4"), record);
 
     let bad_digest = String::from_utf8_lossy(v1).replacen("554a", "zz4a", 1);
     assert!(matches!(

@@ -7,10 +7,13 @@
 //! - [`limits`]: the validation limits as flags, the same for the API and for replays.
 //! - [`outage`]: a dependency's failures logged as state changes and periodic counts, not one
 //!   line per request.
+//! - [`erasures`]: erasure requests in PostgreSQL, recorded by the API and carried out (and
+//!   their tombstones checked) by the batchers.
 //! - [`clickhouse_text`]: exception codes and TTL days in ClickHouse's answers.
 //! - [`redis_version`]: the oldest Redis sift runs on (7.0), checked at start-up.
 
 pub mod clickhouse_text;
+pub mod erasures;
 pub mod health;
 pub mod limits;
 pub mod logging;

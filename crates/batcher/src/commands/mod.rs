@@ -5,6 +5,7 @@
 
 pub mod backfill;
 pub mod dlq;
+pub mod erase;
 pub mod key;
 pub mod migrate;
 pub mod run;

@@ -11,6 +11,7 @@ use sift_core::KeySpace;
 
 use super::Context;
 use crate::config::RunArgs;
+use crate::erasure::{self, Tombstones};
 use crate::flusher::{self, FlusherLock};
 use crate::health::{self, HealthState};
 use crate::ledger::Ledger;
@@ -118,6 +119,22 @@ async fn work(args: RunArgs, ctx: &Context) -> Result<(), RunError> {
         },
         shutdown: shutdown.clone(),
     };
+    // The erasures' tombstones, read before the first chunk is formed and kept fresh.
+    let tombstones = Tombstones::default();
+    let erasure_args = &args.erasure;
+    let refresh = Duration::from_millis(erasure_args.erasure_refresh_ms);
+    if let Err(error) = tombstones
+        .refresh(&pg_pool, erasure_args.erasure_tombstone_days)
+        .await
+    {
+        tracing::warn!(%error, "cannot read the erasures' tombstones yet; retrying");
+    }
+    let tombstone_task = tokio::spawn(erasure::keep_fresh(
+        tombstones.clone(),
+        pg_pool.clone(),
+        refresh,
+        erasure_args.erasure_tombstone_days,
+    ));
     let workers: Vec<Arc<Worker>> = redis_pools
         .iter()
         .zip(KeySpace::shards(&redis.key_prefix, shards))
@@ -130,6 +147,7 @@ async fn work(args: RunArgs, ctx: &Context) -> Result<(), RunError> {
                 ch.clickhouse_database.clone(),
                 settings.clone(),
                 retrier.clone(),
+                tombstones.clone(),
             ))
         })
         .collect();
@@ -157,9 +175,26 @@ async fn work(args: RunArgs, ctx: &Context) -> Result<(), RunError> {
             Duration::from_secs(args.rollup_settle_secs),
         ))
     });
+    // Erasures requested through the API, carried out by whichever batcher takes them.
+    let eraser = tokio::spawn(erasure::serve(
+        pg_pool.clone(),
+        clickhouse.clone().with_database(&ch.clickhouse_database),
+        ch.clickhouse_database.clone(),
+        redis_pools[0].clone(),
+        workers[0].queue().keys().clone(),
+        worker_id.clone(),
+        refresh,
+        erasure::Settings {
+            spread: refresh * 2,
+            max_span: Duration::from_secs(args.session_max_span_hours * 3600),
+            attempts: 5,
+        },
+    ));
     tracing::info!(worker = %worker_id, shards, "sift-batcher running");
     futures_util::future::join_all(workers.iter().map(|worker| worker.run())).await;
     heartbeat.abort();
+    tombstone_task.abort();
+    eraser.abort();
     if let Some(flusher) = flusher {
         flusher.abort();
     }

@@ -27,6 +27,7 @@ use tokio::sync::Mutex;
 use sift_core::{DeadLetter, DeadLetterKind};
 
 use crate::chunk::Chunk;
+use crate::erasure::Tombstones;
 use crate::ledger::{ChunkState, Ledger};
 use crate::metrics as m;
 use crate::queue::{Queue, QueueError};
@@ -93,6 +94,8 @@ enum Inserted {
 
 /// What the lanes of one worker share.
 struct Shared {
+    /// The erasures' tombstones: records they cover are dropped when a chunk is formed.
+    erasures: Tombstones,
     ledger: Ledger,
     clickhouse: Client,
     database: String,
@@ -120,6 +123,7 @@ pub struct Worker {
 
 impl Worker {
     /// The lanes' queues are `queue(lane id)` for each lane.
+    #[allow(clippy::too_many_arguments)] // built once, by `run`, from its pieces
     pub fn new(
         worker_id: &str,
         queue: impl Fn(String) -> Queue,
@@ -128,9 +132,11 @@ impl Worker {
         database: String,
         settings: WorkerSettings,
         retrier: Retrier,
+        erasures: Tombstones,
     ) -> Self {
         let lanes = settings.chunks_in_flight.max(1);
         let shared = Arc::new(Shared {
+            erasures,
             ledger,
             clickhouse,
             database,
@@ -309,15 +315,22 @@ impl Lane {
     async fn process(&self, records: Vec<Vec<u8>>) -> ChunkOutcome {
         let started = Instant::now();
         // Decoding and naming a large chunk is CPU work: off the threads that serve I/O.
-        let chunk = match tokio::task::spawn_blocking(move || Chunk::new(records)).await {
-            Ok(chunk) => chunk,
-            Err(error) => {
-                // The records are still in the processing list; the lane reads them again.
-                tracing::error!(%error, "decoding a chunk failed");
-                return ChunkOutcome::Abandoned;
-            }
-        };
+        let erased = self.shared.erasures.current();
+        let chunk =
+            match tokio::task::spawn_blocking(move || Chunk::with_erasures(records, &erased)).await
+            {
+                Ok(chunk) => chunk,
+                Err(error) => {
+                    // The records are still in the processing list; the lane reads them again.
+                    tracing::error!(%error, "decoding a chunk failed");
+                    return ChunkOutcome::Abandoned;
+                }
+            };
         let decoded = started.elapsed();
+        if chunk.erased > 0 {
+            metrics::counter!(m::ERASED_ROWS).increment(chunk.erased as u64);
+            tracing::info!(chunk = %chunk.id_hex, records = chunk.erased, "records of erased subjects dropped");
+        }
         let outcome = self.write(&chunk).await;
         metrics::counter!(m::CHUNKS, "result" => outcome.label()).increment(1);
         tracing::debug!(

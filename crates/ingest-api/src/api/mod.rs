@@ -1,6 +1,7 @@
 //! The HTTP routes of `sift-ingest`.
 
 mod dashboard;
+mod erasures;
 mod events;
 mod health;
 mod stats;
@@ -18,6 +19,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             "/v1/ai/sessions/{session_id}",
             web::get().to(stats::session),
         )
+        .route("/v1/ai/erasures", web::post().to(erasures::create))
+        .route("/v1/ai/erasures/{id}", web::get().to(erasures::show))
         .route("/dashboard", web::get().to(dashboard::page))
         .route("/dashboard/{asset}", web::get().to(dashboard::asset))
         .route("/healthz", web::get().to(health::healthz))

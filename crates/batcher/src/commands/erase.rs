@@ -1,0 +1,73 @@
+//! `sift-batcher erase`: records an erasure request for one end user or one session of a
+//! tenant and carries it out here and now, printing what was removed once the read-back
+//! finds nothing left. The request is kept in PostgreSQL like one made through the API, so an
+//! erase that is interrupted is finished by a running batcher.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sift_core::KeySpace;
+use sift_service::erasures::{self, Subject, SubjectKind};
+
+use super::Context;
+use crate::config::EraseArgs;
+use crate::erasure::{self, Settings};
+use crate::postgres;
+
+pub async fn run(args: EraseArgs, ctx: &Context) -> anyhow::Result<()> {
+    let subject = match (args.user, args.session) {
+        (Some(user), None) => Subject {
+            kind: SubjectKind::User,
+            value: user,
+        },
+        (None, Some(session)) => Subject {
+            kind: SubjectKind::Session,
+            value: session,
+        },
+        _ => anyhow::bail!("give either --user or --session"),
+    };
+    let pg = postgres::connect(&ctx.postgres_url).await?;
+    let requested = erasures::create(&pg, &args.tenant, &subject)
+        .await
+        .with_context(|| format!("recording the erasure for tenant {}", args.tenant))?;
+    println!(
+        "erasure {} of tenant {} recorded: {subject}",
+        requested.id, requested.tenant_id
+    );
+    let worker = format!("erase-{}", std::process::id());
+    let claimed = erasures::claim(&pg, requested.id, &worker)
+        .await?
+        .context("the erasure was taken by another batcher")?;
+    let db = &ctx.clickhouse.clickhouse_database;
+    let client = ctx.clickhouse.client().with_database(db);
+    // The read API's rollup versions live on the first shard.
+    let url = ctx
+        .shard_urls()?
+        .first()
+        .copied()
+        .context("no Redis shard")?;
+    let mut conn = super::connect_redis(url).await?;
+    let keys = KeySpace::shards(&ctx.redis.key_prefix, usize::from(ctx.redis.redis_shards));
+    let shard0 = keys.first().context("no Redis shard")?;
+    let settings = Settings {
+        spread: Duration::from_millis(args.erasure.erasure_refresh_ms * 2),
+        max_span: Duration::from_secs(args.session_max_span_hours * 3600),
+        attempts: 5,
+    };
+    let removed = erasure::run_claimed(
+        &pg,
+        &claimed,
+        &worker,
+        &client,
+        db,
+        (&mut conn, shard0),
+        &settings,
+    )
+    .await
+    .context("erasing")?;
+    println!(
+        "erasure {} done: removed {} events; {} sessions and {} rollup hours recomputed",
+        claimed.id, removed.events, removed.sessions, removed.rollup_hours
+    );
+    Ok(())
+}
