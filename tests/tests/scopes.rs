@@ -16,7 +16,7 @@ struct Route {
     allowed: StatusCode,
 }
 
-const ROUTES: [Route; 5] = [
+const ROUTES: [Route; 7] = [
     Route {
         method: "POST",
         path: "/v1/ai/events",
@@ -48,6 +48,19 @@ const ROUTES: [Route; 5] = [
         scope: "read",
         allowed: StatusCode::NOT_FOUND,
     },
+    Route {
+        method: "POST",
+        path: "/v1/ai/erasures",
+        scope: "admin",
+        allowed: StatusCode::ACCEPTED,
+    },
+    // No such erasure: a key that may see erasures gets past the scope check to 404.
+    Route {
+        method: "GET",
+        path: "/v1/ai/erasures/999999",
+        scope: "admin",
+        allowed: StatusCode::NOT_FOUND,
+    },
 ];
 
 fn forbidden(scope: &str) -> Value {
@@ -70,6 +83,8 @@ async fn call(
             let one = event(&format!("scopes-{tag}"), &format!("prompt for {tag}"));
             let body = if route.path.ends_with("/batch") {
                 json!([one])
+            } else if route.path == "/v1/ai/erasures" {
+                json!({"user_id": format!("scopes-{tag}")})
             } else {
                 one
             };
@@ -140,6 +155,15 @@ async fn every_route_needs_its_scope_and_answers_403_without_it() -> Result<()> 
                     "/v1/ai/stats/hourly" | "/v1/ai/stats/dedup" => {
                         assert_eq!(body["tenant"], "acme", "{name}: {body}")
                     }
+                    "/v1/ai/erasures" => {
+                        assert_eq!(body["status"], "pending", "{name}: {body}");
+                        assert_eq!(body["subject"]["user_id"], format!("scopes-{tag}"));
+                    }
+                    "/v1/ai/erasures/999999" => assert_eq!(
+                        body,
+                        json!({"error": "not_found", "message": "no erasure 999999"}),
+                        "{name}"
+                    ),
                     _ => assert_eq!(
                         body,
                         json!({"error": "not_found",
