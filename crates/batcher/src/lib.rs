@@ -14,7 +14,8 @@
 //!   read API); [`event_bounds`]: the time bounds on raw events both read with.
 //! - [`dlq`]: dead letters: listing, replay (whole chunks with their tokens), purge.
 //! - [`health`] and [`metrics`]: `/healthz`, `/readyz`, `/metrics`.
-//! - [`postgres`], [`migrate`], [`tenants`]: schema and tenants/keys administration.
+//! - [`postgres`], [`migrate`], [`tenants`]: schema and tenants/keys administration;
+//!   [`retention`]: per-tenant retention of raw events, enforced by `ai_events`' TTL.
 //! - [`sql`]: names (the database, a table, a TTL) bound into SQL text, in one place.
 
 pub mod chunk;
@@ -29,6 +30,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod migrate;
 pub mod postgres;
+pub mod retention;
 pub mod queue;
 pub mod retry;
 pub mod rollups;

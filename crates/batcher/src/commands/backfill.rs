@@ -57,11 +57,17 @@ pub async fn run(command: BackfillCommand, ctx: &Context) -> anyhow::Result<()> 
             let mut conn = super::connect_redis(url).await?;
             let keys = KeySpace::shards(&redis.key_prefix, usize::from(redis.redis_shards));
             let shard0 = keys.first().context("no Redis shard")?;
-            let (steps, hours) =
-                rollups::rebuild(&client, db, from, to, (&mut conn, shard0)).await?;
+            let rebuilt = rollups::rebuild(&client, db, from, to, (&mut conn, shard0)).await?;
             println!(
-                "rollups rebuilt from the raw events and finalized in {steps} steps ({hours} tenant hours)"
+                "rollups rebuilt from the raw events and finalized in {} steps ({} tenant hours)",
+                rebuilt.steps, rebuilt.hours
             );
+            if !rebuilt.kept.is_empty() {
+                println!(
+                    "rollups of {} left as they were: their raw events are not kept that long",
+                    rebuilt.kept.join(", ")
+                );
+            }
         }
     }
     Ok(())
