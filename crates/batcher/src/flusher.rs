@@ -13,6 +13,7 @@ use redis::Script;
 use sift_core::KeySpace;
 
 use crate::metrics as m;
+use crate::retention::RawRetention;
 use crate::rollups;
 use crate::sessions::{self, FlushWindow};
 
@@ -26,6 +27,8 @@ pub enum FlushError {
     RedisPool(#[from] deadpool_redis::PoolError),
     #[error("the run did not finish within its time budget (4/5 of the period)")]
     TimedOut,
+    #[error(transparent)]
+    Retention(#[from] crate::retention::RetentionError),
 }
 
 /// How far back (by arrival) the flusher looks for hours to finalize.
@@ -164,7 +167,10 @@ async fn run_once(
     window: FlushWindow,
     deadline: Instant,
 ) -> Result<(), FlushError> {
-    sessions::flush_active(&until(client, deadline)?, db, window).await?;
+    // Read each run: a tenant's retention may have changed since the last.
+    let retention = RawRetention::current(&until(client, deadline)?, db).await?;
+    let retention = retention.as_ref();
+    sessions::flush_active(&until(client, deadline)?, db, window, retention).await?;
     rollups::finalize_recent(
         &until(client, deadline)?,
         db,
@@ -177,7 +183,7 @@ async fn run_once(
     let long_deadline = deadline - Duration::from_millis(50).min(every / 20);
     let long = match until(client, long_deadline) {
         Ok(client) => {
-            let long = sessions::flush_long(&client, db, window);
+            let long = sessions::flush_long(&client, db, window, retention);
             match tokio::time::timeout_at(long_deadline.into(), long).await {
                 Ok(result) => result.map_err(FlushError::from),
                 Err(_) => Err(FlushError::TimedOut),

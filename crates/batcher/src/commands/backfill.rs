@@ -9,6 +9,7 @@ use sift_core::KeySpace;
 
 use super::Context;
 use crate::config::BackfillCommand;
+use crate::retention::RawRetention;
 use crate::{rollups, sessions};
 
 pub async fn run(command: BackfillCommand, ctx: &Context) -> anyhow::Result<()> {
@@ -24,10 +25,13 @@ pub async fn run(command: BackfillCommand, ctx: &Context) -> anyhow::Result<()> 
             let (from, to) = range(&from, &to)?;
             let step = Duration::from_secs(step_minutes.max(1) * 60);
             let span = Duration::from_secs(session_max_span_hours * 3600);
+            // Sessions known to begin before what raw events are kept are left as they are.
+            let retention = RawRetention::current(&client, db).await?;
             // Its ClickHouse errors are told as such, as the flusher's are.
-            let steps = sessions::backfill(&client, db, from, to, step, span)
-                .await
-                .context("ClickHouse")?;
+            let steps =
+                sessions::backfill(&client, db, from, to, step, span, retention.as_ref())
+                    .await
+                    .context("ClickHouse")?;
             println!("sessions recomputed in {steps} steps");
         }
         BackfillCommand::Rollups {
