@@ -1,7 +1,8 @@
 //! `sift-batcher run`: builds the pools and the workers from the flags, starts the health
 //! server, the heartbeat and the gauges and (unless `--session-flush-secs 0`) the flusher, and
 //! runs the workers until SIGTERM: one worker loop per Redis shard, so that every batcher
-//! drains every shard and any of them recovers any shard's dead workers.
+//! drains every shard and any of them recovers any shard's dead workers. At SIGTERM the
+//! flusher hands its lock over too.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -154,13 +155,20 @@ async fn work(args: RunArgs, ctx: &Context) -> Result<(), RunError> {
                 active: Duration::from_secs(args.session_active_minutes * 60),
                 max_span: Duration::from_secs(args.session_max_span_hours * 3600),
             },
+            shutdown.clone(),
         ))
     });
     tracing::info!(worker = %worker_id, shards, "sift-batcher running");
     futures_util::future::join_all(workers.iter().map(|worker| worker.run())).await;
     heartbeat.abort();
-    if let Some(flusher) = flusher {
-        flusher.abort();
+    if let Some(mut flusher) = flusher {
+        // It ends by the shutdown deadline (a run in progress is cut there) and releases its
+        // lock, so that another batcher takes the flusher over at once; the bound is for a
+        // Redis that does not answer.
+        let bound = Duration::from_secs(args.shutdown_deadline_secs + 5);
+        if tokio::time::timeout(bound, &mut flusher).await.is_err() {
+            flusher.abort();
+        }
     }
     for queue in workers.iter().flat_map(|worker| worker.queues()) {
         if let Err(error) = queue.leave().await {
