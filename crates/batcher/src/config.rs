@@ -512,7 +512,11 @@ mod tests {
         assert_eq!(parse("default").ok(), Some(super::RawDays::Default));
         for bad in ["0", "3651", "none", "7d", ""] {
             let error = parse(bad).expect_err(bad);
-            assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation, "{bad}");
+            assert_eq!(
+                error.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{bad}"
+            );
             assert!(error.to_string().contains("--raw-days"), "{error}");
         }
     }

@@ -144,10 +144,7 @@ impl RawRetention {
 
     /// When a row with the time `column` (and the row's `tenant_id`) leaves the raw events.
     pub fn expiry_of(&self, column: &str) -> String {
-        format!(
-            "toDateTime({column}) + toIntervalDay({})",
-            self.days_expr()
-        )
+        format!("toDateTime({column}) + toIntervalDay({})", self.days_expr())
     }
 
     /// `ai_events`' TTL, exactly as ClickHouse shows it in `engine_full` (so that `migrate`

@@ -299,8 +299,14 @@ mod tests {
             .expect("a retention");
         let now = 1_000 * DAY_MS;
         let days_ago = |days: i64| now - days * DAY_MS;
-        assert_eq!(kept_tenants(&retention, days_ago(2), now).ok(), Some(vec![]));
-        assert_eq!(kept_tenants(&retention, days_ago(6), now).ok(), Some(vec![]));
+        assert_eq!(
+            kept_tenants(&retention, days_ago(2), now).ok(),
+            Some(vec![])
+        );
+        assert_eq!(
+            kept_tenants(&retention, days_ago(6), now).ok(),
+            Some(vec![])
+        );
         assert_eq!(
             kept_tenants(&retention, days_ago(6) - 1, now).ok(),
             Some(vec!["acme".to_owned()])

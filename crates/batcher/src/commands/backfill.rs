@@ -28,10 +28,9 @@ pub async fn run(command: BackfillCommand, ctx: &Context) -> anyhow::Result<()> 
             // Sessions known to begin before what raw events are kept are left as they are.
             let retention = RawRetention::current(&client, db).await?;
             // Its ClickHouse errors are told as such, as the flusher's are.
-            let steps =
-                sessions::backfill(&client, db, from, to, step, span, retention.as_ref())
-                    .await
-                    .context("ClickHouse")?;
+            let steps = sessions::backfill(&client, db, from, to, step, span, retention.as_ref())
+                .await
+                .context("ClickHouse")?;
             println!("sessions recomputed in {steps} steps");
         }
         BackfillCommand::Rollups {
