@@ -447,9 +447,12 @@ impl Run<'_> {
         let healed = sift_batcher::reconcile::run(
             &client,
             &self.db.name,
-            Duration::ZERO,
-            Duration::from_secs(window),
-            self.lookback,
+            sift_batcher::reconcile::Schedule {
+                settle: Duration::ZERO,
+                window: Duration::from_secs(window),
+                lookback: self.lookback,
+            },
+            None,
             (redis, self.keys),
         )
         .await?;

@@ -260,10 +260,14 @@ async fn the_cluster_ddl_parses_and_matches_the_single_node_schema() -> Result<(
         assert!(formatted.contains("ON CLUSTER"), "{formatted}");
         statements += 1;
     }
-    assert_eq!(statements, 11);
+    assert_eq!(statements, 12);
     assert!(
         cluster.contains("ADD INDEX IF NOT EXISTS inserted_at_minmax inserted_at TYPE minmax"),
         "the cluster DDL has the single node's skip index on inserted_at"
+    );
+    assert!(
+        cluster.contains("ADD INDEX IF NOT EXISTS user_id_bloom user_id TYPE bloom_filter(0.01)"),
+        "the cluster DDL has the single node's bloom filter index on user_id"
     );
     Ok(())
 }

@@ -276,3 +276,71 @@ async fn a_batcher_whose_runs_fail_leaves_the_flusher_to_another() -> Result<()>
     assert_eq!(failing.metric(series).await?, 0.0);
     w.cleanup().await
 }
+
+#[tokio::test]
+async fn a_batcher_stopped_by_sigterm_hands_the_flusher_lock_over_at_once() -> Result<()> {
+    let w = World::new(&["acme"]).await?;
+    let lock = w.key_spaces()[0].flusher_lock();
+    let mut redis = sift_e2e::redis_connection(&w.redis).await?;
+    let holder = |redis: &mut redis::aio::MultiplexedConnection| {
+        let lock = lock.clone();
+        let mut redis = redis.clone();
+        async move {
+            let holder: Option<String> =
+                redis::cmd("GET").arg(&lock).query_async(&mut redis).await?;
+            anyhow::Ok(holder)
+        }
+    };
+    // A 10 s period: the lock, taken at a's first tick, would stay a's for 10 s.
+    let a = w
+        .batcher("w-hand-a", &["--session-flush-secs", "10"])
+        .await?;
+    let started = Instant::now();
+    while holder(&mut redis).await?.as_deref() != Some("w-hand-a") {
+        ensure!(
+            started.elapsed() < Duration::from_secs(5),
+            "a never took the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let b = w
+        .batcher("w-hand-b", &["--session-flush-secs", "10"])
+        .await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        holder(&mut redis).await?.as_deref(),
+        Some("w-hand-a"),
+        "b polls, never steals"
+    );
+    let left: i64 = redis::cmd("PTTL")
+        .arg(&lock)
+        .query_async(&mut redis)
+        .await?;
+    assert!(left > 5000, "the lock would stay a's {left} ms more");
+
+    let stopping = Instant::now();
+    let exit = tokio::spawn(a.terminate());
+    while holder(&mut redis).await?.as_deref() != Some("w-hand-b") {
+        ensure!(
+            stopping.elapsed() < Duration::from_secs(3),
+            "b did not take the lock within 3 s of a's SIGTERM (it had {left} ms left): {:?}",
+            holder(&mut redis).await?
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let handed = stopping.elapsed();
+    assert!(exit.await??.success(), "a exits 0");
+    let series = "sift_flusher_runs_total{result=\"ok\"}";
+    while b.metric(series).await? < 1.0 {
+        ensure!(
+            stopping.elapsed() < Duration::from_secs(8),
+            "b never ran the flusher"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        handed < Duration::from_millis(u64::try_from(left)? - 2000),
+        "handed over after {handed:?}, the lock had {left} ms left"
+    );
+    w.cleanup().await
+}

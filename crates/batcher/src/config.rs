@@ -125,8 +125,9 @@ pub struct MigrateArgs {
     /// Which stores to migrate.
     #[arg(long, env = "SIFT_MIGRATE_TARGET", value_enum, default_value = "all")]
     pub target: MigrateTarget,
-    /// Days raw events are kept in ClickHouse (TTL of ai_events).
-    #[arg(long, env = "SIFT_RAW_TTL_DAYS", default_value_t = 30)]
+    /// Days raw events are kept in ClickHouse (TTL of ai_events), for every tenant without its
+    /// own retention (`tenant set-retention`, read from PostgreSQL).
+    #[arg(long, env = "SIFT_RAW_TTL_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::retention::MAX_DAYS)))]
     pub raw_ttl_days: u32,
     /// Days hourly rollups and session metrics are kept.
     #[arg(long, env = "SIFT_ROLLUP_TTL_DAYS", default_value_t = 365)]
@@ -300,8 +301,55 @@ pub enum TenantCommand {
         /// Events per second, or `none`.
         limit: String,
     },
-    /// List tenants with their rate limit and count of active keys.
+    /// Set how long a tenant's raw events are kept, or give it back the global raw TTL.
+    /// Enforced by ClickHouse (ai_events' TTL): rows past it go in ClickHouse's TTL merges,
+    /// usually within minutes. Rollups and sessions keep their own TTL.
+    SetRetention {
+        /// The tenant's id.
+        id: String,
+        /// Days (1 to 3650), or `default` for the global raw TTL (`migrate --raw-ttl-days`).
+        #[arg(long, env = "SIFT_TENANT_RAW_DAYS", value_parser = raw_days)]
+        raw_days: RawDays,
+    },
+    /// List tenants with their rate limit, raw retention and count of active keys.
     List,
+    /// Show one tenant, with the raw retention ClickHouse enforces for it.
+    Show {
+        /// The tenant's id.
+        id: String,
+    },
+}
+
+/// A tenant's retention of raw events as given on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawDays {
+    /// The global raw TTL.
+    Default,
+    Days(u32),
+}
+
+impl RawDays {
+    /// Its own days, if any.
+    pub fn own(self) -> Option<u32> {
+        match self {
+            Self::Default => None,
+            Self::Days(days) => Some(days),
+        }
+    }
+}
+
+/// `default`, or 1 to [`crate::retention::MAX_DAYS`] days.
+fn raw_days(text: &str) -> Result<RawDays, String> {
+    if text == "default" {
+        return Ok(RawDays::Default);
+    }
+    match text.parse::<u32>() {
+        Ok(days) if (1..=crate::retention::MAX_DAYS).contains(&days) => Ok(RawDays::Days(days)),
+        _ => Err(format!(
+            "use a number of days from 1 to {}, or `default`",
+            crate::retention::MAX_DAYS
+        )),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -487,6 +535,38 @@ mod tests {
             assert!(error.to_string().contains(flag), "{error}");
             let cli = Cli::try_parse_from(["sift-batcher", "run", flag, "1"]);
             assert!(cli.is_ok(), "{cli:?}");
+        }
+    }
+
+    #[test]
+    fn raw_retention_is_days_or_default() {
+        let parse = |value: &str| {
+            Cli::try_parse_from([
+                "sift-batcher",
+                "tenant",
+                "set-retention",
+                "acme",
+                "--raw-days",
+                value,
+            ])
+            .map(|cli| match cli.command {
+                super::Command::Tenant {
+                    command: super::TenantCommand::SetRetention { raw_days, .. },
+                } => raw_days,
+                other => panic!("parsed as {other:?}"),
+            })
+        };
+        assert_eq!(parse("7").ok(), Some(super::RawDays::Days(7)));
+        assert_eq!(parse("3650").ok(), Some(super::RawDays::Days(3650)));
+        assert_eq!(parse("default").ok(), Some(super::RawDays::Default));
+        for bad in ["0", "3651", "none", "7d", ""] {
+            let error = parse(bad).expect_err(bad);
+            assert_eq!(
+                error.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{bad}"
+            );
+            assert!(error.to_string().contains("--raw-days"), "{error}");
         }
     }
 

@@ -17,7 +17,8 @@
 //! - [`erasure`]: carrying out erasure requests, and the tombstones that keep an erased
 //!   subject's late events out.
 //! - [`health`] and [`metrics`]: `/healthz`, `/readyz`, `/metrics`.
-//! - [`postgres`], [`migrate`], [`tenants`]: schema and tenants/keys administration.
+//! - [`postgres`], [`migrate`], [`tenants`]: schema and tenants/keys administration;
+//!   [`retention`]: per-tenant retention of raw events, enforced by `ai_events`' TTL.
 //! - [`sql`]: names (the database, a table, a TTL) bound into SQL text, in one place.
 
 pub mod chunk;
@@ -35,6 +36,7 @@ pub mod migrate;
 pub mod postgres;
 pub mod queue;
 pub mod reconcile;
+pub mod retention;
 pub mod retry;
 pub mod rollups;
 pub mod rowbinary;

@@ -5,6 +5,7 @@ use sha2::{Digest, Sha256};
 use tokio_postgres::Client;
 
 use crate::postgres::PostgresError;
+use crate::retention::{self, RawRetention, RetentionError};
 use crate::sql;
 
 /// One migration file: applied once, in version order, never edited after release.
@@ -59,6 +60,12 @@ pub const POSTGRES: &[Migration] = &[
         apply: Apply::Statements,
     },
     Migration {
+        version: 5,
+        name: "tenant_retention",
+        sql: include_str!("../../../sql/postgres/0005_tenant_retention.sql"),
+        apply: Apply::Statements,
+    },
+    Migration {
         version: 6,
         name: "erasures",
         sql: include_str!("../../../sql/postgres/0006_erasures.sql"),
@@ -106,6 +113,12 @@ pub const CLICKHOUSE: &[Migration] = &[
         apply: Apply::RewriteEvents,
     },
     Migration {
+        version: 7,
+        name: "ai_events_ttl_recalculate_only",
+        sql: include_str!("../../../sql/clickhouse/0007_ai_events_ttl_recalculate_only.sql"),
+        apply: Apply::Statements,
+    },
+    Migration {
         version: 8,
         name: "ai_events_user_id",
         sql: include_str!("../../../sql/clickhouse/0008_ai_events_user_id.sql"),
@@ -117,24 +130,19 @@ pub const CLICKHOUSE: &[Migration] = &[
 #[derive(Debug, Clone)]
 pub struct ClickHouseSchema {
     pub database: String,
-    pub raw_ttl_days: u32,
+    /// The global raw TTL (`{raw_ttl_days}`) and the tenants' own retention, from PostgreSQL.
+    pub raw_retention: RawRetention,
     pub rollup_ttl_days: u32,
 }
 
 impl ClickHouseSchema {
-    /// Each table with a TTL, the TTL expression it must have now.
-    fn ttls(&self) -> [(&'static str, String); 4] {
+    /// Each table with a TTL in whole days, the TTL expression it must have now (`ai_events`'
+    /// is the raw retention's, see [`retention::enforce`]).
+    fn ttls(&self) -> [(&'static str, String); 3] {
         [
             (
                 "ai_events_hourly_final",
                 format!("hour + toIntervalDay({})", self.rollup_ttl_days),
-            ),
-            (
-                "ai_events",
-                format!(
-                    "toDateTime(event_time) + toIntervalDay({})",
-                    self.raw_ttl_days
-                ),
             ),
             (
                 "ai_events_hourly",
@@ -155,6 +163,8 @@ impl ClickHouseSchema {
 pub enum MigrateError {
     #[error("ClickHouse: {0}")]
     ClickHouse(#[from] clickhouse::error::Error),
+    #[error(transparent)]
+    Retention(#[from] RetentionError),
     #[error("ClickHouse database name {0:?} is not valid: use letters, digits and '_'")]
     DatabaseName(String),
     #[error(transparent)]
@@ -297,7 +307,10 @@ pub async fn clickhouse(
                     migration.sql,
                     &[
                         ("database", db),
-                        ("raw_ttl_days", &schema.raw_ttl_days.to_string()),
+                        (
+                            "raw_ttl_days",
+                            &schema.raw_retention.default_days.to_string(),
+                        ),
                         ("rollup_ttl_days", &schema.rollup_ttl_days.to_string()),
                     ],
                 );
@@ -442,13 +455,19 @@ async fn wait_for_inserts(client: &clickhouse::Client, db: &str) -> Result<(), M
 }
 
 /// Brings each table's TTL to the configured number of days (a TTL is configuration, set at
-/// migrate time, not part of a migration's history). Existing parts are not rewritten now;
-/// they expire by the new rule as merges reach them.
+/// migrate time, not part of a migration's history). `ai_events`' parts have their TTL
+/// bounds recomputed when its TTL changes ([`retention::enforce`]); the rollups' parts are not
+/// touched now: they expire by the new rule as TTL merges reach them.
 async fn reconcile_ttls(
     client: &clickhouse::Client,
     schema: &ClickHouseSchema,
 ) -> Result<(), MigrateError> {
     let db = &schema.database;
+    if retention::enforce(client, db, &schema.raw_retention, false).await?
+        == retention::Enforced::Changed
+    {
+        tracing::info!(ttl = %schema.raw_retention.ttl(), "ai_events: TTL bounds of its parts are being recomputed");
+    }
     for (table, ttl) in schema.ttls() {
         let engine: String = client
             .query("SELECT engine_full FROM system.tables WHERE database = ? AND name = ?")
@@ -456,7 +475,9 @@ async fn reconcile_ttls(
             .bind(table)
             .fetch_one()
             .await?;
-        if !engine.contains(&format!("TTL {ttl}")) {
+        // Followed by a space or the end: `toIntervalDay(365)` is not `toIntervalDay(3650)`.
+        let current = format!("TTL {ttl}");
+        if !(engine.contains(&format!("{current} ")) || engine.ends_with(&current)) {
             client
                 .query(&format!("ALTER TABLE {db}.{table} MODIFY TTL {ttl}"))
                 .with_setting("materialize_ttl_after_modify", "0")

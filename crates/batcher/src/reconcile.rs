@@ -16,6 +16,7 @@ use std::time::Duration;
 use clickhouse::Client;
 
 use crate::event_bounds::events_since;
+use crate::retention::RawRetention;
 use crate::rollups::{self, Group};
 
 /// A tenant hour whose rollup differed from its raw events.
@@ -32,12 +33,28 @@ pub struct Difference {
 
 /// The settled tenant hours whose last row arrived between `settle` and `settle + window` ago
 /// (by insertion into ClickHouse), among the hours of the last `lookback` (by event time).
-fn settled(db: &str, settle: Duration, window: Duration, lookback: Duration) -> String {
+/// An hour whose raw rows `retention` drops within this margin is not compared: the raw side
+/// would be short of what the rollup rightly counted, and a rebuild would lose it.
+const EXPIRY_MARGIN_SECS: u64 = 3600;
+
+fn settled(
+    db: &str,
+    settle: Duration,
+    window: Duration,
+    lookback: Duration,
+    retention: Option<&RawRetention>,
+) -> String {
     let since = format!("now64(3) - toIntervalSecond({})", lookback.as_secs());
+    let retained = retention.map_or_else(String::new, |r| {
+        format!(
+            " AND {} > now() + toIntervalSecond({EXPIRY_MARGIN_SECS})",
+            r.expiry_of("hour")
+        )
+    });
     format!(
         "SELECT tenant_id, toStartOfHour(event_time) AS hour FROM {db}.ai_events \
          WHERE {} AND inserted_at >= now64(3) - toIntervalSecond({}) \
-         GROUP BY tenant_id, hour HAVING max(inserted_at) < now64(3) - toIntervalSecond({})",
+         GROUP BY tenant_id, hour HAVING max(inserted_at) < now64(3) - toIntervalSecond({}){retained}",
         events_since(&since),
         (settle + window).as_secs(),
         settle.as_secs()
@@ -45,9 +62,13 @@ fn settled(db: &str, settle: Duration, window: Duration, lookback: Duration) -> 
 }
 
 /// The comparison of the settled hours' rollups with their raw events (see [`settled`]).
-fn differences_sql(db: &str, settle: Duration, window: Duration, lookback: Duration) -> String {
+fn differences_sql(
+    db: &str,
+    (settle, window, lookback): (Duration, Duration, Duration),
+    retention: Option<&RawRetention>,
+) -> String {
     let since = format!("now64(3) - toIntervalSecond({})", lookback.as_secs());
-    let groups = settled(db, settle, window, lookback);
+    let groups = settled(db, settle, window, lookback, retention);
     format!(
         "WITH groups AS ({groups})
 SELECT tenant_id, toInt64(toUnixTimestamp(hour)) AS hour, rollup, raw FROM
@@ -72,18 +93,32 @@ SETTINGS do_not_merge_across_partitions_select_final = 1, join_use_nulls = 0",
     )
 }
 
-/// Compares the hours settled for `settle` and touched in the `window` before that (see the
-/// module comment) and rebuilds those that differ; returns the differences found, each rebuilt.
+/// When an hour is compared: settled for `settle`, touched in the `window` before that, among
+/// the hours of the last `lookback`.
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    pub settle: Duration,
+    pub window: Duration,
+    pub lookback: Duration,
+}
+
+/// Compares the hours that `schedule` picks (see the module comment), but those whose raw rows
+/// `retention` is about to drop, and rebuilds those that differ; returns the differences
+/// found, each rebuilt.
 pub async fn run<C: redis::aio::ConnectionLike>(
     client: &Client,
     db: &str,
-    settle: Duration,
-    window: Duration,
-    lookback: Duration,
+    schedule: Schedule,
+    retention: Option<&RawRetention>,
     cache: (&mut C, &sift_core::KeySpace),
 ) -> Result<Vec<Difference>, rollups::RebuildError> {
+    let Schedule {
+        settle,
+        window,
+        lookback,
+    } = schedule;
     let differences: Vec<Difference> = client
-        .query(&differences_sql(db, settle, window, lookback))
+        .query(&differences_sql(db, (settle, window, lookback), retention))
         .fetch_all()
         .await?;
     if differences.is_empty() {
@@ -115,9 +150,16 @@ mod tests {
     fn only_settled_hours_of_the_window_are_compared() {
         let sql = super::differences_sql(
             "db",
-            Duration::from_secs(60),
-            Duration::from_secs(180),
-            Duration::from_secs(3600),
+            (
+                Duration::from_secs(60),
+                Duration::from_secs(180),
+                Duration::from_secs(3600),
+            ),
+            Some(&crate::retention::RawRetention::uniform(30)),
+        );
+        assert!(
+            sql.contains("toDateTime(hour) + toIntervalDay(30) > now() + toIntervalSecond(3600)"),
+            "{sql}"
         );
         assert!(
             sql.contains("inserted_at >= now64(3) - toIntervalSecond(240)"),

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clickhouse::Client;
 
+use crate::retention::{RawRetention, RetentionError};
 use crate::sql;
 
 /// Finalizes the groups selected by `{filter}` (a condition on `ai_events_hourly`).
@@ -92,13 +93,13 @@ pub enum RebuildError {
     Redis(#[from] redis::RedisError),
     #[error("the view's migration is not as expected")]
     ViewText,
-    #[error("cannot tell how long ai_events keeps raw events (not in days): {0}")]
-    UnreadableTtl(String),
+    #[error(transparent)]
+    Retention(#[from] RetentionError),
     #[error(
         "raw events are kept {days} days: rollups before {oldest} cannot be rebuilt from them \
          (they would be deleted and not written back)"
     )]
-    BeyondRawRetention { days: i64, oldest: String },
+    BeyondRawRetention { days: u32, oldest: String },
     #[error("rebuilding the day from {day} (its rollups may be missing until it is run again): {source}")]
     Day {
         day: String,
@@ -113,31 +114,28 @@ const DAY_MS: i64 = 86_400_000;
 /// hours, as the rollups count them) from the raw events, one day at a time: deletes the day's
 /// rollup rows, writes them anew from `ai_events FINAL`, finalizes them, and moves their
 /// versions on `cache` (the read API's cache). Refuses hours older than the raw events' TTL
-/// (less a day, for the rows TTL merges are dropping). Returns the steps and the tenant hours.
+/// (less a day, for the rows TTL merges are dropping), and leaves alone the rollups of the
+/// tenants whose own retention is shorter than the range reaches back (see [`kept_tenants`]).
 pub async fn rebuild(
     client: &Client,
     db: &str,
     from_ms: i64,
     to_ms: i64,
     cache: (&mut redis::aio::MultiplexedConnection, &sift_core::KeySpace),
-) -> Result<(u32, usize), RebuildError> {
+) -> Result<Rebuilt, RebuildError> {
     let (from_ms, to_ms) = (
         from_ms.div_euclid(HOUR_MS) * HOUR_MS,
         to_ms.saturating_add(HOUR_MS - 1).div_euclid(HOUR_MS) * HOUR_MS,
     );
-    if let Some(days) = raw_ttl_days(client, db).await? {
-        let oldest = sift_core::clock::now_ms() - (days - 1) * DAY_MS;
-        if from_ms < oldest {
-            let oldest = time::OffsetDateTime::from_unix_timestamp(oldest / 1000)
-                .map_or_else(|_| oldest.to_string(), |t| t.to_string());
-            return Err(RebuildError::BeyondRawRetention { days, oldest });
-        }
-    }
+    let kept = match RawRetention::current(client, db).await? {
+        Some(retention) => kept_tenants(&retention, from_ms, sift_core::clock::now_ms())?,
+        None => Vec::new(),
+    };
     let (conn, keys) = cache;
     let (mut start, mut steps, mut hours) = (from_ms, 0, 0);
     while start < to_ms {
         let end = (start + DAY_MS).min(to_ms);
-        let touched = rebuild_day(client, db, start, end)
+        let touched = rebuild_day(client, db, start, end, &kept)
             .await
             .map_err(|source| RebuildError::Day {
                 day: time::OffsetDateTime::from_unix_timestamp(start / 1000)
@@ -149,17 +147,63 @@ pub async fn rebuild(
         steps += 1;
         start = end;
     }
-    Ok((steps, hours))
+    Ok(Rebuilt { steps, hours, kept })
 }
 
-/// One day of [`rebuild`]; the (tenant, hour) pairs whose figures may have changed.
+/// What [`rebuild`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rebuilt {
+    /// Days rebuilt.
+    pub steps: u32,
+    /// (tenant, hour) pairs whose figures may have changed.
+    pub hours: usize,
+    /// Tenants whose rollups were left as they were (their raw events are kept for less).
+    pub kept: Vec<String>,
+}
+
+/// The tenants whose rollups a rebuild from `from_ms` must leave as they are: those whose own
+/// retention of raw events (less a day) does not reach back to it. Their raw rows there are
+/// gone, or going, so their rollups are the only copy left. A range beyond the global raw TTL
+/// is refused whole.
+fn kept_tenants(
+    retention: &RawRetention,
+    from_ms: i64,
+    now_ms: i64,
+) -> Result<Vec<String>, RebuildError> {
+    let oldest = |days: u32| now_ms - (i64::from(days) - 1) * DAY_MS;
+    let default_oldest = oldest(retention.default_days);
+    if from_ms < default_oldest {
+        let text = time::OffsetDateTime::from_unix_timestamp(default_oldest / 1000)
+            .map_or_else(|_| default_oldest.to_string(), |t| t.to_string());
+        return Err(RebuildError::BeyondRawRetention {
+            days: retention.default_days,
+            oldest: text,
+        });
+    }
+    Ok(retention
+        .tenants
+        .iter()
+        .filter(|(_, days)| from_ms < oldest(**days))
+        .map(|(tenant, _)| tenant.clone())
+        .collect())
+}
+
+/// One day of [`rebuild`], but for the tenants `kept`; the (tenant, hour) pairs whose figures
+/// may have changed.
 async fn rebuild_day(
     client: &Client,
     db: &str,
     start: i64,
     end: i64,
+    kept: &[String],
 ) -> Result<Vec<(String, i64)>, RebuildError> {
-    let hours = hours_between(start, end);
+    let others = if kept.is_empty() {
+        String::new()
+    } else {
+        let ids: Vec<String> = kept.iter().map(|t| format!("'{t}'")).collect();
+        format!(" AND tenant_id NOT IN ({})", ids.join(", "))
+    };
+    let hours = format!("{}{others}", hours_between(start, end));
     let groups = format!(
         "SELECT DISTINCT tenant_id, toInt64(toUnixTimestamp(hour)) FROM {db}.ai_events_hourly WHERE {hours}"
     );
@@ -170,12 +214,11 @@ async fn rebuild_day(
         .with_setting("lightweight_deletes_sync", "2")
         .execute()
         .await?;
-    write_from_raw(
-        client,
-        db,
-        &crate::event_bounds::events_between_ms(start, end),
-    )
-    .await?;
+    let events = format!(
+        "{}{others}",
+        crate::event_bounds::events_between_ms(start, end)
+    );
+    write_from_raw(client, db, &events).await?;
     touched.extend(client.query(&groups).fetch_all::<(String, i64)>().await?);
     finalize(client, db, &hours).await?;
     touched.sort_unstable();
@@ -278,26 +321,6 @@ fn groups_list(groups: &[Group]) -> String {
         .join(", ")
 }
 
-/// The raw events' TTL in days, as `ai_events` was created with (`None`: no TTL).
-async fn raw_ttl_days(client: &Client, db: &str) -> Result<Option<i64>, RebuildError> {
-    let engine: String = client
-        .query("SELECT engine_full FROM system.tables WHERE database = ? AND name = 'ai_events'")
-        .bind(db)
-        .fetch_one()
-        .await?;
-    match ttl_days(&engine) {
-        None if engine.contains("TTL ") => Err(RebuildError::UnreadableTtl(engine)),
-        days => Ok(days),
-    }
-}
-
-/// The days of `toIntervalDay(N)` in a table's engine text.
-fn ttl_days(engine: &str) -> Option<i64> {
-    let ttl = &engine[engine.find("TTL ")?..];
-    let days = sift_service::clickhouse_text::number_after(ttl, "toIntervalDay(")?;
-    i64::try_from(days).ok()
-}
-
 /// Moves the rollup versions of `touched` (tenant, hour in epoch seconds), as the batcher's
 /// acknowledgement does, so that the read API's cache fetches those hours again.
 pub async fn move_versions<C: redis::aio::ConnectionLike>(
@@ -347,12 +370,46 @@ pub async fn backfill(
 
 #[cfg(test)]
 mod tests {
+    use super::{kept_tenants, RebuildError, DAY_MS};
+    use crate::retention::RawRetention;
+
+    /// The retention read from ai_events' engine text bounds a rebuild: the global TTL (less a
+    /// day) refuses the range, a tenant's shorter one keeps that tenant's rollups out of it.
     #[test]
-    fn the_raw_ttl_is_read_from_the_engine() {
+    fn a_rebuild_stays_within_what_the_raw_ttl_keeps() {
         let engine = "ReplacingMergeTree(ingested_at) PARTITION BY toYYYYMM(event_time) \
-                      ORDER BY (tenant_id) TTL toDateTime(event_time) + toIntervalDay(30) SETTINGS x = 1";
-        assert_eq!(super::ttl_days(engine), Some(30));
-        assert_eq!(super::ttl_days("MergeTree ORDER BY x"), None);
+                      ORDER BY (tenant_id) TTL toDateTime(event_time) + \
+                      toIntervalDay(transform(tenant_id, ['acme', 'big'], [7, 90], 30)) SETTINGS x = 1";
+        let retention = RawRetention::from_engine(engine)
+            .ok()
+            .flatten()
+            .expect("a retention");
+        let now = 1_000 * DAY_MS;
+        let days_ago = |days: i64| now - days * DAY_MS;
+        assert_eq!(
+            kept_tenants(&retention, days_ago(2), now).ok(),
+            Some(vec![])
+        );
+        assert_eq!(
+            kept_tenants(&retention, days_ago(6), now).ok(),
+            Some(vec![])
+        );
+        assert_eq!(
+            kept_tenants(&retention, days_ago(6) - 1, now).ok(),
+            Some(vec!["acme".to_owned()])
+        );
+        assert_eq!(
+            kept_tenants(&retention, days_ago(29), now).ok(),
+            Some(vec!["acme".to_owned()])
+        );
+        assert!(matches!(
+            kept_tenants(&retention, days_ago(29) - 1, now),
+            Err(RebuildError::BeyondRawRetention { days: 30, .. })
+        ));
+        let plain = RawRetention::from_engine(
+            "MergeTree ORDER BY x TTL toDateTime(event_time) + toIntervalDay(30) SETTINGS x = 1",
+        );
+        assert_eq!(plain.ok().flatten(), Some(RawRetention::uniform(30)));
     }
 
     #[test]

@@ -4,16 +4,27 @@
 //! received events in the last minutes (the flusher runs them every period); [`backfill`]
 //! recomputes older ranges in bounded steps (`sift-batcher backfill sessions`). Raw events are
 //! deduplicated at read time (`FINAL`), on the events of the sessions recomputed only.
+//!
+//! A session that `ai_sessions` knows to begin before what the raw events' retention keeps
+//! (the global raw TTL or its tenant's own, [`RawRetention`]) is never recomputed: its first
+//! events are gone, or about to go, and the remainder would replace the whole session's row.
+//! Its row stays as it was last computed.
 
 use std::time::Duration;
 
 use clickhouse::Client;
 
 use crate::event_bounds::{events_between, events_since, utc};
+use crate::retention::RawRetention;
+
+/// How long before its first event leaves the raw events a known session stops being
+/// recomputed: longer than any run (a flusher run ends within its period, a backfill step is
+/// one query), so that no TTL merge removes that event while the session is read.
+const EXPIRY_MARGIN_SECS: u64 = 3600;
 
 /// The recomputation of the sessions picked by `{selector}`, a query returning
 /// `(tenant_id, session_id)` pairs, from their events that `{bound}` (a condition on
-/// `event_time`) keeps; `{db}` is the database. The bound keeps `FINAL` to the partitions and
+/// `event_time`) keeps, but those that `{retained}` leaves out; `{db}` is the database. The bound keeps `FINAL` to the partitions and
 /// hours it names, and since every copy of an event has the same `event_time` (it is in the
 /// sort key) and so the same monthly partition, `FINAL` need not merge across partitions.
 const RECOMPUTE: &str = "
@@ -34,7 +45,7 @@ SELECT
     toInt64(dateDiff('millisecond', min(event_time), max(event_time))) AS duration_ms,
     now64(3) AS computed_at
 FROM {db}.ai_events FINAL
-WHERE {bound} AND (tenant_id, session_id) IN ({selector})
+WHERE {bound} AND (tenant_id, session_id) IN ({selector}){retained}
 GROUP BY tenant_id, session_id
 SETTINGS do_not_merge_across_partitions_select_final = 1";
 
@@ -56,10 +67,11 @@ pub async fn flush_active(
     client: &Client,
     db: &str,
     window: FlushWindow,
+    retention: Option<&RawRetention>,
 ) -> Result<(), clickhouse::error::Error> {
     let (recent, active, long) = selections(db, window);
     let short = format!("{active} AND (tenant_id, session_id) NOT IN ({long})");
-    recompute(client, db, &events_since(&recent), &short).await
+    recompute(client, db, &events_since(&recent), &short, retention).await
 }
 
 /// Recomputes the active sessions that `ai_sessions` knows to begin before the span, from
@@ -69,10 +81,31 @@ pub async fn flush_long(
     client: &Client,
     db: &str,
     window: FlushWindow,
+    retention: Option<&RawRetention>,
 ) -> Result<(), clickhouse::error::Error> {
     let (recent, _, long) = selections(db, window);
+    let long = match retention {
+        // Their first events are gone: reaching back to them would read from the oldest of
+        // all, for nothing.
+        Some(retention) => format!(
+            "{long} AND (tenant_id, session_id) NOT IN ({})",
+            beyond_retention(db, &long, retention)
+        ),
+        None => long,
+    };
     let bound = events_since(&reach(db, &long, Edge::First, &recent));
-    recompute(client, db, &bound, &long).await
+    recompute(client, db, &bound, &long, retention).await
+}
+
+/// The sessions of `selector` that `ai_sessions` knows to begin before what `retention`
+/// keeps (within [`EXPIRY_MARGIN_SECS`] of it): each with its own tenant's retention.
+fn beyond_retention(db: &str, selector: &str, retention: &RawRetention) -> String {
+    format!(
+        "SELECT tenant_id, session_id FROM {db}.ai_sessions FINAL \
+         WHERE (tenant_id, session_id) IN ({selector}) \
+         AND {} <= now() + toIntervalSecond({EXPIRY_MARGIN_SECS})",
+        retention.expiry_of("first_seen")
+    )
 }
 
 /// The span's start, the active sessions, and those of them that began before the span.
@@ -119,16 +152,29 @@ fn reach(db: &str, selector: &str, edge: Edge, bound: &str) -> String {
     )
 }
 
-/// Recomputes the sessions that `selector` returns from their events that `bound` keeps.
+/// Recomputes the sessions that `selector` returns from their events that `bound` keeps, but
+/// those known to begin before what `retention` keeps (`None`: raw events are kept forever).
 async fn recompute(
     client: &Client,
     db: &str,
     bound: &str,
     selector: &str,
+    retention: Option<&RawRetention>,
 ) -> Result<(), clickhouse::error::Error> {
+    let retained = retention.map_or_else(String::new, |retention| {
+        format!(
+            " AND (tenant_id, session_id) NOT IN ({})",
+            beyond_retention(db, selector, retention)
+        )
+    });
     let sql = crate::sql::render(
         RECOMPUTE,
-        &[("db", db), ("bound", bound), ("selector", selector)],
+        &[
+            ("db", db),
+            ("bound", bound),
+            ("selector", selector),
+            ("retained", &retained),
+        ],
     );
     client.query(&sql).execute().await?;
     Ok(())
@@ -158,17 +204,21 @@ pub async fn recompute_between(
     from_ms: i64,
     to_ms: i64,
 ) -> Result<(), clickhouse::error::Error> {
+    // Whatever the tenant's retention: the row must hold no erased event, and what is left is
+    // what is there.
     recompute(
         client,
         db,
         &events_between(&utc(from_ms), &utc(to_ms)),
         selector,
+        None,
     )
     .await
 }
 
 /// Recomputes the sessions with events in `[from_ms, to_ms)`, one step at a time, each from
-/// its events within `max_span` of the step.
+/// its events within `max_span` of the step; but those known to begin before what `retention`
+/// keeps.
 pub async fn backfill(
     client: &Client,
     db: &str,
@@ -176,6 +226,7 @@ pub async fn backfill(
     to_ms: i64,
     step: Duration,
     max_span: Duration,
+    retention: Option<&RawRetention>,
 ) -> Result<u32, clickhouse::error::Error> {
     let step_ms = i64::try_from(step.as_millis())
         .unwrap_or(i64::MAX)
@@ -198,7 +249,7 @@ pub async fn backfill(
             ),
             &reach(db, &selector, Edge::Last, &utc(end.saturating_add(span_ms))),
         );
-        recompute(client, db, &bound, &selector).await?;
+        recompute(client, db, &bound, &selector, retention).await?;
         steps += 1;
         start = end;
     }

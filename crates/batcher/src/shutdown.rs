@@ -1,6 +1,7 @@
 //! SIGTERM/SIGINT handling: once signalled, the worker stops claiming and has until a deadline
 //! to finish the chunk in hand; past it, the chunk is left in its processing list, where the
-//! worker's restart or any other worker recovers it.
+//! worker's restart or any other worker recovers it. The session flusher waits for the same
+//! signal to hand its lock over ([`Shutdown::wait`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -15,6 +16,8 @@ pub struct Shutdown {
 struct Inner {
     requested: AtomicBool,
     deadline: OnceLock<Instant>,
+    /// Wakes the tasks in [`Shutdown::wait`].
+    notify: tokio::sync::Notify,
 }
 
 impl Shutdown {
@@ -22,6 +25,19 @@ impl Shutdown {
     pub fn request(&self, grace: Duration) {
         let _ = self.inner.deadline.set(Instant::now() + grace);
         self.inner.requested.store(true, Ordering::SeqCst);
+        self.inner.notify.notify_waiters();
+    }
+
+    /// Returns once shutdown is requested (at once if it already is).
+    pub async fn wait(&self) {
+        loop {
+            // Created before the check: a request between the two still wakes it.
+            let notified = self.inner.notify.notified();
+            if self.requested() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Stop claiming new records.
@@ -82,5 +98,28 @@ impl Shutdown {
             this.request(grace);
         });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::Shutdown;
+
+    #[tokio::test]
+    async fn a_waiter_wakes_on_the_request_and_a_late_one_returns_at_once() {
+        let shutdown = Shutdown::default();
+        let waiter = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move { shutdown.wait().await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished(), "no request yet");
+        shutdown.request(Duration::from_secs(5));
+        let woke = tokio::time::timeout(Duration::from_secs(1), waiter).await;
+        assert!(matches!(woke, Ok(Ok(()))), "{woke:?}");
+        let late = tokio::time::timeout(Duration::from_millis(100), shutdown.wait()).await;
+        assert!(late.is_ok());
     }
 }

@@ -1,5 +1,9 @@
 //! Tenants and API keys. A key is shown once, at creation; PostgreSQL keeps only its SHA-256,
-//! which is also what the ingest API looks up, with the key's scopes (what it may do).
+//! which is also what the ingest API looks up, with the key's scopes (what it may do). A
+//! tenant's own retention of raw events is kept here too (ClickHouse enforces it, see
+//! [`crate::retention`]).
+
+use std::collections::BTreeMap;
 
 use rand::RngCore;
 use sift_core::Scopes;
@@ -22,6 +26,8 @@ pub enum TenantError {
     NoSuchKey(String),
     #[error("rate limit {0} is not valid: use 1 to 2147483647 events per second")]
     InvalidRateLimit(u32),
+    #[error("retention of {0} days is not valid: use 1 to {max} days", max = crate::retention::MAX_DAYS)]
+    InvalidRetention(u32),
     #[error("a key needs at least one scope")]
     NoScopes,
     #[error("key {id} has a scope this version does not know: {source}")]
@@ -42,6 +48,8 @@ pub struct Tenant {
     pub id: String,
     pub name: String,
     pub rate_limit: Option<i32>,
+    /// Its own retention of raw events in days (`None`: the global raw TTL).
+    pub raw_days: Option<u32>,
     pub active_keys: i64,
 }
 
@@ -118,24 +126,121 @@ fn to_i32(limit: u32) -> Result<i32, TenantError> {
         .ok_or(TenantError::InvalidRateLimit(limit))
 }
 
+/// Arbitrary constant naming, among PostgreSQL advisory locks, the lock held while the
+/// tenants' retention is written to ClickHouse: two writers at once could each read the
+/// settings before the other's change, and the last to alter the TTL would drop the other's.
+const RETENTION_LOCK: i64 = 0x5f1f_7001;
+
+/// Sets (or with `None` removes) a tenant's own retention of raw events, in days. The caller
+/// holds [`lock_retention`] and then writes the settings to ClickHouse.
+pub async fn set_raw_retention(
+    client: &Client,
+    id: &str,
+    days: Option<u32>,
+) -> Result<(), TenantError> {
+    let days = days
+        .map(|d| {
+            i32::try_from(d)
+                .ok()
+                .filter(|d| (1..=crate::retention::MAX_DAYS as i32).contains(d))
+                .ok_or(TenantError::InvalidRetention(d))
+        })
+        .transpose()?;
+    let updated = client
+        .execute(
+            "UPDATE tenants SET raw_retention_days = $2 WHERE id = $1",
+            &[&id, &days],
+        )
+        .await?;
+    if updated == 0 {
+        return Err(TenantError::NoSuchTenant(id.to_owned()));
+    }
+    Ok(())
+}
+
+/// Takes the retention lock on this connection (a session lock, held until
+/// [`unlock_retention`] or the connection's end), waiting for another holder.
+pub async fn lock_retention(client: &Client) -> Result<(), TenantError> {
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&RETENTION_LOCK])
+        .await?;
+    Ok(())
+}
+
+/// Releases [`lock_retention`].
+pub async fn unlock_retention(client: &Client) -> Result<(), TenantError> {
+    client
+        .execute("SELECT pg_advisory_unlock($1)", &[&RETENTION_LOCK])
+        .await?;
+    Ok(())
+}
+
+/// The tenants with their own retention of raw events, in days. Empty on a database that
+/// PostgreSQL migration 5 has not reached yet: no tenant can have one there.
+pub async fn raw_retention_days(client: &Client) -> Result<BTreeMap<String, u32>, TenantError> {
+    use tokio_postgres::error::SqlState;
+    let rows = match client
+        .query(
+            "SELECT id, raw_retention_days FROM tenants WHERE raw_retention_days IS NOT NULL",
+            &[],
+        )
+        .await
+    {
+        Ok(rows) => rows,
+        Err(e)
+            if e.code() == Some(&SqlState::UNDEFINED_COLUMN)
+                || e.code() == Some(&SqlState::UNDEFINED_TABLE) =>
+        {
+            return Ok(BTreeMap::new())
+        }
+        Err(e) => return Err(e.into()),
+    };
+    rows.iter()
+        .map(|r| {
+            let days: i32 = r.try_get(1)?;
+            Ok((r.try_get(0)?, days.unsigned_abs()))
+        })
+        .collect()
+}
+
 pub async fn list_tenants(client: &Client) -> Result<Vec<Tenant>, TenantError> {
     let rows = client
         .query(
-            "SELECT t.id, t.name, t.rate_limit_per_sec, count(k.id) FILTER (WHERE k.revoked_at IS NULL)
+            "SELECT t.id, t.name, t.rate_limit_per_sec, t.raw_retention_days,
+                    count(k.id) FILTER (WHERE k.revoked_at IS NULL)
              FROM tenants t LEFT JOIN api_keys k ON k.tenant_id = t.id
-             GROUP BY t.id, t.name, t.rate_limit_per_sec ORDER BY t.id",
+             GROUP BY t.id, t.name, t.rate_limit_per_sec, t.raw_retention_days ORDER BY t.id",
             &[],
         )
         .await?;
-    Ok(rows
-        .iter()
-        .map(|r| Tenant {
-            id: r.get(0),
-            name: r.get(1),
-            rate_limit: r.get(2),
-            active_keys: r.get(3),
-        })
-        .collect())
+    rows.iter().map(tenant_of).collect()
+}
+
+/// One tenant, as [`list_tenants`] shows it.
+pub async fn get_tenant(client: &Client, id: &str) -> Result<Tenant, TenantError> {
+    let row = client
+        .query_opt(
+            "SELECT t.id, t.name, t.rate_limit_per_sec, t.raw_retention_days,
+                    count(k.id) FILTER (WHERE k.revoked_at IS NULL)
+             FROM tenants t LEFT JOIN api_keys k ON k.tenant_id = t.id
+             WHERE t.id = $1
+             GROUP BY t.id, t.name, t.rate_limit_per_sec, t.raw_retention_days",
+            &[&id],
+        )
+        .await?
+        .ok_or_else(|| TenantError::NoSuchTenant(id.to_owned()))?;
+    tenant_of(&row)
+}
+
+fn tenant_of(r: &tokio_postgres::Row) -> Result<Tenant, TenantError> {
+    let raw_days: Option<i32> = r.try_get(3)?;
+    Ok(Tenant {
+        id: r.try_get(0)?,
+        name: r.try_get(1)?,
+        rate_limit: r.try_get(2)?,
+        raw_days: raw_days.map(i32::unsigned_abs),
+        active_keys: r.try_get(4)?,
+    })
 }
 
 /// Creates a key for `tenant` with `scopes` (at least one).

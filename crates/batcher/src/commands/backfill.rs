@@ -9,6 +9,7 @@ use sift_core::KeySpace;
 
 use super::Context;
 use crate::config::BackfillCommand;
+use crate::retention::RawRetention;
 use crate::{rollups, sessions};
 
 pub async fn run(command: BackfillCommand, ctx: &Context) -> anyhow::Result<()> {
@@ -24,8 +25,10 @@ pub async fn run(command: BackfillCommand, ctx: &Context) -> anyhow::Result<()> 
             let (from, to) = range(&from, &to)?;
             let step = Duration::from_secs(step_minutes.max(1) * 60);
             let span = Duration::from_secs(session_max_span_hours * 3600);
+            // Sessions known to begin before what raw events are kept are left as they are.
+            let retention = RawRetention::current(&client, db).await?;
             // Its ClickHouse errors are told as such, as the flusher's are.
-            let steps = sessions::backfill(&client, db, from, to, step, span)
+            let steps = sessions::backfill(&client, db, from, to, step, span, retention.as_ref())
                 .await
                 .context("ClickHouse")?;
             println!("sessions recomputed in {steps} steps");
@@ -57,11 +60,17 @@ pub async fn run(command: BackfillCommand, ctx: &Context) -> anyhow::Result<()> 
             let mut conn = super::connect_redis(url).await?;
             let keys = KeySpace::shards(&redis.key_prefix, usize::from(redis.redis_shards));
             let shard0 = keys.first().context("no Redis shard")?;
-            let (steps, hours) =
-                rollups::rebuild(&client, db, from, to, (&mut conn, shard0)).await?;
+            let rebuilt = rollups::rebuild(&client, db, from, to, (&mut conn, shard0)).await?;
             println!(
-                "rollups rebuilt from the raw events and finalized in {steps} steps ({hours} tenant hours)"
+                "rollups rebuilt from the raw events and finalized in {} steps ({} tenant hours)",
+                rebuilt.steps, rebuilt.hours
             );
+            if !rebuilt.kept.is_empty() {
+                println!(
+                    "rollups of {} left as they were: their raw events are not kept that long",
+                    rebuilt.kept.join(", ")
+                );
+            }
         }
     }
     Ok(())

@@ -1,7 +1,8 @@
 //! `sift-batcher run`: builds the pools and the workers from the flags, starts the health
 //! server, the heartbeat and the gauges and (unless `--session-flush-secs 0`) the flusher, and
 //! runs the workers until SIGTERM: one worker loop per Redis shard, so that every batcher
-//! drains every shard and any of them recovers any shard's dead workers.
+//! drains every shard and any of them recovers any shard's dead workers. At SIGTERM the
+//! flusher hands its lock over too.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -173,6 +174,7 @@ async fn work(args: RunArgs, ctx: &Context) -> Result<(), RunError> {
                 max_span: Duration::from_secs(args.session_max_span_hours * 3600),
             },
             Duration::from_secs(args.rollup_settle_secs),
+            shutdown.clone(),
         ))
     });
     // Erasures requested through the API, carried out by whichever batcher takes them.
@@ -195,8 +197,14 @@ async fn work(args: RunArgs, ctx: &Context) -> Result<(), RunError> {
     heartbeat.abort();
     tombstone_task.abort();
     eraser.abort();
-    if let Some(flusher) = flusher {
-        flusher.abort();
+    if let Some(mut flusher) = flusher {
+        // It ends by the shutdown deadline (a run in progress is cut there) and releases its
+        // lock, so that another batcher takes the flusher over at once; the bound is for a
+        // Redis that does not answer.
+        let bound = Duration::from_secs(args.shutdown_deadline_secs + 5);
+        if tokio::time::timeout(bound, &mut flusher).await.is_err() {
+            flusher.abort();
+        }
     }
     for queue in workers.iter().flat_map(|worker| worker.queues()) {
         if let Err(error) = queue.leave().await {
