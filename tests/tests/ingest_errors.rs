@@ -190,7 +190,11 @@ async fn active_keys(db: &Database, tenant: &str) -> Result<u64> {
         .unwrap_or_default()
         .split_whitespace()
         .collect();
-    assert_eq!(header, ["id", "name", "events/s", "active_keys"], "{out}");
+    assert_eq!(
+        header,
+        ["id", "name", "events/s", "raw_days", "active_keys"],
+        "{out}"
+    );
     let line = lines
         .find(|l| l.split_whitespace().next() == Some(tenant))
         .with_context(|| format!("no line for {tenant} in\n{out}"))?;

@@ -2,14 +2,17 @@
 //! answered 503 while Redis had in fact taken its events, and that retries once Redis is back.
 //! An event that carries its own `timestamp` (or an `event_id`) is known by its identity for
 //! the event-id window and is collapsed; one with neither cannot be told from a new event.
-//! Real binaries, a Redis of the test's own (paused to make the ambiguous answer).
+//! Real binaries, a Redis of the test's own (kept busy to make the ambiguous answer), and
+//! the figures checked in ClickHouse against `FINAL`.
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use sift_e2e::{event, Fixture, PrivateRedis};
+use sift_e2e::{
+    assert_hourly_equals_raw, clickhouse_query, dataset, event, Fixture, PrivateRedis, World,
+};
 
 /// Keeps Redis busy for ARGV[1] milliseconds: it serves nobody else meanwhile.
 const BUSY: &str = r"
@@ -145,4 +148,90 @@ async fn a_resend_after_an_ambiguous_503_is_collapsed_by_the_events_timestamp() 
         "one record per event, whatever was resent"
     );
     f.cleanup().await
+}
+
+/// The fault the issue was found with, end to end: a batch answered 503 while Redis took it,
+/// resent with the rest of the load after the semantic window. Every intent is in `ai_events`
+/// once, the rollups count each once, and the hourly API equals the raw data with `FINAL`.
+#[tokio::test]
+async fn the_hourly_figures_count_each_intent_once_after_resends_past_the_window() -> Result<()> {
+    let redis = PrivateRedis::start(&[]).await?;
+    let w = World::sharded(
+        &["acme"],
+        &redis.url(),
+        1,
+        &[
+            "--dedup-window-ms",
+            "300",
+            "--redis-timeout-ms",
+            "200",
+            "--workers",
+            "1",
+        ],
+    )
+    .await?;
+    let _batcher = w
+        .batcher("w-resends", &["--session-flush-secs", "1"])
+        .await?;
+    // One request first, so that the API's connection to Redis is open (see above).
+    let load = dataset("resend", 400, 3, 17);
+    assert_eq!(w.send("acme", &load[..1]).await?, 1);
+
+    let mut conn = redis::Client::open(redis.url())?
+        .get_multiplexed_async_connection_with_config(
+            &redis::AsyncConnectionConfig::new()
+                .set_response_timeout(Some(Duration::from_secs(10))),
+        )
+        .await?;
+    let busy = tokio::spawn(async move {
+        redis::Script::new(BUSY)
+            .arg(1500)
+            .invoke_async::<i64>(&mut conn)
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let response = w
+        .http
+        .post(w.ingest.url("/v1/ai/events/batch"))
+        .bearer_auth(&w.keys["acme"])
+        .json(&load[1..200])
+        .send()
+        .await?;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    busy.await??;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // The client resends what failed, with the rest of its load.
+    assert_eq!(
+        w.send("acme", &load[1..]).await?,
+        200,
+        "the resent 199 collapsed"
+    );
+    w.wait_for_events(400).await?;
+
+    let events = w.table("ai_events");
+    let count = |sql: String| async move {
+        Ok::<u64, anyhow::Error>(clickhouse_query(&sql).await?.trim().parse()?)
+    };
+    assert_eq!(
+        count(format!("SELECT count() FROM {events} FINAL")).await?,
+        400
+    );
+    assert_eq!(
+        count(format!("SELECT count() FROM {events}")).await?,
+        400,
+        "no copy at all"
+    );
+    assert_eq!(
+        count(format!(
+            "SELECT sum(events) FROM {}",
+            w.table("ai_events_hourly")
+        ))
+        .await?,
+        400
+    );
+    let (status, body) = w.get("acme", &sift_e2e::hourly_path(4)).await?;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let rows = body["rows"].as_array().context("rows")?;
+    assert_hourly_equals_raw(&w, "acme", rows).await?;
+    w.cleanup().await
 }
