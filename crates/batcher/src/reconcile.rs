@@ -67,7 +67,12 @@ fn differences_sql(
     (settle, window, lookback): (Duration, Duration, Duration),
     retention: Option<&RawRetention>,
 ) -> String {
-    let since = format!("now64(3) - toIntervalSecond({})", lookback.as_secs());
+    // Whole hours on both sides: the lookback's first hour is compared whole, not from the
+    // instant the lookback begins (which would find every tenant's first hour short).
+    let since = format!(
+        "toStartOfHour(now64(3) - toIntervalSecond({}), 'UTC')",
+        lookback.as_secs()
+    );
     let groups = settled(db, settle, window, lookback, retention);
     format!(
         "WITH groups AS ({groups})
@@ -75,7 +80,7 @@ SELECT tenant_id, toInt64(toUnixTimestamp(hour)) AS hour, rollup, raw FROM
 (
     SELECT tenant_id, hour, toUInt64(sum(events)) AS rollup
     FROM {db}.ai_events_hourly
-    WHERE hour >= toStartOfHour({since}, 'UTC') AND (tenant_id, hour) IN (SELECT * FROM groups)
+    WHERE hour >= {since} AND (tenant_id, hour) IN (SELECT * FROM groups)
     GROUP BY tenant_id, hour
 ) AS r
 FULL OUTER JOIN
@@ -170,6 +175,11 @@ mod tests {
             "{sql}"
         );
         assert!(sql.contains("FROM db.ai_events FINAL"), "{sql}");
+        // The raw side counts whole hours, as the rollups do.
+        assert!(
+            sql.contains("event_time >= toStartOfHour(now64(3) - toIntervalSecond(3600), 'UTC')"),
+            "{sql}"
+        );
         assert!(sql.contains("WHERE rollup != raw"), "{sql}");
     }
 }

@@ -10,7 +10,9 @@
 //! (redis://127.0.0.1:6379), SIFT_CEILING_EVENTS (events per row, 400000), SIFT_CEILING_SECS
 //! (most seconds per row, 15), SIFT_CEILING_CONNS (connections per row, "1,2,4"),
 //! SIFT_CEILING_DEPTH (commands in flight per connection, 32), SIFT_CEILING_SCRIPT (the path
-//! of another claim.lua of the same layout, to compare; the crate's own when unset). Prints a Markdown table and
+//! of another claim.lua of the same layout, to compare; the crate's own when unset),
+//! SIFT_CEILING_TIMESTAMPS (1: every send carries its intent's client `timestamp`, so the
+//! copies without an `event_id` take the identity claim too; 0 by default). Prints a Markdown table and
 //! writes `target/redis-ceiling.json`. Redis's CPU share comes from /proc when Redis runs on
 //! this machine; keys go under a prefix of their own, deleted after each row.
 
@@ -33,8 +35,9 @@ fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
 }
 
-/// The sends of intent `n` of `client`, as the wrk script makes them.
-fn sends_of(client: &str, n: u64) -> Vec<serde_json::Value> {
+/// The sends of intent `n` of `client`, as the wrk script makes them; with `timestamp`
+/// (epoch seconds), every copy carries it, as an SDK's retries do.
+fn sends_of(client: &str, n: u64, timestamp: Option<f64>) -> Vec<serde_json::Value> {
     let session = format!("bench-session-{client}-{}", n / 20);
     let base = json!({
         "session_id": session, "prompt_text": format!("Summarise ticket {n} for customer {client}"),
@@ -49,6 +52,11 @@ fn sends_of(client: &str, n: u64) -> Vec<serde_json::Value> {
     let copies = [4, 3, 4, 4, 4][(n % 5) as usize];
     let mut sends = vec![base; copies - 1];
     sends.push(variant);
+    if let Some(at) = timestamp {
+        for send in &mut sends {
+            send["timestamp"] = json!(at);
+        }
+    }
     sends
 }
 
@@ -83,6 +91,7 @@ fn build(
 ) -> Work {
     let (limits, settings) = (config.limits(), config.dedup());
     let now = sift_core::clock::now_ms();
+    let timestamps = env_or("SIFT_CEILING_TIMESTAMPS", "0") == "1";
     let mut pending: Vec<serde_json::Value> = Vec::new();
     let (mut n, mut built) = (0u64, 0u64);
     let mut pipelines = Vec::new();
@@ -96,7 +105,8 @@ fn build(
                 // event_id's claim in Redis instead of finding it in the call's own table.
                 let mut block = Vec::new();
                 while block.len() < SPREAD_CALLS * per_call {
-                    block.extend(sends_of(client, n));
+                    let at = timestamps.then(|| (now / 1000 - 60 - (n % 3600) as i64) as f64);
+                    block.extend(sends_of(client, n, at));
                     n += 1;
                 }
                 shuffle(&mut block, n);
