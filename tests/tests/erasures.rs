@@ -173,11 +173,19 @@ async fn a_users_data_is_erased_everywhere_even_in_flight() -> Result<()> {
     // The sessions API serves the same: the shared session without u-gone's turns, u-gone's
     // own sessions no more.
     let (status, body) = w.get("acme", "/v1/ai/sessions/sess-shared").await?;
-    assert_eq!((status, body["turns"].as_u64()), (StatusCode::OK, Some(20)), "{body}");
+    assert_eq!(
+        (status, body["turns"].as_u64()),
+        (StatusCode::OK, Some(20)),
+        "{body}"
+    );
     let (status, body) = w.get("acme", "/v1/ai/sessions/sess-gone-01").await?;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     let (status, body) = w.get("globex", "/v1/ai/sessions/sess-gone-01").await?;
-    assert_eq!((status, body["turns"].as_u64()), (StatusCode::OK, Some(12)), "{body}");
+    assert_eq!(
+        (status, body["turns"].as_u64()),
+        (StatusCode::OK, Some(12)),
+        "{body}"
+    );
     for tenant in ["acme", "globex"] {
         let (status, body) = w.get(tenant, &sift_e2e::hourly_path(4)).await?;
         assert_eq!(status, StatusCode::OK, "{body}");

@@ -14,12 +14,44 @@ use sift_e2e::{
     assert_hourly_equals_raw, clickhouse_query, dataset, event, Fixture, PrivateRedis, World,
 };
 
+/// The API's flags for these tests: a short semantic window, so that a resend comes well
+/// after it; a short Redis timeout, so that a busy Redis is answered 503 while it still holds
+/// the script to run; one HTTP worker, whose one connection to Redis a first request opens.
+const AMBIGUOUS: &[&str] = &[
+    "--dedup-window-ms",
+    "300",
+    "--redis-timeout-ms",
+    "200",
+    "--workers",
+    "1",
+];
+
 /// Keeps Redis busy for ARGV[1] milliseconds: it serves nobody else meanwhile.
 const BUSY: &str = r"
 local function ms() local t = redis.call('TIME'); return t[1] * 1000 + t[2] / 1000 end
 local start = ms()
 while ms() - start < tonumber(ARGV[1]) do end
 return 1";
+
+/// Keeps `redis` busy for `ms` milliseconds, from a task of its own (a connection that waits
+/// for the script's answer as long as it takes).
+async fn keep_busy(
+    redis: &PrivateRedis,
+    ms: u64,
+) -> Result<tokio::task::JoinHandle<redis::RedisResult<i64>>> {
+    let mut conn = redis::Client::open(redis.url())?
+        .get_multiplexed_async_connection_with_config(
+            &redis::AsyncConnectionConfig::new()
+                .set_response_timeout(Some(Duration::from_secs(10))),
+        )
+        .await?;
+    Ok(tokio::spawn(async move {
+        redis::Script::new(BUSY)
+            .arg(ms)
+            .invoke_async::<i64>(&mut conn)
+            .await
+    }))
+}
 
 /// Milliseconds since the epoch, a minute ago (a client's own time for its events).
 fn a_minute_ago() -> i64 {
@@ -52,20 +84,7 @@ fn answers(body: &Value) -> Vec<(String, String)> {
 #[tokio::test]
 async fn a_resend_after_an_ambiguous_503_is_collapsed_by_the_events_timestamp() -> Result<()> {
     let redis = PrivateRedis::start(&[]).await?;
-    // A short semantic window, so that the resend comes well after it; a short Redis timeout,
-    // so that a paused Redis is answered 503 while it still holds the script to run.
-    let f = Fixture::with_redis(
-        &redis.url(),
-        &[
-            "--dedup-window-ms",
-            "300",
-            "--redis-timeout-ms",
-            "200",
-            "--workers",
-            "1",
-        ],
-    )
-    .await?;
+    let f = Fixture::with_redis(&redis.url(), AMBIGUOUS).await?;
     // One request first: the worker's connection to Redis is then open, and the claim below
     // reaches Redis before the API gives up on it.
     let (status, _) = f.event(&event("session-warm-up", "Hello")).await?;
@@ -86,18 +105,7 @@ async fn a_resend_after_an_ambiguous_503_is_collapsed_by_the_events_timestamp() 
     // Redis is kept busy for 1.5 s by a script of ours: the API gives up after 200 ms and
     // answers 503, and Redis then runs the claim it had received, so every event was in fact
     // taken (a restart or a failover can do the same).
-    let mut conn = redis::Client::open(redis.url())?
-        .get_multiplexed_async_connection_with_config(
-            &redis::AsyncConnectionConfig::new()
-                .set_response_timeout(Some(Duration::from_secs(10))),
-        )
-        .await?;
-    let busy = tokio::spawn(async move {
-        redis::Script::new(BUSY)
-            .arg(1500)
-            .invoke_async::<i64>(&mut conn)
-            .await
-    });
+    let busy = keep_busy(&redis, 1500).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (status, body) = f
         .post("/v1/ai/events/batch", "application/json", batch.to_string())
@@ -156,20 +164,7 @@ async fn a_resend_after_an_ambiguous_503_is_collapsed_by_the_events_timestamp() 
 #[tokio::test]
 async fn the_hourly_figures_count_each_intent_once_after_resends_past_the_window() -> Result<()> {
     let redis = PrivateRedis::start(&[]).await?;
-    let w = World::sharded(
-        &["acme"],
-        &redis.url(),
-        1,
-        &[
-            "--dedup-window-ms",
-            "300",
-            "--redis-timeout-ms",
-            "200",
-            "--workers",
-            "1",
-        ],
-    )
-    .await?;
+    let w = World::sharded(&["acme"], &redis.url(), 1, AMBIGUOUS).await?;
     let _batcher = w
         .batcher("w-resends", &["--session-flush-secs", "1"])
         .await?;
@@ -177,18 +172,7 @@ async fn the_hourly_figures_count_each_intent_once_after_resends_past_the_window
     let load = dataset("resend", 400, 3, 17);
     assert_eq!(w.send("acme", &load[..1]).await?, 1);
 
-    let mut conn = redis::Client::open(redis.url())?
-        .get_multiplexed_async_connection_with_config(
-            &redis::AsyncConnectionConfig::new()
-                .set_response_timeout(Some(Duration::from_secs(10))),
-        )
-        .await?;
-    let busy = tokio::spawn(async move {
-        redis::Script::new(BUSY)
-            .arg(1500)
-            .invoke_async::<i64>(&mut conn)
-            .await
-    });
+    let busy = keep_busy(&redis, 1500).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let response = w
         .http

@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use sift_core::KeySpace;
 
 use super::Context;
 use crate::config::BackfillCommand;
@@ -51,16 +50,8 @@ pub async fn run(command: BackfillCommand, ctx: &Context) -> anyhow::Result<()> 
             // The read API caches hours by their version: each day's are moved once it is
             // rebuilt (on shard 0; the API compares every shard's), or it would show the old
             // figures until its cache expires.
-            let redis = &ctx.redis;
-            let url = ctx
-                .shard_urls()?
-                .first()
-                .copied()
-                .context("no Redis shard")?;
-            let mut conn = super::connect_redis(url).await?;
-            let keys = KeySpace::shards(&redis.key_prefix, usize::from(redis.redis_shards));
-            let shard0 = keys.first().context("no Redis shard")?;
-            let rebuilt = rollups::rebuild(&client, db, from, to, (&mut conn, shard0)).await?;
+            let (mut conn, shard0) = ctx.versions_shard().await?;
+            let rebuilt = rollups::rebuild(&client, db, from, to, (&mut conn, &shard0)).await?;
             println!(
                 "rollups rebuilt from the raw events and finalized in {} steps ({} tenant hours)",
                 rebuilt.steps, rebuilt.hours

@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use sift_core::KeySpace;
 use sift_service::erasures::{self, Subject, SubjectKind};
 
 use super::Context;
@@ -40,15 +39,7 @@ pub async fn run(args: EraseArgs, ctx: &Context) -> anyhow::Result<()> {
         .context("the erasure was taken by another batcher")?;
     let db = &ctx.clickhouse.clickhouse_database;
     let client = ctx.clickhouse.client().with_database(db);
-    // The read API's rollup versions live on the first shard.
-    let url = ctx
-        .shard_urls()?
-        .first()
-        .copied()
-        .context("no Redis shard")?;
-    let mut conn = super::connect_redis(url).await?;
-    let keys = KeySpace::shards(&ctx.redis.key_prefix, usize::from(ctx.redis.redis_shards));
-    let shard0 = keys.first().context("no Redis shard")?;
+    let (mut conn, shard0) = ctx.versions_shard().await?;
     let settings = Settings {
         spread: Duration::from_millis(args.erasure.erasure_refresh_ms * 2),
         max_span: Duration::from_secs(args.session_max_span_hours * 3600),
@@ -60,7 +51,7 @@ pub async fn run(args: EraseArgs, ctx: &Context) -> anyhow::Result<()> {
         &worker,
         &client,
         db,
-        (&mut conn, shard0),
+        (&mut conn, &shard0),
         &settings,
     )
     .await

@@ -70,6 +70,26 @@ impl Context {
     }
 }
 
+impl Context {
+    /// A connection to the first Redis shard, with its keys: where the read API's rollup
+    /// versions live (moved by whatever rewrites rollups, so the API fetches those hours again).
+    pub async fn versions_shard(
+        &self,
+    ) -> anyhow::Result<(redis::aio::MultiplexedConnection, KeySpace)> {
+        let url = self
+            .shard_urls()?
+            .first()
+            .copied()
+            .context("no Redis shard")?;
+        let conn = connect_redis(url).await?;
+        let keys = KeySpace::shards(&self.redis.key_prefix, usize::from(self.redis.redis_shards))
+            .into_iter()
+            .next()
+            .context("no Redis shard")?;
+        Ok((conn, keys))
+    }
+}
+
 /// A connection to the Redis server at `url`.
 async fn connect_redis(url: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {
     redis::Client::open(url)?

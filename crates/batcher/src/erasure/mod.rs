@@ -137,29 +137,16 @@ pub async fn execute<C: redis::aio::ConnectionLike>(
         }
         rollups::rebuild_groups(client, db, &hours, (&mut *conn, keys)).await?;
 
-        left = read_back(
-            client,
-            db,
-            &subject,
-            &erasure.tenant_id,
-            &sessions,
-            &hours,
-            bound,
-        )
-        .await?;
-        if left.is_empty() {
-            // A chunk formed before the tombstone spread may still have been on its way.
-            tokio::time::sleep(settings.spread).await;
-            left = read_back(
-                client,
-                db,
-                &subject,
-                &erasure.tenant_id,
-                &sessions,
-                &hours,
-                bound,
-            )
-            .await?;
+        // Twice: a chunk formed before the tombstone spread may still have been on its way.
+        for pass in 0..2 {
+            if pass > 0 {
+                tokio::time::sleep(settings.spread).await;
+            }
+            let touched = (sessions.as_slice(), hours.as_slice(), bound);
+            left = read_back(client, db, &subject, &erasure.tenant_id, touched).await?;
+            if !left.is_empty() {
+                break;
+            }
         }
         if left.is_empty() {
             return Ok(Removed {
@@ -210,9 +197,7 @@ async fn read_back(
     db: &str,
     subject: &Scope,
     tenant: &str,
-    sessions: &[String],
-    hours: &[rollups::Group],
-    bound: Option<(i64, i64)>,
+    (sessions, hours, bound): (&[String], &[rollups::Group], Option<(i64, i64)>),
 ) -> Result<String, EraseError> {
     let mut left = Vec::new();
     let events: u64 = client
