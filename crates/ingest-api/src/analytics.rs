@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::ApiError;
 
 /// One hour of one model, as answered by `GET /v1/ai/stats/hourly`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct HourlyStats {
     /// Start of the hour, RFC 3339, UTC.
     pub hour: String,
@@ -247,7 +247,7 @@ impl HourlyStats {
 }
 
 /// One session's metrics, as answered by `GET /v1/ai/sessions/{session_id}`.
-#[derive(Debug, Clone, Row, Serialize, Deserialize)]
+#[derive(Debug, Clone, Row, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SessionStats {
     pub session_id: String,
     pub turns: u32,

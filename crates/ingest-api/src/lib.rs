@@ -14,6 +14,7 @@ pub mod dedup;
 pub mod error;
 pub mod json;
 pub mod metrics;
+pub mod openapi;
 pub mod outages;
 pub mod prepare;
 pub mod server;

@@ -11,6 +11,13 @@ const PAGE: &str = include_str!("../../assets/dashboard.html");
 const SCRIPT: &str = include_str!("../../assets/dashboard.js");
 const STYLE: &str = include_str!("../../assets/dashboard.css");
 
+/// The dashboard page (it asks for a key with the read scope, and calls the read API).
+#[utoipa::path(
+    get,
+    path = "/dashboard",
+    tag = "service",
+    responses((status = 200, description = "The page", content_type = "text/html"))
+)]
 pub async fn page() -> HttpResponse {
     HttpResponse::Ok()
         .content_type(ContentType::html())
@@ -23,6 +30,17 @@ pub async fn page() -> HttpResponse {
         .body(PAGE)
 }
 
+/// The dashboard's script and style.
+#[utoipa::path(
+    get,
+    path = "/dashboard/{asset}",
+    tag = "service",
+    params(("asset" = String, Path, description = "`dashboard.js` or `dashboard.css`")),
+    responses(
+        (status = 200, description = "The asset"),
+        (status = 404, description = "No such asset", body = crate::openapi::ErrorBody),
+    )
+)]
 pub async fn asset(name: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let (body, content_type) = match name.as_str() {
         "dashboard.js" => (SCRIPT, "text/javascript; charset=utf-8"),

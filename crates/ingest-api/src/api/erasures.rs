@@ -12,11 +12,27 @@ use sift_service::erasures::{self, Erasure, ErasureError, Subject, SubjectKind};
 
 use crate::body;
 use crate::error::ApiError;
+use crate::openapi::{ErasureAnswer, ErasureRequest, ErrorBody};
 use crate::state::AppState;
 
 /// The longest erasure body accepted (one id).
 const MAX_BODY_BYTES: usize = 4096;
 
+/// Asks for every event of one end user, or of one session, to be erased.
+#[utoipa::path(
+    post,
+    path = "/v1/ai/erasures",
+    tag = "admin",
+    request_body(content = ErasureRequest, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Recorded; `Location` names it", body = ErasureAnswer),
+        (status = 400, description = "Not one object with exactly one subject", body = ErrorBody),
+        (status = 401, description = "No key, or an unknown or revoked one", body = ErrorBody),
+        (status = 403, description = "The key lacks the admin scope", body = ErrorBody),
+        (status = 503, description = "PostgreSQL is unavailable (Retry-After)", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
 pub async fn create(
     request: HttpRequest,
     payload: web::Payload,
@@ -44,6 +60,22 @@ pub async fn create(
         .json(answer(&erasure)))
 }
 
+/// Where an erasure stands, and what it removed.
+#[utoipa::path(
+    get,
+    path = "/v1/ai/erasures/{id}",
+    tag = "admin",
+    params(("id" = i64, Path, description = "The erasure's id")),
+    responses(
+        (status = 200, description = "The erasure", body = ErasureAnswer),
+        (status = 400, description = "The id is not a number", body = ErrorBody),
+        (status = 401, description = "No key, or an unknown or revoked one", body = ErrorBody),
+        (status = 403, description = "The key lacks the admin scope", body = ErrorBody),
+        (status = 404, description = "No such erasure for this tenant", body = ErrorBody),
+        (status = 503, description = "PostgreSQL is unavailable (Retry-After)", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
 pub async fn show(
     request: HttpRequest,
     path: web::Path<String>,

@@ -5,18 +5,20 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 use sift_core::{InvalidRecord, Scope};
+use utoipa::ToSchema;
 
 use crate::auth::Caller;
 use crate::body::{self, Item};
 use crate::dedup::Outcome;
 use crate::error::ApiError;
 use crate::metrics::count_events;
+use crate::openapi::{ErrorBody, EventBody, RejectedBody};
 use crate::outages::watch;
 use crate::prepare::{claims, prepare};
 use crate::state::AppState;
 
 /// The answer for one event, in request order.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(tag = "status", rename_all = "lowercase")]
 pub enum EventResult {
     Accepted {
@@ -33,6 +35,25 @@ pub enum EventResult {
     },
 }
 
+/// Takes one event.
+#[utoipa::path(
+    post,
+    path = "/v1/ai/events",
+    tag = "ingest",
+    request_body(content = EventBody, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Accepted, or collapsed into an earlier copy", body = EventResult),
+        (status = 400, description = "The body is not JSON, or not what the route takes", body = ErrorBody),
+        (status = 401, description = "No key, or an unknown or revoked one", body = ErrorBody),
+        (status = 403, description = "The key lacks the route's scope", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 415, description = "Not application/json, or an unknown Content-Encoding", body = ErrorBody),
+        (status = 422, description = "The event breaks a rule", body = RejectedBody),
+        (status = 429, description = "Over the tenant's rate, or the queue is full (Retry-After)", body = ErrorBody),
+        (status = 503, description = "Redis or PostgreSQL is unavailable (Retry-After)", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
 pub async fn ingest_one(
     request: HttpRequest,
     payload: web::Payload,
@@ -52,14 +73,39 @@ pub async fn ingest_one(
     }
 }
 
-#[derive(Debug, Serialize)]
-struct BatchAnswer {
+/// A batch's answer: the counts, and one result per event in request order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchAnswer {
     accepted: usize,
     collapsed: usize,
     rejected: usize,
     results: Vec<EventResult>,
 }
 
+/// Takes a batch: a JSON array of events, or one event per line (NDJSON), gzip or not.
+#[utoipa::path(
+    post,
+    path = "/v1/ai/events/batch",
+    tag = "ingest",
+    request_body(
+        description = "A JSON array of events (`application/json`) or NDJSON (`application/x-ndjson`)",
+        content(
+            (Vec<EventBody> = "application/json"),
+            (String = "application/x-ndjson"),
+        )
+    ),
+    responses(
+        (status = 202, description = "One result per event, in order (refused events included)", body = BatchAnswer),
+        (status = 400, description = "The body is not JSON, or not what the route takes", body = ErrorBody),
+        (status = 401, description = "No key, or an unknown or revoked one", body = ErrorBody),
+        (status = 403, description = "The key lacks the route's scope", body = ErrorBody),
+        (status = 413, description = "The body or the batch is too large", body = ErrorBody),
+        (status = 415, description = "An unknown Content-Type or Content-Encoding", body = ErrorBody),
+        (status = 429, description = "Over the tenant's rate, or the queue is full (Retry-After)", body = ErrorBody),
+        (status = 503, description = "Redis or PostgreSQL is unavailable (Retry-After)", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
 pub async fn ingest_batch(
     request: HttpRequest,
     payload: web::Payload,

@@ -1,10 +1,10 @@
 //! The HTTP routes of `sift-ingest`.
 
-mod dashboard;
-mod erasures;
-mod events;
-mod health;
-mod stats;
+pub(crate) mod dashboard;
+pub(crate) mod erasures;
+pub(crate) mod events;
+pub(crate) mod health;
+pub(crate) mod stats;
 
 use actix_web::{web, HttpResponse};
 
@@ -26,6 +26,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
         .route("/metrics", web::get().to(health::metrics))
+        .route("/openapi.json", web::get().to(crate::openapi::document))
         .default_service(web::to(|| async {
             Err::<HttpResponse, _>(ApiError::NotFound("no such route".into()))
         }));

@@ -7,8 +7,9 @@ use serde::Deserialize;
 use serde_json::json;
 use sift_core::Scope;
 
-use crate::analytics;
+use crate::analytics::{self, SessionStats};
 use crate::error::{ApiError, Cause};
+use crate::openapi::{DedupAnswer, ErrorBody, HourlyAnswer};
 use crate::outages::watch;
 use crate::state::AppState;
 
@@ -63,6 +64,27 @@ fn parse<'a, T: Deserialize<'a>>(request: &'a HttpRequest) -> Result<T, ApiError
         .map_err(|e| ApiError::BadParameter(e.to_string()))
 }
 
+/// Per hour and model: events, successes, tokens, latency (average and p50/p95/p99), unique
+/// sessions and fallbacks, from the rollups.
+#[utoipa::path(
+    get,
+    path = "/v1/ai/stats/hourly",
+    tag = "read",
+    params(
+        ("from" = Option<String>, Query, description = "RFC 3339 or epoch seconds; default 24 hours before `to`"),
+        ("to" = Option<String>, Query, description = "RFC 3339 or epoch seconds; default the end of the current hour"),
+        ("model_version" = Option<String>, Query, description = "Only this model version"),
+    ),
+    responses(
+        (status = 200, description = "The figures", body = HourlyAnswer),
+        (status = 400, description = "A bad or unknown parameter, named", body = ErrorBody),
+        (status = 401, description = "No key, or an unknown or revoked one", body = ErrorBody),
+        (status = 403, description = "The key lacks the read scope", body = ErrorBody),
+        (status = 503, description = "ClickHouse is unavailable (Retry-After)", body = ErrorBody),
+        (status = 504, description = "ClickHouse did not answer within the read timeout", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
 pub async fn hourly(
     request: HttpRequest,
     state: web::Data<AppState>,
@@ -100,6 +122,24 @@ pub async fn hourly(
     })))
 }
 
+/// Events received and kept per hour, from the ingest API's counters (kept 8 days).
+#[utoipa::path(
+    get,
+    path = "/v1/ai/stats/dedup",
+    tag = "read",
+    params(
+        ("from" = Option<String>, Query, description = "RFC 3339 or epoch seconds"),
+        ("to" = Option<String>, Query, description = "RFC 3339 or epoch seconds"),
+    ),
+    responses(
+        (status = 200, description = "The counters", body = DedupAnswer),
+        (status = 400, description = "A bad or unknown parameter, named", body = ErrorBody),
+        (status = 401, description = "No key, or an unknown or revoked one", body = ErrorBody),
+        (status = 403, description = "The key lacks the read scope", body = ErrorBody),
+        (status = 503, description = "Redis is unavailable (Retry-After)", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
 pub async fn dedup(
     request: HttpRequest,
     state: web::Data<AppState>,
@@ -165,6 +205,23 @@ fn ratio(received: u64, accepted: u64) -> f64 {
     }
 }
 
+/// One session's metrics, as the session flusher last computed them.
+#[utoipa::path(
+    get,
+    path = "/v1/ai/sessions/{session_id}",
+    tag = "read",
+    params(("session_id" = String, Path, description = "1 to 128 characters")),
+    responses(
+        (status = 200, description = "The session's metrics", body = SessionStats),
+        (status = 400, description = "A bad or unknown parameter, named", body = ErrorBody),
+        (status = 401, description = "No key, or an unknown or revoked one", body = ErrorBody),
+        (status = 403, description = "The key lacks the read scope", body = ErrorBody),
+        (status = 404, description = "No metrics for the session (yet)", body = ErrorBody),
+        (status = 503, description = "ClickHouse is unavailable (Retry-After)", body = ErrorBody),
+        (status = 504, description = "ClickHouse did not answer within the read timeout", body = ErrorBody),
+    ),
+    security(("api_key" = []))
+)]
 pub async fn session(
     request: HttpRequest,
     path: web::Path<String>,
