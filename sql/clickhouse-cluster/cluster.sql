@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS {database}.ai_events_local ON CLUSTER '{cluster}'
     prompt_hash         FixedString(32),
     normalizer_version  UInt16,
     model_version       LowCardinality(String),
+    model               LowCardinality(String) DEFAULT '',
     provider            LowCardinality(String),
     operation           LowCardinality(String),
     latency_ms          Float64,

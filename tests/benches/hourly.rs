@@ -76,6 +76,7 @@ async fn main() -> Result<()> {
             SHA256(toString(number % 100000)) AS prompt_hash,
             1 AS normalizer_version,
             concat('v', toString(intHash32(number + 8) % 5), '.0.0') AS model_version,
+            '' AS model,
             'openai' AS provider, 'chat' AS operation,
             10 + (intHash32(number + 2) % 200000) / 100.0 AS latency_ms,
             toUInt32(intHash32(number + 3) % 3000) AS token_count,

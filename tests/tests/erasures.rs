@@ -69,7 +69,10 @@ async fn a_users_data_is_erased_everywhere_even_in_flight() -> Result<()> {
         30,
         "g",
     );
-    let stay = events_of("u-stay", &["sess-stay-01", "sess-shared"], 40, "s");
+    let mut stay = events_of("u-stay", &["sess-stay-01", "sess-shared"], 40, "s");
+    for event in &mut stay {
+        event["model"] = json!("claude-sonnet-4-5");
+    }
     let other_tenant = events_of("u-gone", &["sess-gone-01"], 12, "o");
     let mut sent = w.send("acme", &gone).await? + w.send("acme", &stay).await?;
     sent += w.send("globex", &other_tenant).await?;
@@ -147,6 +150,14 @@ async fn a_users_data_is_erased_everywhere_even_in_flight() -> Result<()> {
     };
     assert_eq!(count(&of("acme", "u-gone")).await?, 0);
     assert_eq!(count(&of("acme", "u-stay")).await?, 40);
+    assert_eq!(
+        count(&format!(
+            "SELECT count() FROM {events} FINAL WHERE model = 'claude-sonnet-4-5'"
+        ))
+        .await?,
+        40,
+        "the provider's model name is stored"
+    );
     assert_eq!(count(&of("globex", "u-gone")).await?, 12);
     // Sessions: u-gone's own are gone; the shared one counts u-stay's 20 events alone.
     let rows = w

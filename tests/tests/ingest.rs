@@ -47,11 +47,20 @@ async fn other_sessions_turns_and_tenants_are_other_intents() -> Result<()> {
     turn0["turn_index"] = json!(0);
     let mut turn1 = event("session-0001", prompt);
     turn1["turn_index"] = json!(1);
+    // The same call to another provider model is another intent; a bad name is refused.
+    let mut on_mini = event("session-0001", prompt);
+    on_mini["model"] = json!("gpt-4o-mini");
+    let mut bad_model = on_mini.clone();
+    bad_model["model"] = json!("gpt 4o");
+    let (status, answer) = f.event(&bad_model).await?;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(answer["field"], "model", "{answer}");
     for body in [
         event("session-0001", prompt),
         event("session-0002", prompt),
         turn0,
         turn1,
+        on_mini,
     ] {
         let (status, answer) = f.event(&body).await?;
         assert_eq!(
@@ -75,8 +84,15 @@ async fn other_sessions_turns_and_tenants_are_other_intents() -> Result<()> {
     );
 
     let queue = f.queue().await?;
-    assert_eq!(queue.len(), 5);
+    assert_eq!(queue.len(), 6);
     assert_eq!(queue.iter().filter(|r| r.tenant_id == "globex").count(), 1);
+    assert_eq!(
+        queue
+            .iter()
+            .filter(|r| r.model.as_deref() == Some("gpt-4o-mini"))
+            .count(),
+        1
+    );
     f.cleanup().await
 }
 

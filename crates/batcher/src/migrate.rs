@@ -124,6 +124,12 @@ pub const CLICKHOUSE: &[Migration] = &[
         sql: include_str!("../../../sql/clickhouse/0008_ai_events_user_id.sql"),
         apply: Apply::Statements,
     },
+    Migration {
+        version: 9,
+        name: "ai_events_model",
+        sql: include_str!("../../../sql/clickhouse/0009_ai_events_model.sql"),
+        apply: Apply::Statements,
+    },
 ];
 
 /// Values filled into the ClickHouse migrations.

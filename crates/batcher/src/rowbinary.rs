@@ -39,6 +39,7 @@ pub const COLUMNS: &[(&str, &str)] = &[
     ("fallback_chain", "Array(LowCardinality(String))"),
     ("properties", "String"),
     ("user_id", "String"),
+    ("model", "LowCardinality(String)"),
     ("chunk_id", "FixedString(32)"),
     ("ingested_at", "DateTime64(3, 'UTC')"),
 ];
@@ -75,6 +76,7 @@ pub fn encode(out: &mut Vec<u8>, record: &QueueRecord<'_>, chunk_id: &Digest) {
     }
     text(out, record.properties.as_deref());
     text(out, record.user_id.as_deref());
+    text(out, record.model.as_deref());
     out.extend_from_slice(chunk_id.as_bytes());
     out.extend_from_slice(&record.ingested_at_ms.to_le_bytes());
 }
@@ -140,7 +142,7 @@ mod tests {
         // tenant, time, digest, session (1 + 12), digest, version, model (1 + 6), provider
         // and operation (empty), latency, three counts, success, event id (empty),
         // turn index (0 + 4), stream (empty), chunk index (null), final, chain (1 + 1 + 6),
-        // properties (empty), user (empty), chunk id, ingestion time.
+        // properties (empty), user and model (empty), chunk id, ingestion time.
         let expected = 5
             + 8
             + 32
@@ -159,6 +161,7 @@ mod tests {
             + 1
             + 1
             + 8
+            + 1
             + 1
             + 1
             + 32

@@ -30,6 +30,9 @@ pub struct Event {
     /// The end user the event is about, when the application tells: what an erasure of that
     /// user's data finds the events by.
     pub user_id: Option<String>,
+    /// The provider's name of the model (`gpt-4o-mini`), beside the application's
+    /// `model_version`.
+    pub model: Option<String>,
 }
 
 /// A chunk of a streamed answer: every chunk of one stream is one intent.

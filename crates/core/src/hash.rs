@@ -126,6 +126,11 @@ fn semantic(tenant: &str, event: &Event, normalized_prompt: &str) -> SemanticHas
         hasher.update(normalized_prompt.as_bytes());
         hasher.update(b"|");
         hasher.update(event.model_version.as_bytes());
+        // Only when given, so that the intents of events without it hash as they always did.
+        if let Some(model) = &event.model {
+            hasher.update(b"|model:");
+            hasher.update(model.as_bytes());
+        }
         if let Some(turn) = event.turn_index {
             hasher.update(b"|");
             hasher.update(turn.to_string().as_bytes());

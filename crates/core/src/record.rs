@@ -6,7 +6,7 @@
 //! a quarter of the JSON it replaced, which matters because the queue lives in Redis's memory
 //! and every byte of it is copied by the API, Redis and the batcher. Records of the older
 //! versions are still read, so a batcher drains what an older ingest API queued during a
-//! rolling deploy: version 2 (the same fields but the last, `user_id`) and version 1 (a JSON
+//! rolling deploy: version 2 (the same fields but the last two, `user_id` and `model`) and version 1 (a JSON
 //! object with `"v":1` and hex digests). Byte 3 starts a frame of records, not a record. A record borrows its strings from the bytes it
 //! was decoded from (or from the event it was built from), so neither side copies them.
 //!
@@ -23,8 +23,9 @@ use crate::normalize::NORMALIZER_VERSION;
 
 /// The version [`QueueRecord::encode`] writes: its first byte.
 pub const QUEUE_RECORD_VERSION: u8 = 4;
-/// The previous binary version: every field of version 4 but `user_id`, which postcard, a
-/// positional encoding, cannot leave out at the end; read as version 4 without a user.
+/// The previous binary version: every field of version 4 but `user_id` and `model`, which
+/// postcard, a positional encoding, cannot leave out at the end; read as version 4 without
+/// them.
 const QUEUE_RECORD_V2: u8 = 2;
 /// The first byte of a frame: the records one request had accepted, queued as one element.
 pub const FRAME_VERSION: u8 = 3;
@@ -133,9 +134,11 @@ pub struct QueueRecord<'a> {
     #[serde(borrow, deserialize_with = "borrowed_option")]
     pub properties: Option<Cow<'a, str>>,
     pub ingested_at_ms: i64,
-    /// Last, so that a version 2 record is this one without it.
+    /// Last with `model`, so that a version 2 record is this one without them.
     #[serde(borrow, deserialize_with = "borrowed_option")]
     pub user_id: Option<Cow<'a, str>>,
+    #[serde(borrow, deserialize_with = "borrowed_option")]
+    pub model: Option<Cow<'a, str>>,
 }
 
 impl<'a> QueueRecord<'a> {
@@ -187,6 +190,7 @@ impl<'a> QueueRecord<'a> {
             properties: borrowed(&event.properties),
             ingested_at_ms,
             user_id: borrowed(&event.user_id),
+            model: borrowed(&event.model),
         }
     }
 
@@ -204,11 +208,11 @@ impl<'a> QueueRecord<'a> {
             None => Err(RecordError::Empty),
             Some(&QUEUE_RECORD_VERSION) => Self::decode_fields(&bytes[1..]),
             Some(&QUEUE_RECORD_V2) => {
-                // Version 2 is version 4 without its last field: a `None` (one zero byte)
-                // added makes it one, owned (only what an older API queued takes this copy).
-                let mut fields = Vec::with_capacity(bytes.len());
+                // Version 2 is version 4 without its last two fields: a `None` (one zero byte)
+                // for each makes it one, owned (only what an older API queued takes this copy).
+                let mut fields = Vec::with_capacity(bytes.len() + 1);
                 fields.extend_from_slice(&bytes[1..]);
-                fields.push(0);
+                fields.extend_from_slice(&[0, 0]);
                 Ok(QueueRecord::decode_fields(&fields)?.into_owned())
             }
             Some(b'{') => decode_v1(bytes),
@@ -262,6 +266,7 @@ impl<'a> QueueRecord<'a> {
             properties: own(self.properties),
             ingested_at_ms: self.ingested_at_ms,
             user_id: own(self.user_id),
+            model: own(self.model),
         }
     }
 }
@@ -337,6 +342,7 @@ fn decode_v1(bytes: &[u8]) -> Result<QueueRecord<'static>, RecordError> {
         properties: r.properties.map(Cow::Owned),
         ingested_at_ms: r.ingested_at_ms,
         user_id: None,
+        model: None,
     })
 }
 

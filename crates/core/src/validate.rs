@@ -81,6 +81,7 @@ const FIELDS: &[(&str, &[&str])] = &[
     ("operation", &["gen_ai.operation.name"]),
     ("properties", &[]),
     ("user_id", &["user.id"]),
+    ("model", &[]),
 ];
 
 /// The API v1 name of `name` (itself or the field it is an alias of), as [`FIELDS`] lists
@@ -107,6 +108,7 @@ fn canonical(name: &str) -> Option<&'static str> {
         "operation" | "gen_ai.operation.name" => "operation",
         "properties" => "properties",
         "user_id" | "user.id" => "user_id",
+        "model" => "model",
         _ => return None,
     })
 }
@@ -142,6 +144,7 @@ pub fn validate(value: &Value, limits: &Limits, now_ms: i64) -> Result<Event> {
             "must match ^v\\d+\\.\\d+\\.\\d+$ (e.g. v1.2.3)",
         ));
     }
+    let model = fields.model("model")?;
     let latency_ms = fields
         .number("latency_ms")?
         .ok_or_else(|| missing("latency_ms"))?;
@@ -229,6 +232,7 @@ pub fn validate(value: &Value, limits: &Limits, now_ms: i64) -> Result<Event> {
         operation,
         properties,
         user_id,
+        model,
     })
 }
 
@@ -305,6 +309,17 @@ impl<'a> Fields<'a> {
     }
 
     /// A short name such as a provider: 1 to 64 characters.
+    /// A model name ([`is_model_name`]).
+    fn model(&self, field: &str) -> Result<Option<String>> {
+        match self.string(field)? {
+            Some(name) if !is_model_name(&name) => Err(ValidationError::new(
+                field,
+                "must be 1 to 128 letters, digits and . _ - : / @ + (e.g. gpt-4o-mini)",
+            )),
+            name => Ok(name),
+        }
+    }
+
     fn label(&self, field: &str) -> Result<Option<String>> {
         self.id(field, 1, 64)
     }
@@ -343,6 +358,15 @@ impl<'a> Fields<'a> {
             Some(_) => Err(ValidationError::new(field, "must be true or false")),
         }
     }
+}
+
+/// The provider's model name (`gpt-4o-mini`, `claude-sonnet-4-5`,
+/// `anthropic.claude-3-5-sonnet-20240620-v1:0`, `meta-llama/Llama-3.1-8B-Instruct`): 1 to 128
+/// ASCII letters, digits and `.`, `_`, `-`, `:`, `/`, `@`, `+`.
+pub fn is_model_name(s: &str) -> bool {
+    (1..=128).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-:/@+".contains(&b))
 }
 
 /// `^v\d+\.\d+\.\d+$`, each number at most 9 digits.

@@ -56,12 +56,13 @@ fn queue_records_round_trip_and_refuse_unknown_versions() {
         "session_id": "session-0001", "prompt_text": "Hi", "model_version": "v1.0.0",
         "latency_ms": 5, "token_count": 3, "fallback_chain": ["v2.0.0", "v1.0.0"],
         "properties": {"feature": "chat", "beta": true}, "event_id": "evt-1",
-        "user.id": "user-42",
+        "user.id": "user-42", "model": "gpt-4o-mini",
     });
     let event = validate(&body, &Limits::default(), 1_790_000_000_000).expect("valid");
     let record = QueueRecord::new("acme", &event, 1_790_000_000_001);
     assert_eq!(record.semantic_hash, SemanticHash::of("acme", &event));
     assert_eq!(record.user_id.as_deref(), Some("user-42"));
+    assert_eq!(record.model.as_deref(), Some("gpt-4o-mini"));
     let bytes = record.encode();
     assert_eq!(bytes[0], 4, "version 4: binary");
     assert!(bytes.len() < 200, "{} bytes", bytes.len());
@@ -99,11 +100,11 @@ fn version_2_records_are_read_without_a_user() {
     let record = QueueRecord::new("acme", &event, 1_790_000_000_001);
     let v4 = record.encode();
     assert_eq!(
-        v4.last(),
-        Some(&0),
-        "no user: postcard's None, one zero byte"
+        v4[v4.len() - 2..],
+        [0, 0],
+        "no user, no model: postcard's None twice"
     );
-    let mut v2 = v4[..v4.len() - 1].to_vec();
+    let mut v2 = v4[..v4.len() - 2].to_vec();
     v2[0] = 2;
     let read = QueueRecord::decode(&v2).expect("a version 2 record");
     assert_eq!(read, record);

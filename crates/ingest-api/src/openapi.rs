@@ -141,6 +141,8 @@ pub struct EventBody {
     properties: Option<serde_json::Map<String, serde_json::Value>>,
     /// The end user, for erasure (alias `user.id`).
     user_id: Option<String>,
+    /// The provider's model name (`gpt-4o-mini`): 1 to 128 letters, digits and `. _ - : / @ +`.
+    model: Option<String>,
 }
 
 /// `GET /v1/ai/stats/hourly`: the key's tenant, the range, a row per hour and model.
