@@ -135,16 +135,20 @@ pub fn validate(value: &Value, limits: &Limits, now_ms: i64) -> Result<Event> {
             format!("must be at most {} bytes", limits.max_prompt_bytes),
         ));
     }
-    let model_version = fields
-        .string("model_version")?
-        .ok_or_else(|| missing("model_version"))?;
-    if !is_model_version(&model_version) {
-        return Err(ValidationError::new(
-            "model_version",
-            "must match ^v\\d+\\.\\d+\\.\\d+$ (e.g. v1.2.3)",
-        ));
-    }
     let model = fields.model("model")?;
+    // An event that names its provider's model may leave the application's version out (an
+    // OpenTelemetry span carries none): it is then empty.
+    let model_version = match (fields.string("model_version")?, &model) {
+        (Some(version), _) if !is_model_version(&version) => {
+            return Err(ValidationError::new(
+                "model_version",
+                "must match ^v\\d+\\.\\d+\\.\\d+$ (e.g. v1.2.3)",
+            ))
+        }
+        (Some(version), _) => version,
+        (None, Some(_)) => String::new(),
+        (None, None) => return Err(missing("model_version")),
+    };
     let latency_ms = fields
         .number("latency_ms")?
         .ok_or_else(|| missing("latency_ms"))?;

@@ -33,6 +33,22 @@ fn a_minimal_event_is_valid_with_defaults() {
     assert_eq!(event.token_count, 42);
 }
 
+/// An event that names its provider's model may leave `model_version` out: it is empty.
+#[test]
+fn a_model_name_stands_in_for_the_version() {
+    let mut body = base();
+    body.as_object_mut()
+        .expect("object")
+        .remove("model_version");
+    body["model"] = json!("anthropic.claude-3-5-sonnet-20240620-v1:0");
+    let event = validate(&body, &Limits::default(), NOW_MS).expect("valid");
+    assert_eq!(event.model_version, "");
+    assert_eq!(
+        event.model.as_deref(),
+        Some("anthropic.claude-3-5-sonnet-20240620-v1:0")
+    );
+}
+
 #[test]
 fn each_rule_names_its_field() {
     let cases = [
@@ -45,6 +61,14 @@ fn each_rule_names_its_field() {
         (json!({"model_version": "1.2.3"}), "model_version"),
         (json!({"model_version": "v1.2"}), "model_version"),
         (json!({"model_version": "v1.2.3-beta"}), "model_version"),
+        (json!({"model_version": ""}), "model_version"),
+        (json!({"model_version": null}), "model_version"),
+        (
+            json!({"model_version": "", "model": "gpt-4o"}),
+            "model_version",
+        ),
+        (json!({"model": "gpt 4o"}), "model"),
+        (json!({"model": ""}), "model"),
         (json!({"latency_ms": 0}), "latency_ms"),
         (json!({"latency_ms": -3}), "latency_ms"),
         (json!({"token_count": -1}), "token_count"),

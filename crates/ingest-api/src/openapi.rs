@@ -113,8 +113,8 @@ pub struct EventBody {
     session_id: String,
     /// The prompt: only its normalized hash is kept. At most `--max-prompt-bytes`.
     prompt_text: String,
-    /// `v` and three numbers, e.g. `v1.2.3`.
-    model_version: String,
+    /// `v` and three numbers, e.g. `v1.2.3`. Required unless `model` is given.
+    model_version: Option<String>,
     /// Above 0, at most 3,600,000.
     latency_ms: f64,
     /// Required unless both `input_tokens` and `output_tokens` are given.
