@@ -75,6 +75,7 @@ CREATE TABLE IF NOT EXISTS {database}.ai_events_hourly_local ON CLUSTER '{cluste
     tenant_id          LowCardinality(String),
     hour               DateTime('UTC'),
     model_version      LowCardinality(String),
+    model              LowCardinality(String),
     events             SimpleAggregateFunction(sum, UInt64),
     successes          SimpleAggregateFunction(sum, UInt64),
     input_tokens       SimpleAggregateFunction(sum, UInt64),
@@ -88,7 +89,7 @@ CREATE TABLE IF NOT EXISTS {database}.ai_events_hourly_local ON CLUSTER '{cluste
 )
 ENGINE = ReplicatedAggregatingMergeTree('/clickhouse/tables/{shard}/{database}/ai_events_hourly', '{replica}')
 PARTITION BY toYYYYMM(hour)
-ORDER BY (tenant_id, hour, model_version)
+ORDER BY (tenant_id, hour, model_version, model)
 TTL hour + INTERVAL {rollup_ttl_days} DAY
 SETTINGS replicated_deduplication_window = 100000, index_granularity = 256;
 
@@ -98,6 +99,7 @@ SELECT
     tenant_id,
     toStartOfHour(event_time) AS hour,
     model_version,
+    model,
     toUInt64(count()) AS events,
     toUInt64(countIf(success)) AS successes,
     toUInt64(sum(input_tokens)) AS input_tokens,
@@ -109,7 +111,7 @@ SELECT
     uniqState(session_id) AS sessions,
     toUInt64(countIf(length(fallback_chain) > 1)) AS fallbacks
 FROM {database}.ai_events_local
-GROUP BY tenant_id, hour, model_version;
+GROUP BY tenant_id, hour, model_version, model;
 
 CREATE TABLE IF NOT EXISTS {database}.ai_events_hourly ON CLUSTER '{cluster}'
 AS {database}.ai_events_hourly_local
@@ -145,6 +147,7 @@ CREATE TABLE IF NOT EXISTS {database}.ai_events_hourly_final_local ON CLUSTER '{
     tenant_id          LowCardinality(String),
     hour               DateTime('UTC'),
     model_version      LowCardinality(String),
+    model              LowCardinality(String),
     events             UInt64,
     p50_latency_ms     Float64,
     p95_latency_ms     Float64,
@@ -154,7 +157,7 @@ CREATE TABLE IF NOT EXISTS {database}.ai_events_hourly_final_local ON CLUSTER '{
 )
 ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/ai_events_hourly_final', '{replica}', computed_at)
 PARTITION BY toYYYYMM(hour)
-ORDER BY (tenant_id, hour, model_version)
+ORDER BY (tenant_id, hour, model_version, model)
 TTL hour + INTERVAL {rollup_ttl_days} DAY
 SETTINGS index_granularity = 1024;
 

@@ -12,13 +12,13 @@ use crate::fixtures::{f, World};
 pub async fn assert_hourly_equals_raw(w: &World, tenant: &str, rows: &[Value]) -> Result<()> {
     let direct = w
         .query_json(&format!(
-            "SELECT formatDateTime(toStartOfHour(event_time), '%Y-%m-%dT%H:00:00Z') AS hour, model_version,
+            "SELECT formatDateTime(toStartOfHour(event_time), '%Y-%m-%dT%H:00:00Z') AS hour, model_version, model,
                     count() AS events, countIf(success) AS successes, sum(input_tokens) AS input_tokens,
                     sum(output_tokens) AS output_tokens, sum(token_count) AS total_tokens,
                     avg(latency_ms) AS avg_latency, uniqExact(session_id) AS sessions,
                     countIf(length(fallback_chain) > 1) AS fallbacks,
                     quantilesExact(0.47, 0.53, 0.92, 0.98, 0.97, 1.0)(latency_ms) AS bounds
-             FROM {} FINAL WHERE tenant_id = '{tenant}' GROUP BY hour, model_version ORDER BY hour, model_version",
+             FROM {} FINAL WHERE tenant_id = '{tenant}' GROUP BY hour, model_version, model ORDER BY hour, model_version, model",
             w.table("ai_events")
         ))
         .await?;
@@ -26,6 +26,7 @@ pub async fn assert_hourly_equals_raw(w: &World, tenant: &str, rows: &[Value]) -
     for (api, exact) in rows.iter().zip(&direct) {
         assert_eq!(api["hour"], exact["hour"]);
         assert_eq!(api["model_version"], exact["model_version"]);
+        assert_eq!(api["model"], exact["model"]);
         for (a, e) in [
             ("events", "events"),
             ("successes", "successes"),

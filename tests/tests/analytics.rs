@@ -93,7 +93,11 @@ async fn the_read_api_answers_bad_parameters_with_400() -> Result<()> {
         ),
         (
             "tenant=globex",
-            "unknown field `tenant`, expected one of `from`, `to`, `model_version`",
+            "unknown field `tenant`, expected one of `from`, `to`, `model_version`, `model`",
+        ),
+        (
+            "model=gpt%204o",
+            "model must be 1 to 128 letters, digits and . _ - : / @ +, got \"gpt 4o\"",
         ),
     ] {
         let (status, body) = w
@@ -254,5 +258,88 @@ async fn a_slow_or_silent_clickhouse_is_answered_504_not_waited_for() -> Result<
         assert_eq!(response.json::<Value>().await?, expected, "{path}");
     }
     delete_prefix(&w.redis, &ingest.key_prefix).await?;
+    w.cleanup().await
+}
+
+/// Events that name their provider's model (`model`, with or without the application's
+/// `model_version`) are rolled up per model name and version: the hourly API answers both,
+/// filters on either, equals the raw data with `FINAL`, and sessions list the names.
+#[tokio::test]
+async fn provider_model_names_are_rolled_up_read_and_filtered() -> Result<()> {
+    let w = World::new(&["acme"]).await?;
+    let _batcher = w
+        .batcher("w-models", &["--session-flush-secs", "1"])
+        .await?;
+    let mut events = dataset("models", 300, 3, 29);
+    for (i, event) in events.iter_mut().enumerate() {
+        match i % 3 {
+            // The provider's name alone: no application version.
+            0 => {
+                event["model"] = json!("gpt-4o-mini");
+                event
+                    .as_object_mut()
+                    .context("object")?
+                    .remove("model_version");
+            }
+            1 => event["model"] = json!("claude-sonnet-4-5"),
+            _ => {}
+        }
+    }
+    let sent = w.send("acme", &events).await?;
+    assert_eq!(sent, 300);
+    w.wait_for_events(sent).await?;
+
+    let path = sift_e2e::hourly_path(4);
+    let (status, body) = w.get("acme", &path).await?;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let rows = body["rows"].as_array().context("rows")?;
+    assert_hourly_equals_raw(&w, "acme", rows).await?;
+    let events_of = |rows: &[Value], pick: &dyn Fn(&Value) -> bool| -> u64 {
+        rows.iter()
+            .filter(|r| pick(r))
+            .map(|r| f(&r["events"]) as u64)
+            .sum()
+    };
+    assert_eq!(
+        events_of(rows, &|r| r["model"] == "gpt-4o-mini"
+            && r["model_version"] == ""),
+        100
+    );
+    assert_eq!(events_of(rows, &|r| r["model"] == "claude-sonnet-4-5"), 100);
+    assert_eq!(events_of(rows, &|r| r["model"] == ""), 100);
+
+    let (status, body) = w.get("acme", &format!("{path}&model=gpt-4o-mini")).await?;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let only = body["rows"].as_array().context("rows")?;
+    assert!(only.iter().all(|r| r["model"] == "gpt-4o-mini"), "{body}");
+    assert_eq!(events_of(only, &|_| true), 100);
+    let (status, body) = w.get("acme", &format!("{path}&model=gpt%204o")).await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+
+    // A session's models: the provider's names, with the version where the event had one.
+    let sessions = w.table("ai_sessions");
+    let started = std::time::Instant::now();
+    let models: Vec<Value> = loop {
+        let found = w
+            .query_json(&format!(
+                "SELECT groupUniqArrayArray(models) AS m FROM {sessions} FINAL WHERE tenant_id = 'acme'"
+            ))
+            .await?;
+        let m = found
+            .first()
+            .and_then(|r| r["m"].as_array().cloned())
+            .unwrap_or_default();
+        if m.len() >= 4 || started.elapsed() > Duration::from_secs(30) {
+            break m;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert!(models.contains(&json!("gpt-4o-mini")), "{models:?}");
+    assert!(
+        models.iter().any(|m| m
+            .as_str()
+            .is_some_and(|m| m.starts_with("claude-sonnet-4-5 v"))),
+        "{models:?}"
+    );
     w.cleanup().await
 }

@@ -50,6 +50,8 @@ fn files(dir: &Path, exts: &[&str]) -> Result<Vec<PathBuf>> {
             out.push(path);
         }
     }
+    // In name order: migrations are numbered, and a later one may change an earlier one's.
+    out.sort();
     Ok(out)
 }
 
@@ -230,8 +232,9 @@ async fn the_cluster_ddl_parses_and_matches_the_single_node_schema() -> Result<(
             "{local} and {table} have different columns"
         );
     }
+    // The view as last defined: created by one migration, changed by later ones.
     let select = |ddl: &str| -> Option<String> {
-        let at = ddl.find("ai_events_hourly_mv")?;
+        let at = ddl.rfind("ai_events_hourly_mv")?;
         let body = &ddl[at..];
         let from = body.find("SELECT")?;
         let end = body.find("GROUP BY")?;

@@ -26,7 +26,7 @@ async fn the_flusher_writes_session_metrics_equal_to_a_direct_computation() -> R
         "SELECT tenant_id, session_id, count() AS turns, countIf(success) AS successes, countIf(NOT success) AS failures,
                 countIf(length(fallback_chain) > 1) AS fallbacks, sum(input_tokens) AS input_tokens,
                 sum(output_tokens) AS output_tokens, sum(token_count) AS total_tokens,
-                arraySort(groupUniqArray(model_version)) AS models,
+                arraySort(groupUniqArray(trimBoth(concat(model, ' ', model_version)))) AS models,
                 toUnixTimestamp64Milli(min(event_time)) AS first_seen_ms, toUnixTimestamp64Milli(max(event_time)) AS last_seen_ms
          FROM {} GROUP BY tenant_id, session_id ORDER BY tenant_id, session_id",
         w.table("ai_events")

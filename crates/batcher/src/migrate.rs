@@ -130,6 +130,12 @@ pub const CLICKHOUSE: &[Migration] = &[
         sql: include_str!("../../../sql/clickhouse/0009_ai_events_model.sql"),
         apply: Apply::Statements,
     },
+    Migration {
+        version: 10,
+        name: "rollups_by_model",
+        sql: include_str!("../../../sql/clickhouse/0010_rollups_by_model.sql"),
+        apply: Apply::Statements,
+    },
 ];
 
 /// Values filled into the ClickHouse migrations.

@@ -15,17 +15,17 @@ use crate::sql;
 /// Finalizes the groups selected by `{filter}` (a condition on `ai_events_hourly`).
 const FINALIZE: &str = "
 INSERT INTO {db}.ai_events_hourly_final
-SELECT tenant_id, hour, model_version, events, q[1], q[2], q[3], sessions, now64(3)
+SELECT tenant_id, hour, model_version, model, events, q[1], q[2], q[3], sessions, now64(3)
 FROM
 (
     SELECT
-        tenant_id, hour, model_version,
+        tenant_id, hour, model_version, model,
         sum(events) AS events,
         arrayMap(x -> toFloat64(x), quantilesTDigestMerge(0.5, 0.95, 0.99)(latency_tdigest)) AS q,
         uniqMerge(sessions) AS sessions
     FROM {db}.ai_events_hourly
     WHERE {filter}
-    GROUP BY tenant_id, hour, model_version
+    GROUP BY tenant_id, hour, model_version, model
 )";
 
 /// Finalizes every hour of every tenant that received rows in the last `window` (by insertion
@@ -57,9 +57,9 @@ async fn finalize(client: &Client, db: &str, filter: &str) -> Result<(), clickho
         .await
 }
 
-/// The view that feeds `ai_events_hourly`, as its migration creates it: a rebuild writes what
-/// the view would have, from the same text.
-const VIEW_MIGRATION: &str = include_str!("../../../sql/clickhouse/0002_ai_events_hourly.sql");
+/// The view that feeds `ai_events_hourly`, as its newest migration defines it: a rebuild
+/// writes what the view would have, from the same text.
+const VIEW_MIGRATION: &str = include_str!("../../../sql/clickhouse/0010_rollups_by_model.sql");
 
 /// The raw events the view reads, in its select.
 const VIEW_SOURCE: &str = "FROM {database}.ai_events\n";
@@ -68,7 +68,7 @@ const VIEW_SOURCE: &str = "FROM {database}.ai_events\n";
 /// keeps, deduplicated with `FINAL`; `None` if the migration's text is not as expected (a
 /// unit test keeps it so).
 fn rebuild_sql(db: &str, filter: &str) -> Option<String> {
-    let view = VIEW_MIGRATION.find("CREATE MATERIALIZED VIEW")?;
+    let view = VIEW_MIGRATION.find("ai_events_hourly_mv MODIFY QUERY")?;
     let select = view + VIEW_MIGRATION[view..].find("SELECT")?;
     let select = VIEW_MIGRATION[select..].trim_end().trim_end_matches(';');
     let (columns, grouping) = select.split_once(VIEW_SOURCE)?;

@@ -39,7 +39,7 @@ SELECT
     sum(input_tokens) AS input_tokens,
     sum(output_tokens) AS output_tokens,
     sum(token_count) AS total_tokens,
-    arraySort(groupUniqArray(model_version)) AS models,
+    arraySort(groupUniqArray(trimBoth(concat(model, ' ', model_version)))) AS models,
     min(event_time) AS first_seen,
     max(event_time) AS last_seen,
     toInt64(dateDiff('millisecond', min(event_time), max(event_time))) AS duration_ms,

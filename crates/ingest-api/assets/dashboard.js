@@ -28,7 +28,9 @@ async function load(event) {
   const to = Math.ceil(Date.now() / 3600e3) * 3600;
   const from = to - hours * 3600;
   const model = $("model").value.trim();
-  const query = `from=${from}&to=${to}` + (model ? `&model_version=${encodeURIComponent(model)}` : "");
+  // v1.2.3 is an application version; anything else a provider's model name.
+  const filter = /^v\d+\.\d+\.\d+$/.test(model) ? "model_version" : "model";
+  const query = `from=${from}&to=${to}` + (model ? `&${filter}=${encodeURIComponent(model)}` : "");
   document.body.dataset.state = "loading";
   $("status").className = "";
   $("status").textContent = "Loading…";
@@ -47,11 +49,17 @@ async function load(event) {
   }
 }
 
+// A row's model as people name it: the provider's name, the application's version, or both.
+function modelOf(row) {
+  return [row.model, row.model_version].filter(Boolean).join(" ");
+}
+
 function byModel(rows) {
   const models = new Map();
   for (const row of rows) {
-    if (!models.has(row.model_version)) models.set(row.model_version, []);
-    models.get(row.model_version).push(row);
+    const model = modelOf(row);
+    if (!models.has(model)) models.set(model, []);
+    models.get(model).push(row);
   }
   return models;
 }

@@ -17,7 +17,10 @@ pub struct HourlyStats {
     /// The same, in epoch seconds (for grouping, not in the answer).
     #[serde(skip)]
     pub hour_start: u32,
+    /// The application's version ('' for events that named only their provider's model).
     pub model_version: String,
+    /// The provider's model name ('' for events that did not name it).
+    pub model: String,
     pub events: u64,
     pub successes: u64,
     pub success_rate: f64,
@@ -39,6 +42,7 @@ pub struct HourlyStats {
 struct HourlyRow {
     hour: u32,
     model_version: String,
+    model: String,
     /// Named apart from the column it sums: named `events`, the alias would be what
     /// `sumIf(events, src = 1)` refers to (an aggregate inside an aggregate).
     live_events: u64,
@@ -55,7 +59,7 @@ struct HourlyRow {
 }
 
 const HOURLY: &str = "
-SELECT hour, model_version,
+SELECT hour, model_version, model,
        sumIf(events, src = 0) AS live_events, sum(successes) AS successes,
        sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
        sum(total_tokens) AS total_tokens, sum(latency_sum_ms) AS latency_sum_ms,
@@ -64,24 +68,27 @@ SELECT hour, model_version,
        sumIf(sessions, src = 1) AS final_sessions
 FROM
 (
-    SELECT 0 AS src, toUInt32(hour) AS hour, toString(model_version) AS model_version, events,
+    SELECT 0 AS src, toUInt32(hour) AS hour, toString(model_version) AS model_version,
+           toString(model) AS model, events,
            successes, input_tokens, output_tokens, total_tokens, latency_sum_ms, latency_count,
            fallbacks, CAST([], 'Array(Float64)') AS quantiles, toUInt64(0) AS sessions
     FROM ai_events_hourly
     WHERE tenant_id = {tenant:String}
       AND hour >= toDateTime({from:UInt32}, 'UTC') AND hour < toDateTime({to:UInt32}, 'UTC')
-      AND ({model:String} = '' OR model_version = {model:String})
+      AND ({version:String} = '' OR model_version = {version:String})
+      AND ({name:String} = '' OR model = {name:String})
     UNION ALL
-    SELECT 1, toUInt32(hour), toString(model_version), events, 0, 0, 0, 0, 0, 0, 0,
+    SELECT 1, toUInt32(hour), toString(model_version), toString(model), events, 0, 0, 0, 0, 0, 0, 0,
            [p50_latency_ms, p95_latency_ms, p99_latency_ms], sessions
     FROM ai_events_hourly_final FINAL
     WHERE tenant_id = {tenant:String}
       AND hour >= toDateTime({from:UInt32}, 'UTC') AND hour < toDateTime({to:UInt32}, 'UTC')
-      AND ({model:String} = '' OR model_version = {model:String})
+      AND ({version:String} = '' OR model_version = {version:String})
+      AND ({name:String} = '' OR model = {name:String})
 )
-GROUP BY hour, model_version
+GROUP BY hour, model_version, model
 HAVING live_events > 0
-ORDER BY hour, model_version";
+ORDER BY hour, model_version, model";
 
 /// Phase 2: percentiles and sessions merged from the states, for the groups without an
 /// up-to-date finalized row.
@@ -89,20 +96,43 @@ ORDER BY hour, model_version";
 struct StateRow {
     hour: u32,
     model_version: String,
+    model: String,
     quantiles: Vec<f64>,
     sessions: u64,
 }
 
 const FROM_STATES: &str = "
-SELECT toUInt32(hour) AS hour, model_version,
+SELECT toUInt32(hour) AS hour, toString(model_version) AS model_version, toString(model) AS model,
        arrayMap(q -> toFloat64(q), quantilesTDigestMerge(0.5, 0.95, 0.99)(latency_tdigest)) AS quantiles,
        uniqMerge(sessions) AS sessions
 FROM ai_events_hourly
 WHERE tenant_id = {tenant:String}
   AND hour >= toDateTime({from:UInt32}, 'UTC') AND hour < toDateTime({to:UInt32}, 'UTC')
-  AND ({model:String} = '' OR model_version = {model:String})
-  AND ({all:Bool} OR has({keys:Array(Tuple(UInt32, String))}, (toUInt32(hour), toString(model_version))))
-GROUP BY hour, model_version";
+  AND ({version:String} = '' OR model_version = {version:String})
+  AND ({name:String} = '' OR model = {name:String})
+  AND ({all:Bool} OR has({keys:Array(Tuple(UInt32, String, String))},
+                         (toUInt32(hour), toString(model_version), toString(model))))
+GROUP BY hour, model_version, model";
+
+/// An hour's group in the rollups: its start, `model_version` and `model`.
+type Group = (u32, String, String);
+
+/// Which models an hourly question is about (None: every one).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Models<'a> {
+    /// The application's `model_version`.
+    pub version: Option<&'a str>,
+    /// The provider's `model` name.
+    pub name: Option<&'a str>,
+}
+
+impl Models<'_> {
+    /// Whether `row` is one of these models.
+    pub fn admit(&self, row: &HourlyStats) -> bool {
+        self.version.is_none_or(|v| row.model_version == v)
+            && self.name.is_none_or(|n| row.model == n)
+    }
+}
 
 /// The hourly figures of `tenant` for hours starting in `[from, to)` (epoch seconds).
 ///
@@ -114,16 +144,16 @@ pub async fn hourly(
     tenant: &str,
     from: u32,
     to: u32,
-    model: Option<&str>,
+    models: Models<'_>,
 ) -> Result<Vec<HourlyStats>, ApiError> {
-    let model = model.unwrap_or("");
     let query = |sql: &str| {
         client
             .query(sql)
             .param("tenant", tenant)
             .param("from", from)
             .param("to", to)
-            .param("model", model)
+            .param("version", models.version.unwrap_or(""))
+            .param("name", models.name.unwrap_or(""))
     };
     // Copies of a finalized row share its hour, hence its monthly partition.
     let rows: Vec<HourlyRow> = query(HOURLY)
@@ -132,26 +162,27 @@ pub async fn hourly(
         .await
         .map_err(ApiError::from)?;
     // A finalized row counts only while no event has come for its hour since.
-    let stale: Vec<(u32, String)> = rows
+    let stale: Vec<Group> = rows
         .iter()
         .filter(|r| r.final_events != r.live_events)
-        .map(|r| (r.hour, r.model_version.clone()))
+        .map(|r| (r.hour, r.model_version.clone(), r.model.clone()))
         .collect();
-    let mut merged: HashMap<(u32, String), (Vec<f64>, u64)> = HashMap::new();
+    let mut merged: HashMap<Group, (Vec<f64>, u64)> = HashMap::new();
     if !stale.is_empty() {
         let all = stale.len() == rows.len();
-        let keys: &[(u32, String)] = if all { &[] } else { &stale };
+        let keys: &[Group] = if all { &[] } else { &stale };
         let states: Vec<StateRow> = query(FROM_STATES)
             .param("all", all)
             .param("keys", keys)
             .fetch_all()
             .await
             .map_err(ApiError::from)?;
-        merged.extend(
-            states
-                .into_iter()
-                .map(|s| ((s.hour, s.model_version), (s.quantiles, s.sessions))),
-        );
+        merged.extend(states.into_iter().map(|s| {
+            (
+                (s.hour, s.model_version, s.model),
+                (s.quantiles, s.sessions),
+            )
+        }));
     }
     Ok(rows
         .into_iter()
@@ -160,7 +191,7 @@ pub async fn hourly(
                 (row.final_quantiles.clone(), row.final_sessions)
             } else {
                 merged
-                    .remove(&(row.hour, row.model_version.clone()))
+                    .remove(&(row.hour, row.model_version.clone(), row.model.clone()))
                     .unwrap_or_default()
             };
             HourlyStats::new(row, &quantiles, sessions)
@@ -173,7 +204,7 @@ pub async fn hourly(
 /// [`HOURLY`], with the merged figures where the finalized ones would be.
 const MERGED: &str = "
 SELECT toUInt32(hour) AS hour, toString(model_version) AS model_version,
-       sum(events) AS live_events, sum(successes) AS successes,
+       toString(model) AS model, sum(events) AS live_events, sum(successes) AS successes,
        sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
        sum(total_tokens) AS total_tokens, sum(latency_sum_ms) AS latency_sum_ms,
        sum(latency_count) AS latency_count, sum(fallbacks) AS fallbacks,
@@ -183,9 +214,9 @@ SELECT toUInt32(hour) AS hour, toString(model_version) AS model_version,
 FROM ai_events_hourly
 WHERE tenant_id = {tenant:String}
   AND hour >= toDateTime({from:UInt32}, 'UTC') AND hour < toDateTime({to:UInt32}, 'UTC')
-GROUP BY hour, model_version
+GROUP BY hour, model_version, model
 HAVING live_events > 0
-ORDER BY hour, model_version";
+ORDER BY hour, model_version, model";
 
 /// The same figures as [`hourly`] for every model, merged from the states in one query.
 pub async fn hourly_merged(
@@ -235,6 +266,7 @@ impl HourlyStats {
             p95_latency_ms: q(1),
             p99_latency_ms: q(2),
             model_version: r.model_version,
+            model: r.model,
             events: r.live_events,
             successes: r.successes,
             input_tokens: r.input_tokens,

@@ -18,7 +18,7 @@ use std::time::Duration;
 use clickhouse::Client;
 use sift_service::outage::Outage;
 
-use crate::analytics::{self, HourlyStats};
+use crate::analytics::{self, HourlyStats, Models};
 use crate::dedup::Shard;
 use crate::error::ApiError;
 use crate::metrics::STATS_CACHE_HOURS;
@@ -73,16 +73,16 @@ impl StatsCache {
         tenant: &str,
         from: u32,
         to: u32,
-        model: Option<&str>,
+        models: Models<'_>,
     ) -> Result<Vec<HourlyStats>, ApiError> {
         let hours: Vec<u32> = (from.div_ceil(HOUR) * HOUR..to)
             .step_by(HOUR as usize)
             .collect();
         let Some(entries) = &self.entries else {
-            return analytics::hourly(client, tenant, from, to, model).await;
+            return analytics::hourly(client, tenant, from, to, models).await;
         };
         if hours.is_empty() || hours.len() > MAX_CACHED_HOURS {
-            return analytics::hourly(client, tenant, from, to, model).await;
+            return analytics::hourly(client, tenant, from, to, models).await;
         }
         let versions = match self.versions(tenant, &hours).await {
             Ok(versions) => {
@@ -95,7 +95,7 @@ impl StatsCache {
                     .failed(&format!("cannot read rollup versions: {error}"));
                 metrics::counter!(STATS_CACHE_HOURS, "result" => "bypass")
                     .increment(hours.len() as u64);
-                return analytics::hourly(client, tenant, from, to, model).await;
+                return analytics::hourly(client, tenant, from, to, models).await;
             }
         };
         let mut found: Vec<Option<Arc<CachedHour>>> = hours
@@ -118,7 +118,7 @@ impl StatsCache {
             let fetched = if last - first < MERGE_DIRECTLY_UP_TO {
                 analytics::hourly_merged(client, tenant, span_from, span_to).await?
             } else {
-                analytics::hourly(client, tenant, span_from, span_to, None).await?
+                analytics::hourly(client, tenant, span_from, span_to, Models::default()).await?
             };
             let mut by_hour: HashMap<u32, Vec<HourlyStats>> = HashMap::new();
             for row in fetched {
@@ -139,7 +139,7 @@ impl StatsCache {
             .iter()
             .flatten()
             .flat_map(|cached| cached.rows.iter())
-            .filter(|row| model.is_none_or(|m| row.model_version == m))
+            .filter(|row| models.admit(row))
             .cloned()
             .collect())
     }

@@ -23,6 +23,7 @@ struct RangeQuery {
     from: Option<String>,
     to: Option<String>,
     model_version: Option<String>,
+    model: Option<String>,
 }
 
 /// `[from, to)` in epoch seconds: `to` defaults to the end of the current hour, `from` to
@@ -73,7 +74,8 @@ fn parse<'a, T: Deserialize<'a>>(request: &'a HttpRequest) -> Result<T, ApiError
     params(
         ("from" = Option<String>, Query, description = "RFC 3339 or epoch seconds; default 24 hours before `to`"),
         ("to" = Option<String>, Query, description = "RFC 3339 or epoch seconds; default the end of the current hour"),
-        ("model_version" = Option<String>, Query, description = "Only this model version"),
+        ("model_version" = Option<String>, Query, description = "Only this application model version"),
+        ("model" = Option<String>, Query, description = "Only this provider model name"),
     ),
     responses(
         (status = 200, description = "The figures", body = HourlyAnswer),
@@ -92,10 +94,17 @@ pub async fn hourly(
     let tenant = state.keys.authorize(&request, Scope::Read).await?.tenant;
     let query: RangeQuery = parse(&request)?;
     let (from, to) = range(&query)?;
-    if let Some(model) = &query.model_version {
-        if !sift_core::validate::is_model_version(model) {
+    if let Some(version) = &query.model_version {
+        if !sift_core::validate::is_model_version(version) {
             return Err(ApiError::BadParameter(format!(
-                "model_version must look like v1.2.3, got {model:?}"
+                "model_version must look like v1.2.3, got {version:?}"
+            )));
+        }
+    }
+    if let Some(model) = &query.model {
+        if !sift_core::validate::is_model_name(model) {
+            return Err(ApiError::BadParameter(format!(
+                "model must be 1 to 128 letters, digits and . _ - : / @ +, got {model:?}"
             )));
         }
     }
@@ -110,7 +119,10 @@ pub async fn hourly(
             &tenant,
             from_u32,
             to_u32,
-            query.model_version.as_deref(),
+            analytics::Models {
+                version: query.model_version.as_deref(),
+                name: query.model.as_deref(),
+            },
         ),
     )
     .await?;
@@ -146,9 +158,9 @@ pub async fn dedup(
 ) -> Result<HttpResponse, ApiError> {
     let tenant = state.keys.authorize(&request, Scope::Read).await?.tenant;
     let query: RangeQuery = parse(&request)?;
-    if query.model_version.is_some() {
+    if query.model_version.is_some() || query.model.is_some() {
         return Err(ApiError::BadParameter(
-            "model_version does not apply to dedup counters".into(),
+            "model_version and model do not apply to dedup counters".into(),
         ));
     }
     let (from, to) = range(&query)?;
