@@ -15,6 +15,7 @@ pub mod error;
 pub mod json;
 pub mod metrics;
 pub mod openapi;
+pub mod otlp;
 pub mod outages;
 pub mod prepare;
 pub mod server;
