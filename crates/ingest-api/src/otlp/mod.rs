@@ -43,11 +43,11 @@ impl Encoding {
 /// A body that is not an `ExportTraceServiceRequest` in its declared encoding.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
-    #[error("the body is not a protobuf ExportTraceServiceRequest: {0}")]
+    #[error("not a protobuf ExportTraceServiceRequest: {0}")]
     Protobuf(#[from] prost::DecodeError),
-    #[error("the body is not an OTLP JSON ExportTraceServiceRequest: {0}")]
+    #[error("not an OTLP JSON ExportTraceServiceRequest: {0}")]
     Json(#[from] serde_json::Error),
-    #[error("the body is not an OTLP JSON ExportTraceServiceRequest: it must be a JSON object")]
+    #[error("not an OTLP JSON ExportTraceServiceRequest: it must be a JSON object")]
     NotAnObject,
 }
 
