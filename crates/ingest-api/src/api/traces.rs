@@ -82,15 +82,21 @@ async fn take(
     let bytes = body::read(request, payload, &state.body_limits).await?;
     let export = otlp::decode(encoding, &bytes).map_err(|e| ApiError::BadRequest(e.to_string()))?;
 
-    let mut refused = Refusals::default();
+    // Per span, in order: why it was refused, if it was. `submitted` maps each event back to
+    // its span.
+    let mut refusals: Vec<Option<String>> = Vec::new();
     let mut items = Vec::new();
+    let mut submitted = Vec::new();
     for (resource, span) in mapping::spans(&export) {
         match mapping::event(resource, span) {
-            Ok(event) => items.push(Item::Event(event)),
-            Err(skip) => refused.add(skip.reason().to_owned()),
+            Ok(event) => {
+                submitted.push(refusals.len());
+                items.push(Item::Event(event));
+                refusals.push(None);
+            }
+            Err(skip) => refusals.push(Some(skip.reason().to_owned())),
         }
     }
-    let spans = items.len() + refused.count;
     if items.len() > state.body_limits.max_batch_events {
         return Err(ApiError::PayloadTooLarge(format!(
             "the export holds {} GenAI spans; at most {} are allowed in one request",
@@ -99,23 +105,27 @@ async fn take(
         )));
     }
     if !items.is_empty() {
-        for result in events::process(state, &caller, items).await? {
+        let results = events::process(state, &caller, items).await?;
+        for (span, result) in submitted.into_iter().zip(results) {
             // Accepted and collapsed spans are both taken: a collapsed one is a copy.
             if let EventResult::Rejected { field, reason, .. } = result {
-                refused.add(match mapping::source_of(&field) {
+                refusals[span] = Some(match mapping::source_of(&field) {
                     Some(source) => format!("invalid {field} (from {source}): {reason}"),
                     None => format!("invalid {field}: {reason}"),
                 });
             }
         }
     }
+    let mut refused = Refusals::default();
+    refusals.iter().flatten().for_each(|r| refused.add(r));
+    let message = refused.message(refusals.len());
     Ok((
         encoding,
-        otlp::response(encoding, refused.count as u64, &refused.message(spans)),
+        otlp::response(encoding, refused.count as u64, &message),
     ))
 }
 
-/// The spans refused, counted by reason in the order the reasons first came.
+/// The spans refused, counted by reason in the order of the first span refused for each.
 #[derive(Default)]
 struct Refusals {
     count: usize,
@@ -123,11 +133,11 @@ struct Refusals {
 }
 
 impl Refusals {
-    fn add(&mut self, reason: String) {
+    fn add(&mut self, reason: &str) {
         self.count += 1;
-        match self.reasons.iter_mut().find(|(r, _)| *r == reason) {
+        match self.reasons.iter_mut().find(|(r, _)| r == reason) {
             Some((_, n)) => *n += 1,
-            None => self.reasons.push((reason, 1)),
+            None => self.reasons.push((reason.to_owned(), 1)),
         }
     }
 
@@ -158,9 +168,9 @@ mod tests {
     fn refusals_are_counted_by_reason_in_order() {
         let mut refused = Refusals::default();
         assert_eq!(refused.message(3), "");
-        refused.add("not a GenAI span".into());
-        refused.add("invalid session_id: too short".into());
-        refused.add("not a GenAI span".into());
+        refused.add("not a GenAI span");
+        refused.add("invalid session_id: too short");
+        refused.add("not a GenAI span");
         assert_eq!(refused.count, 3);
         assert_eq!(
             refused.message(5),

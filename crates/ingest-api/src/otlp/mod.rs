@@ -74,10 +74,13 @@ pub fn decode(encoding: Encoding, body: &[u8]) -> Result<ExportTraceServiceReque
             match serde_json::from_slice(body) {
                 Ok(request) => request,
                 Err(error) => {
-                    let mut value: serde_json::Value =
-                        serde_json::from_slice(body).map_err(|_| error)?;
+                    // Not JSON, or still wrong once completed: the first error, which has
+                    // the position.
+                    let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(body) else {
+                        return Err(error.into());
+                    };
                     complete(&mut value, "");
-                    serde_json::from_value(value)?
+                    serde_json::from_value(value).map_err(|_| error)?
                 }
             }
         }
