@@ -87,11 +87,14 @@ pub fn decode(encoding: Encoding, body: &[u8]) -> Result<ExportTraceServiceReque
     })
 }
 
+/// A field and its empty value.
+type EmptyField = (&'static str, fn() -> serde_json::Value);
+
 /// Fills in the empty fields that a JSON writer may leave out and `opentelemetry-proto`'s serde
 /// requires, by the name of the field that holds each object (`within`).
 fn complete(value: &mut serde_json::Value, within: &str) {
     use serde_json::Value;
-    let defaults: &[(&str, fn() -> Value)] = match within {
+    let defaults: &[EmptyField] = match within {
         // ArrayValue and KeyValueList.
         "arrayValue" | "kvlistValue" => &[("values", || Value::Array(Vec::new()))],
         // KeyValue (in every attribute list and in a KeyValueList).
