@@ -16,12 +16,18 @@ struct Route {
     allowed: StatusCode,
 }
 
-const ROUTES: [Route; 7] = [
+const ROUTES: [Route; 8] = [
     Route {
         method: "POST",
         path: "/v1/ai/events",
         scope: "ingest",
         allowed: StatusCode::ACCEPTED,
+    },
+    Route {
+        method: "POST",
+        path: "/v1/traces",
+        scope: "ingest",
+        allowed: StatusCode::OK,
     },
     Route {
         method: "POST",
@@ -83,6 +89,8 @@ async fn call(
             let one = event(&format!("scopes-{tag}"), &format!("prompt for {tag}"));
             let body = if route.path.ends_with("/batch") {
                 json!([one])
+            } else if route.path == "/v1/traces" {
+                genai_export(tag)
             } else if route.path == "/v1/ai/erasures" {
                 json!({"user_id": format!("scopes-{tag}")})
             } else {
@@ -104,6 +112,22 @@ async fn call(
         status,
         serde_json::from_str(&text).unwrap_or(Value::String(text)),
     ))
+}
+
+/// An OTLP JSON export of one GenAI span in session `scopes-{tag}`, its ids from the tag.
+fn genai_export(tag: &str) -> Value {
+    let ids = sift_core::hash::sha256_hex(tag);
+    let start = sift_core::clock::now_ms() * 1_000_000;
+    let attribute = |key: &str, value: Value| json!({"key": key, "value": value});
+    json!({"resourceSpans": [{"scopeSpans": [{"spans": [{
+        "traceId": &ids[..32], "spanId": &ids[32..48], "name": "chat",
+        "startTimeUnixNano": start.to_string(), "endTimeUnixNano": (start + 1_000_000).to_string(),
+        "attributes": [
+            attribute("gen_ai.operation.name", json!({"stringValue": "chat"})),
+            attribute("gen_ai.request.model", json!({"stringValue": "gpt-4o-mini"})),
+            attribute("gen_ai.conversation.id", json!({"stringValue": format!("scopes-{tag}")})),
+        ],
+    }]}]}]})
 }
 
 #[tokio::test]
@@ -152,6 +176,11 @@ async fn every_route_needs_its_scope_and_answers_403_without_it() -> Result<()> 
                         assert_eq!(body["accepted"], 1, "{name}: {body}");
                         accepted += 1;
                     }
+                    // An ExportTraceServiceResponse without partial success: all taken.
+                    "/v1/traces" => {
+                        assert_eq!(body, json!({}), "{name}");
+                        accepted += 1;
+                    }
                     "/v1/ai/stats/hourly" | "/v1/ai/stats/dedup" => {
                         assert_eq!(body["tenant"], "acme", "{name}: {body}")
                     }
@@ -192,8 +221,8 @@ async fn every_route_needs_its_scope_and_answers_403_without_it() -> Result<()> 
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{}", route.path);
         assert_eq!(body["message"], "the API key is not valid or was revoked");
     }
-    // Default, ingest and all: two ingest routes each.
-    assert_eq!(accepted, 6);
+    // Default, ingest and all: three ingest routes each.
+    assert_eq!(accepted, 9);
 
     // Only the allowed requests reached the queue: one element per request.
     let mut conn = redis_connection(&w.redis).await?;
@@ -213,7 +242,7 @@ async fn every_route_needs_its_scope_and_answers_403_without_it() -> Result<()> 
                 .to_string()
         })
         .collect();
-    assert_eq!(sessions.len(), 6, "{sessions:?}");
+    assert_eq!(sessions.len(), 9, "{sessions:?}");
     assert!(
         sessions
             .iter()

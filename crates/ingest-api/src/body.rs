@@ -99,7 +99,7 @@ fn gunzip(compressed: &[u8], max: usize) -> Result<Bytes, ApiError> {
 }
 
 /// The media type without parameters, lowercased (`application/json; charset=utf-8` → `application/json`).
-fn media_type(request: &HttpRequest) -> Option<String> {
+pub(crate) fn media_type(request: &HttpRequest) -> Option<String> {
     let value = request.headers().get(CONTENT_TYPE)?.to_str().ok()?;
     Some(
         value

@@ -155,22 +155,28 @@ impl ResponseError for ApiError {
         let body = match self {
             Self::InvalidEvent { field, reason } => json!({
                 "status": "rejected", "error": self.code(), "field": field, "reason": reason,
-                "message": self.to_string(),
+                "message": self.public_message(),
             }),
-            // Details of dependencies and internals go to the log, not to clients.
-            Self::RedisUnavailable(_)
-            | Self::PostgresUnavailable(_)
-            | Self::ClickHouseUnavailable(_) => json!({
-                "error": self.code(), "message": "a dependency of sift is unavailable; retry later",
-            }),
-            Self::ClickHouseTimeout(_) => json!({
-                "error": self.code(),
-                "message": "the query took longer than the read timeout; ask for a shorter range or retry later",
-            }),
-            Self::Internal(_) => json!({"error": self.code(), "message": "internal error"}),
-            _ => json!({"error": self.code(), "message": self.to_string()}),
+            _ => json!({"error": self.code(), "message": self.public_message()}),
         };
         response.json(body)
+    }
+}
+
+impl ApiError {
+    /// The sentence a client is shown. Details of dependencies and internals go to the log,
+    /// not to clients.
+    pub fn public_message(&self) -> String {
+        match self {
+            Self::RedisUnavailable(_)
+            | Self::PostgresUnavailable(_)
+            | Self::ClickHouseUnavailable(_) => {
+                "a dependency of sift is unavailable; retry later".into()
+            }
+            Self::ClickHouseTimeout(_) => "the query took longer than the read timeout; ask for a shorter range or retry later".into(),
+            Self::Internal(_) => "internal error".into(),
+            _ => self.to_string(),
+        }
     }
 }
 

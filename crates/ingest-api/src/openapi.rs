@@ -25,6 +25,7 @@ use crate::api;
     paths(
         api::events::ingest_one,
         api::events::ingest_batch,
+        api::traces::export,
         api::stats::hourly,
         api::stats::dedup,
         api::stats::session,
@@ -51,6 +52,10 @@ use crate::api;
         Removed,
         ErrorBody,
         RejectedBody,
+        OtlpTracesBody,
+        OtlpTracesAnswer,
+        OtlpPartialSuccess,
+        GrpcStatus,
         Health,
         Readiness,
     )),
@@ -221,6 +226,47 @@ pub struct ErrorBody {
     /// `payload_too_large`, `unsupported_media_type`, `queue_full`, `rate_limited`,
     /// `unavailable`, `timeout`, `internal`.
     error: String,
+    message: String,
+}
+
+/// `POST /v1/traces` as OTLP JSON: an `ExportTraceServiceRequest` in OTLP's JSON mapping (hex
+/// trace and span ids, enums as numbers, 64-bit integers as strings). Its full schema is
+/// OpenTelemetry's (opentelemetry-proto); GenAI spans become events (docs/api.md).
+#[allow(dead_code)]
+#[derive(ToSchema)]
+pub struct OtlpTracesBody {
+    #[schema(rename = "resourceSpans")]
+    resource_spans: Vec<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// An `ExportTraceServiceResponse` as OTLP JSON: `{}` when every span was taken.
+#[allow(dead_code)]
+#[derive(ToSchema)]
+pub struct OtlpTracesAnswer {
+    #[schema(rename = "partialSuccess")]
+    partial_success: Option<OtlpPartialSuccess>,
+}
+
+/// The spans left out (not GenAI spans, or refused by a rule) and why, counted per reason.
+#[allow(dead_code)]
+#[derive(ToSchema)]
+pub struct OtlpPartialSuccess {
+    /// An int64, as a decimal string.
+    #[schema(rename = "rejectedSpans")]
+    rejected_spans: String,
+    /// `2 of 5 spans rejected: 1 not a GenAI span (…); 1 invalid session_id (from …): …`
+    #[schema(rename = "errorMessage")]
+    error_message: String,
+}
+
+/// `google.rpc.Status`, protobuf-encoded: the body of an error answered to a protobuf client
+/// of `POST /v1/traces` (shown here with its fields).
+#[allow(dead_code)]
+#[derive(ToSchema)]
+pub struct GrpcStatus {
+    /// The `google.rpc.Code` of the HTTP status (3 invalid argument, 7 permission denied,
+    /// 8 resource exhausted, 14 unavailable, 16 unauthenticated, …).
+    code: i32,
     message: String,
 }
 

@@ -124,8 +124,9 @@ pub async fn ingest_batch(
     }))
 }
 
-/// Validates and hashes every item, submits them in one script call, answers in order.
-async fn process(
+/// Validates and hashes every item, submits them in one script call, answers in order. The
+/// path of every ingest route (`POST /v1/traces` too), so dedup is the same for all of them.
+pub(crate) async fn process(
     state: &AppState,
     caller: &Caller,
     items: Vec<Item>,

@@ -5,6 +5,7 @@ pub(crate) mod erasures;
 pub(crate) mod events;
 pub(crate) mod health;
 pub(crate) mod stats;
+pub(crate) mod traces;
 
 use actix_web::{web, HttpResponse};
 
@@ -13,6 +14,8 @@ use crate::error::ApiError;
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/ai/events", web::post().to(events::ingest_one))
         .route("/v1/ai/events/batch", web::post().to(events::ingest_batch))
+        // OTLP/HTTP: the path an exporter posts to, given sift's base URL.
+        .route("/v1/traces", web::post().to(traces::export))
         .route("/v1/ai/stats/hourly", web::get().to(stats::hourly))
         .route("/v1/ai/stats/dedup", web::get().to(stats::dedup))
         .route(
