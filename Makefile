@@ -1,6 +1,6 @@
 # sift: the two commands of the README are `make run` and `make test`.
 SHELL := /bin/bash
-.PHONY: run test build up down browser lint fmt bench load
+.PHONY: run test build up down browser otel-clients lint fmt bench load
 
 # Bring up Redis, PostgreSQL and ClickHouse (installing them when missing), migrate, create a
 # local tenant and key, and run sift in the foreground.
@@ -9,7 +9,7 @@ run:
 
 # Everything CI checks: formatting, clippy, unit, property and end-to-end tests on real services
 # (and the dashboard in headless Chromium; its screenshot lands in target/test-artifacts/).
-test: up browser
+test: up browser otel-clients
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo build --workspace --bins
@@ -29,6 +29,10 @@ down:
 # Debian's Chromium, for the dashboard's browser test.
 browser:
 	deploy/local/chromium.sh
+
+# The real OpenTelemetry GenAI client (Python, pinned) that the OTLP end-to-end test drives.
+otel-clients:
+	deploy/local/otel_clients.sh
 
 lint:
 	cargo fmt --all -- --check
