@@ -82,6 +82,7 @@ async fn main() -> Result<()> {
             toUInt32(intHash32(number + 3) % 3000) AS token_count,
             toUInt32(intHash32(number + 4) % 1000) AS input_tokens,
             toUInt32(intHash32(number + 5) % 2000) AS output_tokens,
+            0 AS cache_read_input_tokens, 0 AS cache_creation_input_tokens, 0 AS reasoning_output_tokens,
             intHash32(number + 6) % 10 != 0 AS success,
             '' AS event_id, NULL AS turn_index, '' AS stream_id, NULL AS chunk_index, false AS is_final,
             if(intHash32(number + 7) % 10 = 0, ['v1.0.0', 'v0.9.0'], []) AS fallback_chain,

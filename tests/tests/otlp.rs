@@ -70,8 +70,6 @@ impl Times {
 /// The properties of A and B: the kept span attributes, then the resource's.
 fn properties_a() -> Value {
     json!({
-        "gen_ai.usage.cache_read.input_tokens": 100,
-        "gen_ai.usage.reasoning.output_tokens": 12,
         "gen_ai.response.finish_reasons": "stop",
         "gen_ai.response.time_to_first_chunk": 0.25,
         "service.name": "chat-api", "service.version": "2.4.0",
@@ -163,7 +161,8 @@ async fn otlp_json_spans_are_stored_as_sent_and_a_retry_adds_nothing() -> Result
     let mut rows = w
         .query_json(&format!(
             "SELECT event_id, model, model_version, provider, operation, session_id, user_id,
-                    input_tokens, output_tokens, token_count, latency_ms, success, properties,
+                    input_tokens, output_tokens, token_count, cache_read_input_tokens,
+                    cache_creation_input_tokens, reasoning_output_tokens, latency_ms, success, properties,
                     toString(toUnixTimestamp64Milli(event_time)) AS ms,
                     lower(hex(prompt_hash)) AS prompt_hash
              FROM {} ORDER BY event_id",
@@ -189,6 +188,9 @@ async fn otlp_json_spans_are_stored_as_sent_and_a_retry_adds_nothing() -> Result
             "provider": "openai", "operation": "chat",
             "session_id": "conversation-0001", "user_id": "user-42",
             "input_tokens": 120, "output_tokens": 30, "token_count": 150, "success": true,
+            // The token details in their own columns.
+            "cache_read_input_tokens": 100, "cache_creation_input_tokens": 0,
+            "reasoning_output_tokens": 12,
             "properties": properties_a(),
             "ms": times.ms_a().to_string(),
             // The prompt taken from gen_ai.input.messages, hashed as a JSON event's.
@@ -204,6 +206,8 @@ async fn otlp_json_spans_are_stored_as_sent_and_a_retry_adds_nothing() -> Result
             // No conversation id: the trace's session. No span user.id: the resource's.
             "session_id": format!("trace-{TRACE}"), "user_id": "user-resource",
             "input_tokens": 40, "output_tokens": 0, "token_count": 40, "success": false,
+            "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0,
+            "reasoning_output_tokens": 0,
             "properties": properties_b(),
             "ms": times.ms_b().to_string(),
             // No prompt: the span's identity stands for it.

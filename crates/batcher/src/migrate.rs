@@ -136,6 +136,12 @@ pub const CLICKHOUSE: &[Migration] = &[
         sql: include_str!("../../../sql/clickhouse/0010_rollups_by_model.sql"),
         apply: Apply::Statements,
     },
+    Migration {
+        version: 11,
+        name: "ai_events_token_details",
+        sql: include_str!("../../../sql/clickhouse/0011_ai_events_token_details.sql"),
+        apply: Apply::Statements,
+    },
 ];
 
 /// Values filled into the ClickHouse migrations.

@@ -40,6 +40,9 @@ pub const COLUMNS: &[(&str, &str)] = &[
     ("properties", "String"),
     ("user_id", "String"),
     ("model", "LowCardinality(String)"),
+    ("cache_read_input_tokens", "UInt32"),
+    ("cache_creation_input_tokens", "UInt32"),
+    ("reasoning_output_tokens", "UInt32"),
     ("chunk_id", "FixedString(32)"),
     ("ingested_at", "DateTime64(3, 'UTC')"),
 ];
@@ -77,6 +80,13 @@ pub fn encode(out: &mut Vec<u8>, record: &QueueRecord<'_>, chunk_id: &Digest) {
     text(out, record.properties.as_deref());
     text(out, record.user_id.as_deref());
     text(out, record.model.as_deref());
+    for count in [
+        record.cache_read_input_tokens,
+        record.cache_creation_input_tokens,
+        record.reasoning_output_tokens,
+    ] {
+        out.extend_from_slice(&count.unwrap_or(0).to_le_bytes());
+    }
     out.extend_from_slice(chunk_id.as_bytes());
     out.extend_from_slice(&record.ingested_at_ms.to_le_bytes());
 }
@@ -142,7 +152,8 @@ mod tests {
         // tenant, time, digest, session (1 + 12), digest, version, model (1 + 6), provider
         // and operation (empty), latency, three counts, success, event id (empty),
         // turn index (0 + 4), stream (empty), chunk index (null), final, chain (1 + 1 + 6),
-        // properties (empty), user and model (empty), chunk id, ingestion time.
+        // properties (empty), user and model (empty), three token details, chunk id,
+        // ingestion time.
         let expected = 5
             + 8
             + 32
@@ -164,6 +175,7 @@ mod tests {
             + 1
             + 1
             + 1
+            + 12
             + 32
             + 8;
         assert_eq!(end, expected);

@@ -33,6 +33,12 @@ pub struct Event {
     /// The provider's name of the model (`gpt-4o-mini`), beside the application's
     /// `model_version`.
     pub model: Option<String>,
+    /// Input tokens read from the provider's prompt cache (part of `input_tokens`).
+    pub cache_read_input_tokens: Option<u32>,
+    /// Input tokens written to the provider's prompt cache.
+    pub cache_creation_input_tokens: Option<u32>,
+    /// Output tokens spent on reasoning (part of `output_tokens`).
+    pub reasoning_output_tokens: Option<u32>,
 }
 
 /// A chunk of a streamed answer: every chunk of one stream is one intent.

@@ -6,7 +6,7 @@
 //! a quarter of the JSON it replaced, which matters because the queue lives in Redis's memory
 //! and every byte of it is copied by the API, Redis and the batcher. Records of the older
 //! versions are still read, so a batcher drains what an older ingest API queued during a
-//! rolling deploy: version 2 (the same fields but the last two, `user_id` and `model`) and version 1 (a JSON
+//! rolling deploy: version 2 (the same fields but the last five: `user_id`, `model` and three token counts) and version 1 (a JSON
 //! object with `"v":1` and hex digests). Byte 3 starts a frame of records, not a record. A record borrows its strings from the bytes it
 //! was decoded from (or from the event it was built from), so neither side copies them.
 //!
@@ -23,10 +23,12 @@ use crate::normalize::NORMALIZER_VERSION;
 
 /// The version [`QueueRecord::encode`] writes: its first byte.
 pub const QUEUE_RECORD_VERSION: u8 = 4;
-/// The previous binary version: every field of version 4 but `user_id` and `model`, which
+/// The previous binary version: every field of version 4 but the last [`V4_FIELDS`], which
 /// postcard, a positional encoding, cannot leave out at the end; read as version 4 without
 /// them.
 const QUEUE_RECORD_V2: u8 = 2;
+/// The fields version 4 added, all optional: `user_id`, `model` and three token counts.
+const V4_FIELDS: usize = 5;
 /// The first byte of a frame: the records one request had accepted, queued as one element.
 pub const FRAME_VERSION: u8 = 3;
 /// The version [`InvalidRecord::encode`] writes.
@@ -134,11 +136,14 @@ pub struct QueueRecord<'a> {
     #[serde(borrow, deserialize_with = "borrowed_option")]
     pub properties: Option<Cow<'a, str>>,
     pub ingested_at_ms: i64,
-    /// Last with `model`, so that a version 2 record is this one without them.
+    /// Last with the fields below, so that a version 2 record is this one without them.
     #[serde(borrow, deserialize_with = "borrowed_option")]
     pub user_id: Option<Cow<'a, str>>,
     #[serde(borrow, deserialize_with = "borrowed_option")]
     pub model: Option<Cow<'a, str>>,
+    pub cache_read_input_tokens: Option<u32>,
+    pub cache_creation_input_tokens: Option<u32>,
+    pub reasoning_output_tokens: Option<u32>,
 }
 
 impl<'a> QueueRecord<'a> {
@@ -191,6 +196,9 @@ impl<'a> QueueRecord<'a> {
             ingested_at_ms,
             user_id: borrowed(&event.user_id),
             model: borrowed(&event.model),
+            cache_read_input_tokens: event.cache_read_input_tokens,
+            cache_creation_input_tokens: event.cache_creation_input_tokens,
+            reasoning_output_tokens: event.reasoning_output_tokens,
         }
     }
 
@@ -208,11 +216,11 @@ impl<'a> QueueRecord<'a> {
             None => Err(RecordError::Empty),
             Some(&QUEUE_RECORD_VERSION) => Self::decode_fields(&bytes[1..]),
             Some(&QUEUE_RECORD_V2) => {
-                // Version 2 is version 4 without its last two fields: a `None` (one zero byte)
+                // Version 2 is version 4 without its last fields: a `None` (one zero byte)
                 // for each makes it one, owned (only what an older API queued takes this copy).
-                let mut fields = Vec::with_capacity(bytes.len() + 1);
+                let mut fields = Vec::with_capacity(bytes.len() + V4_FIELDS);
                 fields.extend_from_slice(&bytes[1..]);
-                fields.extend_from_slice(&[0, 0]);
+                fields.extend_from_slice(&[0; V4_FIELDS]);
                 Ok(QueueRecord::decode_fields(&fields)?.into_owned())
             }
             Some(b'{') => decode_v1(bytes),
@@ -267,6 +275,9 @@ impl<'a> QueueRecord<'a> {
             ingested_at_ms: self.ingested_at_ms,
             user_id: own(self.user_id),
             model: own(self.model),
+            cache_read_input_tokens: self.cache_read_input_tokens,
+            cache_creation_input_tokens: self.cache_creation_input_tokens,
+            reasoning_output_tokens: self.reasoning_output_tokens,
         }
     }
 }
@@ -343,6 +354,9 @@ fn decode_v1(bytes: &[u8]) -> Result<QueueRecord<'static>, RecordError> {
         ingested_at_ms: r.ingested_at_ms,
         user_id: None,
         model: None,
+        cache_read_input_tokens: None,
+        cache_creation_input_tokens: None,
+        reasoning_output_tokens: None,
     })
 }
 

@@ -82,6 +82,21 @@ const FIELDS: &[(&str, &[&str])] = &[
     ("properties", &[]),
     ("user_id", &["user.id"]),
     ("model", &[]),
+    (
+        "cache_read_input_tokens",
+        &["gen_ai.usage.cache_read.input_tokens"],
+    ),
+    (
+        "cache_creation_input_tokens",
+        &[
+            "gen_ai.usage.cache_creation.input_tokens",
+            "gen_ai.usage.cache_write.input_tokens",
+        ],
+    ),
+    (
+        "reasoning_output_tokens",
+        &["gen_ai.usage.reasoning.output_tokens"],
+    ),
 ];
 
 /// The API v1 name of `name` (itself or the field it is an alias of), as [`FIELDS`] lists
@@ -109,6 +124,15 @@ fn canonical(name: &str) -> Option<&'static str> {
         "properties" => "properties",
         "user_id" | "user.id" => "user_id",
         "model" => "model",
+        "cache_read_input_tokens" | "gen_ai.usage.cache_read.input_tokens" => {
+            "cache_read_input_tokens"
+        }
+        "cache_creation_input_tokens"
+        | "gen_ai.usage.cache_creation.input_tokens"
+        | "gen_ai.usage.cache_write.input_tokens" => "cache_creation_input_tokens",
+        "reasoning_output_tokens" | "gen_ai.usage.reasoning.output_tokens" => {
+            "reasoning_output_tokens"
+        }
         _ => return None,
     })
 }
@@ -162,6 +186,9 @@ pub fn validate(value: &Value, limits: &Limits, now_ms: i64) -> Result<Event> {
         ));
     }
     let input_tokens = fields.count("input_tokens")?;
+    let cache_read_input_tokens = fields.count("cache_read_input_tokens")?;
+    let cache_creation_input_tokens = fields.count("cache_creation_input_tokens")?;
+    let reasoning_output_tokens = fields.count("reasoning_output_tokens")?;
     let output_tokens = fields.count("output_tokens")?;
     let token_count = match (fields.count("token_count")?, input_tokens, output_tokens) {
         (Some(total), _, _) => total,
@@ -237,6 +264,9 @@ pub fn validate(value: &Value, limits: &Limits, now_ms: i64) -> Result<Event> {
         properties,
         user_id,
         model,
+        cache_read_input_tokens,
+        cache_creation_input_tokens,
+        reasoning_output_tokens,
     })
 }
 

@@ -57,15 +57,25 @@ fn queue_records_round_trip_and_refuse_unknown_versions() {
         "latency_ms": 5, "token_count": 3, "fallback_chain": ["v2.0.0", "v1.0.0"],
         "properties": {"feature": "chat", "beta": true}, "event_id": "evt-1",
         "user.id": "user-42", "model": "gpt-4o-mini",
+        "gen_ai.usage.cache_read.input_tokens": 2, "reasoning_output_tokens": 1,
     });
     let event = validate(&body, &Limits::default(), 1_790_000_000_000).expect("valid");
     let record = QueueRecord::new("acme", &event, 1_790_000_000_001);
     assert_eq!(record.semantic_hash, SemanticHash::of("acme", &event));
     assert_eq!(record.user_id.as_deref(), Some("user-42"));
     assert_eq!(record.model.as_deref(), Some("gpt-4o-mini"));
+    assert_eq!(
+        (
+            record.cache_read_input_tokens,
+            record.cache_creation_input_tokens,
+            record.reasoning_output_tokens
+        ),
+        (Some(2), None, Some(1))
+    );
     let bytes = record.encode();
     assert_eq!(bytes[0], 4, "version 4: binary");
-    assert!(bytes.len() < 200, "{} bytes", bytes.len());
+    // Every field set (a user, a model name, token details): still a couple hundred bytes.
+    assert!(bytes.len() < 230, "{} bytes", bytes.len());
     let decoded = QueueRecord::decode(&bytes).expect("decodes");
     assert_eq!(decoded, record);
     assert!(
@@ -100,11 +110,11 @@ fn version_2_records_are_read_without_a_user() {
     let record = QueueRecord::new("acme", &event, 1_790_000_000_001);
     let v4 = record.encode();
     assert_eq!(
-        v4[v4.len() - 2..],
-        [0, 0],
-        "no user, no model: postcard's None twice"
+        v4[v4.len() - 5..],
+        [0; 5],
+        "no user, model or token details: postcard's None five times"
     );
-    let mut v2 = v4[..v4.len() - 2].to_vec();
+    let mut v2 = v4[..v4.len() - 5].to_vec();
     v2[0] = 2;
     let read = QueueRecord::decode(&v2).expect("a version 2 record");
     assert_eq!(read, record);

@@ -16,13 +16,8 @@ pub const OPERATION: &str = "gen_ai.operation.name";
 /// A span's latency when it ended as it began (or before): sift's latency must be above 0.
 pub const MIN_LATENCY_MS: f64 = 0.001;
 
-/// Span attributes kept as they are in the event's `properties` (their own columns would be a
-/// later change of the schema).
+/// Span attributes kept as they are in the event's `properties`.
 const SPAN_PROPERTIES: &[&str] = &[
-    "gen_ai.usage.cache_read.input_tokens",
-    "gen_ai.usage.cache_creation.input_tokens",
-    "gen_ai.usage.cache_write.input_tokens",
-    "gen_ai.usage.reasoning.output_tokens",
     "gen_ai.response.finish_reasons",
     "gen_ai.response.time_to_first_chunk",
     "error.type",
@@ -153,6 +148,28 @@ pub fn event(resource: &[KeyValue], span: &Span) -> Result<Value, Skip> {
     }
     if let Some(output) = output {
         put("output_tokens", output);
+    }
+    // The token details, each in its own column.
+    for (field, names) in [
+        (
+            "cache_read_input_tokens",
+            &["gen_ai.usage.cache_read.input_tokens"][..],
+        ),
+        (
+            "cache_creation_input_tokens",
+            &[
+                "gen_ai.usage.cache_creation.input_tokens",
+                "gen_ai.usage.cache_write.input_tokens",
+            ][..],
+        ),
+        (
+            "reasoning_output_tokens",
+            &["gen_ai.usage.reasoning.output_tokens"][..],
+        ),
+    ] {
+        if let Some(value) = names.iter().find_map(|name| find(attributes, name)) {
+            put(field, count(value));
+        }
     }
 
     put(
@@ -460,6 +477,9 @@ mod tests {
                 "provider": "openai",
                 "input_tokens": 120,
                 "output_tokens": 30,
+                "cache_read_input_tokens": 100,
+                "cache_creation_input_tokens": 7,
+                "reasoning_output_tokens": 12,
                 "session_id": "conversation-0001",
                 "user_id": "user-span",
                 "latency_ms": 1500.25,
@@ -467,9 +487,6 @@ mod tests {
                 "success": true,
                 "prompt_text": "Be brief.\nHelp me write code",
                 "properties": {
-                    "gen_ai.usage.cache_read.input_tokens": 100,
-                    "gen_ai.usage.cache_creation.input_tokens": 7,
-                    "gen_ai.usage.reasoning.output_tokens": 12,
                     "gen_ai.response.finish_reasons": "stop,length",
                     "gen_ai.response.time_to_first_chunk": 0.25,
                     "service.name": "chat-api",
