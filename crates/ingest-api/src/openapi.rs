@@ -140,6 +140,14 @@ pub struct EventBody {
     fallback_chain: Option<Vec<String>>,
     input_tokens: Option<u32>,
     output_tokens: Option<u32>,
+    /// Input tokens read from the provider's prompt cache (alias
+    /// `gen_ai.usage.cache_read.input_tokens`).
+    cache_read_input_tokens: Option<u32>,
+    /// Input tokens written to the prompt cache (aliases
+    /// `gen_ai.usage.cache_creation.input_tokens`, `gen_ai.usage.cache_write.input_tokens`).
+    cache_creation_input_tokens: Option<u32>,
+    /// Output tokens spent on reasoning (alias `gen_ai.usage.reasoning.output_tokens`).
+    reasoning_output_tokens: Option<u32>,
     provider: Option<String>,
     operation: Option<String>,
     /// A flat object of string, number, boolean or null values.
