@@ -283,11 +283,20 @@ impl<'a> Fields<'a> {
     fn resolve(object: &'a Map<String, Value>) -> Result<Self> {
         let mut values: Vec<(&'static str, &'a Value)> = Vec::with_capacity(object.len());
         for (name, value) in object {
-            let Some(canonical) = canonical(name) else {
-                return Err(ValidationError::new(
-                    name,
-                    "is not a field of API v1 events",
-                ));
+            let canonical = match canonical(name) {
+                // OpenTelemetry's request model is a provider's name (`gpt-4o`) far more
+                // often than an application version: it names `model` unless it is one.
+                Some("model_version") if name == "gen_ai.request.model" => match value {
+                    Value::String(s) if !is_model_version(s) => "model",
+                    _ => "model_version",
+                },
+                Some(canonical) => canonical,
+                None => {
+                    return Err(ValidationError::new(
+                        name,
+                        "is not a field of API v1 events",
+                    ))
+                }
             };
             if values.iter().any(|(seen, _)| *seen == canonical) {
                 return Err(ValidationError::new(

@@ -33,6 +33,30 @@ fn a_minimal_event_is_valid_with_defaults() {
     assert_eq!(event.token_count, 42);
 }
 
+/// `gen_ai.request.model` names the application's version when it is one (`v1.2.3`, as API
+/// v1 clients send it), and the provider's model name otherwise.
+#[test]
+fn the_request_model_alias_names_a_version_or_a_model() {
+    let mut body = base();
+    let object = body.as_object_mut().expect("object");
+    object.remove("model_version");
+    object.insert("gen_ai.request.model".into(), json!("v2.0.0"));
+    let event = validate(&body, &Limits::default(), NOW_MS).expect("valid");
+    assert_eq!(
+        (event.model_version.as_str(), event.model),
+        ("v2.0.0", None)
+    );
+    body["gen_ai.request.model"] = json!("gpt-4o-mini");
+    let event = validate(&body, &Limits::default(), NOW_MS).expect("valid");
+    assert_eq!(
+        (event.model_version.as_str(), event.model.as_deref()),
+        ("", Some("gpt-4o-mini"))
+    );
+    body["model"] = json!("gpt-4o");
+    let err = validate(&body, &Limits::default(), NOW_MS).expect_err("twice");
+    assert_eq!(err.field, "model");
+}
+
 /// An event that names its provider's model may leave `model_version` out: it is empty.
 #[test]
 fn a_model_name_stands_in_for_the_version() {
