@@ -136,7 +136,7 @@ fn call(run: u64, i: usize, now_ms: u64) -> Call {
         start_ns,
         end_ns: start_ns + latency_us * 1_000,
         // One span in three carries its prompt (content capture is opt-in).
-        prompt: (i % 3 == 0).then(|| {
+        prompt: i.is_multiple_of(3).then(|| {
             format!("Summarise support ticket {run:x}-{i} for the customer, in three bullet points")
         }),
         error: i % 25 == 24,
