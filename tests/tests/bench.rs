@@ -20,6 +20,8 @@ const FLAGS: &[&str] = &[
     "rate",
     "batch-size",
     "ndjson",
+    "replay",
+    "otlp",
     "gzip",
     "sessions",
     "models",
@@ -351,6 +353,8 @@ async fn help_lists_every_flag_and_bad_usage_exits_2() -> Result<()> {
         &["--key", "sk_x", "--dup-kinds", "replay=1"],
         &["--key", "sk_x", "--dup-kinds", "retry=0,variant=0,stream=0"],
         &["--duration", "1s"],
+        // OTLP bodies are only replayed, never generated.
+        &["--key", "sk_x", "--otlp"],
     ] {
         let out = bench(args).await?;
         assert_eq!(out.status.code(), Some(2), "{args:?}");

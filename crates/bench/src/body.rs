@@ -18,6 +18,9 @@ pub enum Format {
     Array,
     /// One object per line: `POST /v1/ai/events/batch` as `application/x-ndjson`.
     Ndjson,
+    /// An OTLP `ExportTraceServiceRequest` in protobuf: `POST /v1/traces`. Only replayed
+    /// (`--replay`): the tool sends such bodies but does not write them.
+    Otlp,
 }
 
 impl Format {
@@ -25,6 +28,7 @@ impl Format {
         match self {
             Self::Single | Self::Array => "application/json",
             Self::Ndjson => "application/x-ndjson",
+            Self::Otlp => "application/x-protobuf",
         }
     }
 
@@ -32,6 +36,7 @@ impl Format {
         match self {
             Self::Single => "/v1/ai/events",
             Self::Array | Self::Ndjson => "/v1/ai/events/batch",
+            Self::Otlp => "/v1/traces",
         }
     }
 
@@ -40,6 +45,7 @@ impl Format {
             Self::Single => "single",
             Self::Array => "json_array",
             Self::Ndjson => "ndjson",
+            Self::Otlp => "otlp_protobuf",
         }
     }
 }
@@ -116,7 +122,7 @@ impl BodyWriter {
     pub fn event(&mut self, event: &EventFields<'_>) {
         if self.events > 0 {
             match self.format {
-                Format::Single => {}
+                Format::Single | Format::Otlp => {}
                 Format::Array => self.buf.push(b','),
                 Format::Ndjson => self.buf.push(b'\n'),
             }
@@ -130,7 +136,7 @@ impl BodyWriter {
         match self.format {
             Format::Array => self.buf.push(b']'),
             Format::Ndjson => self.buf.push(b'\n'),
-            Format::Single => {}
+            Format::Single | Format::Otlp => {}
         }
         // A little headroom, so that the next body of the same size does not reallocate.
         self.hint = self.buf.len() + self.buf.len() / 8 + 64;

@@ -70,6 +70,20 @@ pub struct Cli {
     #[arg(long, env = "SIFT_BENCH_NDJSON", value_parser = BoolishValueParser::new())]
     pub ndjson: bool,
 
+    /// Send these pre-built requests instead of generated events, each once, in order, over
+    /// the keys in turn; the run ends when they are all answered (or at --duration). Records:
+    /// u32 LE events, u32 LE body length, body. Read whole before the clock starts; the
+    /// duplicate flags do not apply. The bodies must be in the format the other flags name
+    /// (--batch-size > 1: JSON arrays, --ndjson, --otlp).
+    #[arg(long, env = "SIFT_BENCH_REPLAY", value_name = "FILE")]
+    pub replay: Option<PathBuf>,
+
+    /// The bodies (of --replay) are OTLP protobuf trace exports: sent to /v1/traces as
+    /// `application/x-protobuf`; each answer's partial success counts rejected spans, and
+    /// every other span counts as accepted (OTLP does not tell collapsed spans apart).
+    #[arg(long, env = "SIFT_BENCH_OTLP", value_parser = BoolishValueParser::new(), requires = "replay", conflicts_with = "ndjson")]
+    pub otlp: bool,
+
     /// Compress bodies (`Content-Encoding: gzip`, fastest level, done by the sending task).
     #[arg(long, env = "SIFT_BENCH_GZIP", value_parser = BoolishValueParser::new())]
     pub gzip: bool,
@@ -240,6 +254,15 @@ impl Cli {
     pub fn batch_endpoint(&self) -> bool {
         self.batch_size > 1 || self.ndjson
     }
+
+    /// Whether the workload makes duplicates (never when replaying pre-built bodies).
+    pub fn duplicates(&self) -> f64 {
+        if self.replay.is_some() {
+            0.0
+        } else {
+            self.duplicates
+        }
+    }
 }
 
 fn parse_http_url(text: &str) -> Result<Url, String> {
@@ -389,6 +412,7 @@ mod tests {
             &["--key", "k", "--duration", "ten seconds"],
             &["--key", "k", "--stream-chunks", "1"],
             &["--key", "k", "--clickhouse-database", "x; DROP"],
+            &["--key", "k", "--otlp"],
         ] {
             let error = parse(args).expect_err("refused");
             assert_eq!(error.exit_code(), 2, "{args:?}");

@@ -315,6 +315,7 @@ impl Sender {
             .to_bytes();
         let single = self.format == Format::Single;
         match status {
+            200..=299 if self.format == Format::Otlp => parse_otlp(&bytes, events),
             200..=299 if single => parse_one(&bytes),
             200..=299 => parse_batch(&bytes, events),
             // An event refused as invalid: a definite answer about it, not a failed request.
@@ -429,9 +430,72 @@ fn parse_batch(bytes: &[u8], events: usize) -> Result<Answered, Failure> {
     })
 }
 
+/// An `ExportTraceServiceResponse`: no partial success means every span was taken; else its
+/// `rejected_spans` are counted as the request's last spans (OTLP does not say which), with
+/// its message as the rejection. A taken span is `Accepted`: OTLP does not tell a collapsed
+/// one apart.
+fn parse_otlp(bytes: &[u8], events: usize) -> Result<Answered, Failure> {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+    use prost::Message;
+    let answer = ExportTraceServiceResponse::decode(bytes).map_err(|e| {
+        Failure::BadAnswer(format!("unreadable OTLP answer ({e}): {}", snippet(bytes)))
+    })?;
+    let (rejected, message) = answer
+        .partial_success
+        .map_or((0, String::new()), |p| (p.rejected_spans, p.error_message));
+    let rejected = usize::try_from(rejected)
+        .ok()
+        .filter(|r| *r <= events)
+        .ok_or_else(|| Failure::BadAnswer(format!("{rejected} spans rejected of {events}")))?;
+    let mut outcomes = vec![Outcome::Accepted; events - rejected];
+    outcomes.resize(events, Outcome::Rejected);
+    Ok(Answered {
+        outcomes,
+        rejection: (rejected > 0).then_some(message),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn otlp_answers_count_the_rejected_spans() {
+        use opentelemetry_proto::tonic::collector::trace::v1::{
+            ExportTracePartialSuccess, ExportTraceServiceResponse,
+        };
+        use prost::Message;
+        // Every span taken: an empty message, no bytes.
+        assert_eq!(
+            parse_otlp(b"", 3),
+            Ok(Answered {
+                outcomes: vec![Outcome::Accepted; 3],
+                rejection: None
+            })
+        );
+        let partial = ExportTraceServiceResponse {
+            partial_success: Some(ExportTracePartialSuccess {
+                rejected_spans: 2,
+                error_message: "2 of 3 spans rejected: 2 not a GenAI span".into(),
+            }),
+        }
+        .encode_to_vec();
+        assert_eq!(
+            parse_otlp(&partial, 3),
+            Ok(Answered {
+                outcomes: vec![Outcome::Accepted, Outcome::Rejected, Outcome::Rejected],
+                rejection: Some("2 of 3 spans rejected: 2 not a GenAI span".into())
+            })
+        );
+        assert!(matches!(
+            parse_otlp(&partial, 1),
+            Err(Failure::BadAnswer(_))
+        ));
+        assert!(matches!(
+            parse_otlp(b"\xff\xff", 1),
+            Err(Failure::BadAnswer(_))
+        ));
+    }
 
     #[test]
     fn answers_become_outcomes() {

@@ -13,7 +13,8 @@
 //! and state, the schedule, streams, prompts and variants), [`body`] (JSON by hand, gzip),
 //! [`http`] (requests and answers), [`driver`] (closed and open loop), [`stats`] (counts,
 //! histogram), [`progress`] (the bar), [`clickhouse`] (rows and lag), [`check`] (the
-//! verdict), [`report`] (the JSON schema, computed from the run, and its text).
+//! verdict), [`report`] (the JSON schema, computed from the run, and its text), [`replay`]
+//! (pre-built bodies, OTLP exports among them, sent instead of generated events).
 //!
 //! Exit codes: 0 every check passed; 1 a check failed (see [`check`]) or the run could not
 //! be done (ClickHouse unreachable before the start, ...); 2 bad usage.
@@ -26,8 +27,8 @@
 //! - `schema_version`, `tool {name, version}`, `host {cores}`, `started_at` (RFC 3339, ms),
 //!   `run_id` (sessions are `bench-<run_id>-<tenant>-<n>`), `interrupted` (Ctrl-C),
 //! - `config {url, mode: "closed"|"open", concurrency, target_events_per_s|null, batch_size,
-//!   format: "single"|"json_array"|"ndjson", gzip, tenants, sessions_per_tenant, models,
-//!   duplicates, dup_kinds {retry, variant, stream}, stream_chunks, variant_max_age_s,
+//!   format: "single"|"json_array"|"ndjson"|"otlp_protobuf", gzip, tenants,
+//!   sessions_per_tenant, models, duplicates, dup_kinds {retry, variant, stream}, stream_chunks, variant_max_age_s,
 //!   duration_s|null, events|null, warmup_s, timeout_s, threads, seed, max_error_rate,
 //!   clickhouse {url, database, lag_timeout_s, settle_s}|null}`,
 //! - `counts {requests, events, warmup_requests, warmup_events, measured_requests,
@@ -57,6 +58,7 @@ mod config;
 mod driver;
 mod http;
 mod progress;
+mod replay;
 mod report;
 mod stats;
 mod workload;
@@ -115,11 +117,14 @@ fn main() -> ExitCode {
 async fn run(cli: Cli, threads: usize) -> Result<bool> {
     let run_id = cli.run_id.clone().unwrap_or_else(random_run_id);
     let seed = cli.seed.unwrap_or_else(|| rand::rng().random());
-    let format = match (cli.ndjson, cli.batch_endpoint()) {
-        (true, _) => Format::Ndjson,
-        (false, true) => Format::Array,
-        (false, false) => Format::Single,
+    let format = match (cli.otlp, cli.ndjson, cli.batch_endpoint()) {
+        (true, _, _) => Format::Otlp,
+        (false, true, _) => Format::Ndjson,
+        (false, false, true) => Format::Array,
+        (false, false, false) => Format::Single,
     };
+    // Before the clock starts: reading the bodies is not part of the run.
+    let replay = cli.replay.as_deref().map(replay::read).transpose()?;
     let say = |message: String| {
         if !cli.quiet {
             eprintln!("sift-bench: {message}");
@@ -147,12 +152,12 @@ async fn run(cli: Cli, threads: usize) -> Result<bool> {
 
     let concurrency = cli.concurrency();
     let sender = Arc::new(Sender::new(&cli.url, &cli.keys, format, cli.gzip, cli.timeout).await?);
-    let workload = Workload::new(WorkloadConfig {
+    let mut workload = Workload::new(WorkloadConfig {
         run_id: run_id.clone(),
         tenants: cli.keys.len(),
         sessions: cli.sessions,
         models: cli.models,
-        duplicates: cli.duplicates,
+        duplicates: cli.duplicates(),
         kinds: cli.dup_kinds,
         stream_chunks: cli.stream_chunks,
         variant_max_age: cli.variant_max_age,
@@ -160,6 +165,9 @@ async fn run(cli: Cli, threads: usize) -> Result<bool> {
         format,
         seed,
     });
+    if let Some(bodies) = replay {
+        workload.replay(bodies);
+    }
     let plan = Plan {
         rate: cli.rate,
         concurrency,

@@ -5,6 +5,8 @@
 //! - (a) [`ingest`]: the ingest API alone, single events and batches of 100 (beside Redis's
 //!   own rate for the claim script, `target/redis-ceiling.json` from the `redis_ceiling` bench
 //!   of `sift-ingest-api`, which `make bench` runs first);
+//! - (o) [`otlp`]: the ingest API alone taking OTLP protobuf exports of 512 GenAI spans
+//!   (`POST /v1/traces`) beside JSON batches of the 512 events they map to, same run;
 //! - (b) [`drain`]: one and two batchers draining a pre-filled queue ([`load`]), beside
 //!   ClickHouse's own rate for the same chunks;
 //! - (c) [`pipeline`]: everything at rising offered rates, the end-to-end lag;
@@ -22,6 +24,7 @@ mod drain;
 mod ingest;
 mod load;
 mod mix;
+mod otlp;
 mod pipeline;
 mod procs;
 mod storage;
@@ -39,7 +42,7 @@ use sift_e2e::{clickhouse_query, delete_prefix, redis_url, unique, Database};
 const DUPLICATES: &str = "--duplicates=0.74";
 const KINDS: &str = "--dup-kinds=retry=2,variant=1,stream=0";
 
-/// Whether scenario `name` (a, b, l, d or c) is to run.
+/// Whether scenario `name` (a, o, b, l, d or c) is to run.
 fn wanted(name: &str) -> bool {
     std::env::var("SIFT_BENCH_ONLY").map_or(true, |only| only.split(',').any(|s| s.trim() == name))
 }
@@ -159,6 +162,13 @@ async fn main() -> Result<()> {
         );
         ingest_runs.push(run);
     }
+    // (o) OTLP exports against JSON batches of the same spans, on the same tenants.
+    let otlp_runs = if wanted("o") {
+        let spans = (scaled(250_000.0, 5_120.0) as usize).div_ceil(otlp::BATCH) * otlp::BATCH;
+        otlp::compare(&db, &redis, &keys, spans, 3, &[1, 4, 16]).await?
+    } else {
+        Vec::new()
+    };
     drop(db);
     let redis_limit = read_json(&dir.join("../redis-ceiling.json")).map(|ceiling| {
         // The best rate of each call size, over the connection counts it tried.
@@ -239,6 +249,7 @@ async fn main() -> Result<()> {
         "environment": env,
         "ingest": ingest_runs,
         "redis_limit": redis_limit,
+        "otlp": otlp_runs,
         "drain": drains,
         "clickhouse_limit": limits,
         "pipeline": steps,
@@ -310,6 +321,37 @@ fn markdown(r: &Value) -> String {
             100.0 * api(0) / single,
             100.0 * api(2) / batch
         );
+    }
+    if let Some(runs) = r["otlp"].as_array().filter(|runs| !runs.is_empty()) {
+        let _ = write!(
+            md,
+            "\n## (o) OTLP exports against JSON batches\n\nThe ingest API alone (no batcher): the \
+             same GenAI spans as OTLP protobuf exports of 512 spans (`POST /v1/traces`) and as JSON \
+             arrays of the 512 events they map to (`POST /v1/ai/events/batch`), every span new, \
+             pre-built and replayed by sift-bench; median of {} rounds each, alternating.\n\n\
+             | connections | OTLP spans/s | JSON events/s | OTLP / JSON | p99 ms OTLP, JSON | \
+             sift-ingest µs CPU a span, an event | sift-ingest cores OTLP, JSON | KB a request OTLP, JSON |\n\
+             |---:|---:|---:|---:|---|---|---|---|\n",
+            runs[0]["otlp"]["rounds"].as_array().map_or(0, Vec::len)
+        );
+        for c in runs {
+            let _ = writeln!(
+                md,
+                "| {} | {:.0} | {:.0} | {:.2} | {:.1}, {:.1} | {:.1}, {:.1} | {:.2}, {:.2} | {:.0}, {:.0} |",
+                c["concurrency"],
+                f(c, "/otlp/per_s"),
+                f(c, "/json/per_s"),
+                f(c, "/ratio"),
+                f(c, "/otlp/p99_ms"),
+                f(c, "/json/p99_ms"),
+                f(c, "/otlp/sift_us_per_event"),
+                f(c, "/json/sift_us_per_event"),
+                f(c, "/otlp/sift_cores"),
+                f(c, "/json/sift_cores"),
+                f(c, "/otlp/bytes_per_request") / 1024.0,
+                f(c, "/json/bytes_per_request") / 1024.0,
+            );
+        }
     }
     let _ = write!(
         md,

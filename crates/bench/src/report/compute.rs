@@ -90,7 +90,7 @@ impl Report {
                 tenants: cli.keys.len(),
                 sessions_per_tenant: cli.sessions,
                 models: cli.models,
-                duplicates: cli.duplicates,
+                duplicates: cli.duplicates(),
                 dup_kinds: cli.dup_kinds,
                 stream_chunks: cli.stream_chunks,
                 variant_max_age_s: cli.variant_max_age.as_secs_f64(),

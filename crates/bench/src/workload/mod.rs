@@ -39,6 +39,7 @@ use rand::SeedableRng;
 use crate::body::{BodyWriter, Format};
 use crate::config::DupKinds;
 use crate::http::Outcome;
+use crate::replay;
 
 /// Retries are made of intents answered this recently (the server remembers an `event_id`
 /// for 30 minutes by default; clients retry within seconds).
@@ -220,6 +221,10 @@ pub struct Workload {
     budget: Option<u64>,
     unique: u64,
     abandoned: u64,
+    /// Pre-built bodies left to send (`--replay`); `None`: events are generated.
+    replay: Option<VecDeque<replay::Body>>,
+    /// Requests replayed so far (their tenant is taken in turn).
+    replayed: usize,
 }
 
 impl Workload {
@@ -253,7 +258,14 @@ impl Workload {
             budget: None,
             unique: 0,
             abandoned: 0,
+            replay: None,
+            replayed: 0,
         }
+    }
+
+    /// Sends these pre-built bodies, each once, instead of generated events.
+    pub fn replay(&mut self, bodies: VecDeque<replay::Body>) {
+        self.replay = Some(bodies);
     }
 
     /// From now on, send `events` more (and finish the open streams within them).
@@ -263,7 +275,10 @@ impl Workload {
 
     /// Whether the run's events are all sent (always false without a budget).
     pub fn exhausted(&self) -> bool {
-        self.budget == Some(0) && self.open_streams == 0
+        match &self.replay {
+            Some(bodies) => bodies.is_empty(),
+            None => self.budget == Some(0) && self.open_streams == 0,
+        }
     }
 
     /// Streams begun and not yet answered to their final chunk.

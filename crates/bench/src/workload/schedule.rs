@@ -25,6 +25,9 @@ impl Workload {
     /// `None` when nothing can be sent now (only stream chunks are left and all are in
     /// flight). `finishing`: the run is over but for the open streams' remaining chunks.
     pub fn build(&mut self, now: Instant, timestamp_ms: i64, finishing: bool) -> Option<Request> {
+        if self.replay.is_some() {
+            return self.next_replayed(finishing);
+        }
         let streams_only = finishing || self.budget.is_some_and(|left| left <= self.owed);
         let tenant = if streams_only {
             let n = self.tenants.len();
@@ -56,6 +59,40 @@ impl Workload {
             tenant,
             body: self.writer.finish(),
             meta,
+        })
+    }
+
+    /// The next pre-built body (`--replay`), for the tenants in turn. Its events count as
+    /// fresh intents: the bodies are expected to hold distinct ones.
+    fn next_replayed(&mut self, finishing: bool) -> Option<Request> {
+        if finishing {
+            return None;
+        }
+        let body = self.replay.as_mut()?.pop_front()?;
+        let tenant = self.replayed % self.tenants.len();
+        self.replayed += 1;
+        let intent = Intent {
+            id: 0,
+            session: 0,
+            model: 0,
+            template: 0,
+            latency_tenths: 0,
+            input_tokens: 0,
+            output_tokens: 0,
+            success: true,
+            timestamp_ms: 0,
+        };
+        let tags = vec![Tag::Fresh(intent); body.events];
+        for _ in 0..body.events {
+            self.count_sent(None);
+        }
+        Some(Request {
+            tenant,
+            body: body.bytes,
+            meta: Meta {
+                tags,
+                streams: Vec::new(),
+            },
         })
     }
 
