@@ -42,10 +42,10 @@ fmt:
 	cargo fmt --all
 
 # Every benchmark scenario on the local stack, in one run, each figure beside its limit:
-# ingest alone, batchers draining 2 million records (and ClickHouse alone for the same rows),
+# ingest alone (and OTLP exports against JSON batches), batchers draining 2 million records (and ClickHouse alone for the same rows),
 # the whole pipeline at rising rates, bytes on disk, the hourly API on 10 million events.
 # Report: target/bench/report.md and report.json. SIFT_BENCH_SCALE (1) multiplies every size
-# and duration (0.1 for a quick look); about 12 minutes at 1 on 2 cores.
+# and duration (0.1 for a quick look); about 14 minutes at 1 on 2 cores.
 bench: up
 	cargo build --release --bins
 	cargo bench -p sift-e2e --bench hourly
