@@ -219,3 +219,32 @@ async fn the_hourly_figures_count_each_intent_once_after_resends_past_the_window
     assert_hourly_equals_raw(&w, "acme", rows).await?;
     w.cleanup().await
 }
+
+/// `--event-time-window-ms` bounds how long an event is known by its identity (and so the
+/// memory its key holds): within it a resend is collapsed, after it the resend is new.
+#[tokio::test]
+async fn the_identity_claim_lasts_its_own_window() -> Result<()> {
+    let f = Fixture::new(&["--dedup-window-ms", "100", "--event-time-window-ms", "1500"]).await?;
+    let mut timed = event("session-identity-window", "Summarize the ticket");
+    timed["timestamp"] = json!(secs(a_minute_ago()));
+    let status_of = |body: &Value| {
+        (
+            body["status"].as_str().unwrap_or("?").to_owned(),
+            body["reason"].as_str().unwrap_or("").to_owned(),
+        )
+    };
+    assert_eq!(status_of(&f.event(&timed).await?.1).0, "accepted");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        status_of(&f.event(&timed).await?.1),
+        ("collapsed".to_owned(), "duplicate_event".to_owned())
+    );
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    assert_eq!(
+        status_of(&f.event(&timed).await?.1).0,
+        "accepted",
+        "past the window"
+    );
+    assert_eq!(f.queue().await?.len(), 2);
+    f.cleanup().await
+}

@@ -106,6 +106,13 @@ pub struct Config {
     #[arg(long, env = "SIFT_EVENT_ID_WINDOW_MS", default_value_t = 1_800_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub event_id_window_ms: u64,
 
+    /// How long an event without an `event_id` is remembered by its identity (its intent and
+    /// the client's `timestamp`), in milliseconds: a resend within it is collapsed
+    /// (`duplicate_event`). Each such event holds a key of about 136 bytes in Redis this long
+    /// (default: the event-id window).
+    #[arg(long, env = "SIFT_EVENT_TIME_WINDOW_MS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub event_time_window_ms: Option<u64>,
+
     /// With several Redis shards: how long each shard keeps its answer to its part of a
     /// batch, so that a retry after another shard failed is answered the same (docs/deploy.md).
     #[arg(long, env = "SIFT_BATCH_RECEIPT_WINDOW_MS", default_value_t = 300_000, value_parser = clap::value_parser!(u64).range(1..))]
@@ -187,6 +194,9 @@ impl Config {
         DedupSettings {
             window: Duration::from_millis(self.dedup_window_ms),
             event_id_window: Duration::from_millis(self.event_id_window_ms),
+            event_time_window: Duration::from_millis(
+                self.event_time_window_ms.unwrap_or(self.event_id_window_ms),
+            ),
             receipt_window: Duration::from_millis(self.batch_receipt_window_ms),
             mode: self.dedup_mode.into(),
             stream_timeout: Duration::from_millis(self.stream_timeout_ms),

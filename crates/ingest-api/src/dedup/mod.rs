@@ -44,6 +44,8 @@ pub enum WindowMode {
 pub struct DedupSettings {
     pub window: Duration,
     pub event_id_window: Duration,
+    /// How long an event without an event_id is known by its intent and client timestamp.
+    pub event_time_window: Duration,
     /// How long a shard keeps its answer to its part of a multi-shard request.
     pub receipt_window: Duration,
     pub mode: WindowMode,

@@ -50,7 +50,7 @@ pub fn claim_command(
 ) -> redis::Cmd {
     let s = settings;
     let (tenant, claims, invalid) = (call.tenant, call.claims, call.invalid);
-    // KEYS: 5 fixed, per event the ones it uses, the receipt; ARGV: 10 fixed, 2 per event (3
+    // KEYS: 5 fixed, per event the ones it uses, the receipt; ARGV: 11 fixed, 2 per event (3
     // for a stream chunk), the invalid records, 2 lifetimes.
     let streams = claims
         .iter()
@@ -59,7 +59,7 @@ pub fn claim_command(
     let with_eid = claims.iter().filter(|c| c.event_id_hash.is_some()).count();
     let by_time = claims.iter().filter(|c| time_claimed(c)).count();
     let n_keys = 5 + claims.len() + with_eid + by_time + streams + 1;
-    let n_args = 10 + 2 * claims.len() + streams + invalid.len() + 2;
+    let n_args = 11 + 2 * claims.len() + streams + invalid.len() + 2;
     let mut cmd = redis::Cmd::with_capacity(3 + n_keys + n_args, 64 + 384 * claims.len());
     cmd.arg("EVALSHA").arg(script_hash).arg(n_keys);
     let queue = keys.queue();
@@ -96,7 +96,8 @@ pub fn claim_command(
         .arg(millis(s.stream_timeout))
         .arg(claims.len())
         .arg(invalid.len())
-        .arg(call.rate_limit.unwrap_or(0));
+        .arg(call.rate_limit.unwrap_or(0))
+        .arg(millis(s.event_time_window));
     for claim in claims {
         let r = claim.record;
         cmd.arg(kind_flags(
@@ -194,6 +195,7 @@ mod tests {
         DedupSettings {
             window: std::time::Duration::from_millis(5000),
             event_id_window: std::time::Duration::from_millis(60_000),
+            event_time_window: std::time::Duration::from_millis(60_000),
             receipt_window: std::time::Duration::from_millis(300_000),
             mode: WindowMode::Fixed,
             stream_timeout: std::time::Duration::from_millis(60_000),
@@ -281,16 +283,17 @@ mod tests {
             ]
         );
         assert_eq!(text(16), keys.queue());
-        // 10 fixed arguments, then p / pe / s 2 / fe 2 with their records, the invalid one,
+        // 11 fixed arguments, then p / pe / s 2 / fe 2 with their records, the invalid one,
         // the receipt's and the counters' lifetimes.
         assert_eq!(text(17 + 7), "4", "events");
         assert_eq!(text(17 + 8), "1", "invalid records");
-        let flags: Vec<String> = [27, 29, 31, 34].into_iter().map(text).collect();
+        assert_eq!(text(17 + 10), "60000", "the identity claim's window");
+        let flags: Vec<String> = [28, 30, 32, 35].into_iter().map(text).collect();
         assert_eq!(flags, ["p", "pe", "s", "fe"]);
-        assert_eq!((text(32), text(35)), ("2".to_owned(), "2".to_owned()));
-        assert_eq!(args[28], ready[0].record.encode());
-        assert_eq!(args[37], prepared.invalid[0].encode());
-        assert_eq!(text(38), "0", "no receipt");
-        assert_eq!(args.len(), 40);
+        assert_eq!((text(33), text(36)), ("2".to_owned(), "2".to_owned()));
+        assert_eq!(args[29], ready[0].record.encode());
+        assert_eq!(args[38], prepared.invalid[0].encode());
+        assert_eq!(text(39), "0", "no receipt");
+        assert_eq!(args.len(), 41);
     }
 }

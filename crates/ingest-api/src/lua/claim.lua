@@ -13,7 +13,7 @@
 -- for Lua to make.
 -- ARGV: now_ms, window_ms, event_id_window_ms, sliding (1/0), high_water (0: none),
 -- invalid_max, stream_timeout_ms, number of events, number of invalid records, the tenant's
--- events per second (0: no limit); then per event its kind (p plain, s stream chunk, f final
+-- events per second (0: no limit), the identity claim's window in ms; then per event its kind (p plain, s stream chunk, f final
 -- stream chunk; followed by e when it has an event_id: p, pe, s, se, f, fe; pt: a plain event
 -- claimed by its identity, its intent and client timestamp), its chunk_index
 -- (stream chunks only; -1: none) and its record; then the invalid records, the receipt's
@@ -77,7 +77,8 @@ local eid_seen, claimed = {}, {}
 local records = {}
 local statuses = {}
 -- The next event's first key and first argument.
-local k, a = 6, 11
+local event_time_window = tonumber(ARGV[11])
+local k, a = 6, 12
 local kinds = {p = 'p', pe = 'p', pt = 'p', s = 's', se = 's', f = 'f', fe = 'f'}
 for i = 1, n_events do
   local flags = ARGV[a]
@@ -125,7 +126,7 @@ for i = 1, n_events do
     -- event of its intent must be known too when it is resent after the semantic window.
     local seen_before = false
     if by_time then
-      seen_before = eid_seen[eid] or not redis.call('SET', eid, '1', 'NX', 'PX', eid_window)
+      seen_before = eid_seen[eid] or not redis.call('SET', eid, '1', 'NX', 'PX', event_time_window)
       eid_seen[eid] = true
     end
     if claimed[claim] then
