@@ -8,9 +8,11 @@
 //! - [`fixtures`]: ready-made worlds and the data they send.
 //! - [`hourly`]: the check of hourly answers against the raw events.
 //! - [`pipeline`]: an ingest API and a database for the batcher's tests.
+//! - [`otlp`]: OTLP requests and answers for the tests and benchmark of `/v1/traces`.
 
 pub mod fixtures;
 pub mod hourly;
+pub mod otlp;
 pub mod pipeline;
 pub mod processes;
 pub mod proxy;

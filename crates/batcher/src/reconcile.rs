@@ -37,13 +37,12 @@ pub struct Difference {
 /// would be short of what the rollup rightly counted, and a rebuild would lose it.
 const EXPIRY_MARGIN_SECS: u64 = 3600;
 
-fn settled(
-    db: &str,
-    settle: Duration,
-    window: Duration,
-    lookback: Duration,
-    retention: Option<&RawRetention>,
-) -> String {
+fn settled(db: &str, schedule: &Schedule, retention: Option<&RawRetention>) -> String {
+    let Schedule {
+        settle,
+        window,
+        lookback,
+    } = *schedule;
     let since = format!("now64(3) - toIntervalSecond({})", lookback.as_secs());
     let retained = retention.map_or_else(String::new, |r| {
         format!(
@@ -62,18 +61,14 @@ fn settled(
 }
 
 /// The comparison of the settled hours' rollups with their raw events (see [`settled`]).
-fn differences_sql(
-    db: &str,
-    (settle, window, lookback): (Duration, Duration, Duration),
-    retention: Option<&RawRetention>,
-) -> String {
+fn differences_sql(db: &str, schedule: &Schedule, retention: Option<&RawRetention>) -> String {
     // Whole hours on both sides: the lookback's first hour is compared whole, not from the
     // instant the lookback begins (which would find every tenant's first hour short).
     let since = format!(
         "toStartOfHour(now64(3) - toIntervalSecond({}), 'UTC')",
-        lookback.as_secs()
+        schedule.lookback.as_secs()
     );
-    let groups = settled(db, settle, window, lookback, retention);
+    let groups = settled(db, schedule, retention);
     format!(
         "WITH groups AS ({groups})
 SELECT tenant_id, toInt64(toUnixTimestamp(hour)) AS hour, rollup, raw FROM
@@ -117,13 +112,8 @@ pub async fn run<C: redis::aio::ConnectionLike>(
     retention: Option<&RawRetention>,
     cache: (&mut C, &sift_core::KeySpace),
 ) -> Result<Vec<Difference>, rollups::RebuildError> {
-    let Schedule {
-        settle,
-        window,
-        lookback,
-    } = schedule;
     let differences: Vec<Difference> = client
-        .query(&differences_sql(db, (settle, window, lookback), retention))
+        .query(&differences_sql(db, &schedule, retention))
         .fetch_all()
         .await?;
     if differences.is_empty() {
@@ -155,11 +145,11 @@ mod tests {
     fn only_settled_hours_of_the_window_are_compared() {
         let sql = super::differences_sql(
             "db",
-            (
-                Duration::from_secs(60),
-                Duration::from_secs(180),
-                Duration::from_secs(3600),
-            ),
+            &super::Schedule {
+                settle: Duration::from_secs(60),
+                window: Duration::from_secs(180),
+                lookback: Duration::from_secs(3600),
+            },
             Some(&crate::retention::RawRetention::uniform(30)),
         );
         assert!(

@@ -253,10 +253,7 @@ pub async fn rebuild_groups<C: redis::aio::ConnectionLike>(
     groups: &[Group],
     cache: (&mut C, &sift_core::KeySpace),
 ) -> Result<(), RebuildError> {
-    let (Some(first), Some(last)) = (
-        groups.iter().map(|g| g.1).min(),
-        groups.iter().map(|g| g.1).max(),
-    ) else {
+    let Some((first, last)) = hours_of(groups) else {
         return Ok(());
     };
     let list = groups_list(groups);
@@ -285,10 +282,7 @@ pub async fn differing_groups(
     db: &str,
     groups: &[Group],
 ) -> Result<u64, clickhouse::error::Error> {
-    let (Some(first), Some(last)) = (
-        groups.iter().map(|g| g.1).min(),
-        groups.iter().map(|g| g.1).max(),
-    ) else {
+    let Some((first, last)) = hours_of(groups) else {
         return Ok(0);
     };
     let list = groups_list(groups);
@@ -310,6 +304,12 @@ pub async fn differing_groups(
         ))
         .fetch_one()
         .await
+}
+
+/// The first and the last hour of `groups` (None: no groups).
+pub(crate) fn hours_of(groups: &[Group]) -> Option<(i64, i64)> {
+    let hours = || groups.iter().map(|g| g.1);
+    Some((hours().min()?, hours().max()?))
 }
 
 /// `groups` as a SQL list of tuples: `('acme', 1790000000), …`.

@@ -12,7 +12,7 @@
 
 use anyhow::{bail, Result};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{any_value::Value as Any, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{
     span::SpanKind, ResourceSpans, ScopeSpans, Span, Status,
@@ -20,6 +20,7 @@ use opentelemetry_proto::tonic::trace::v1::{
 use prost::Message;
 use serde::Serialize;
 use serde_json::{json, Value};
+use sift_e2e::otlp::{kv, text};
 use sift_e2e::Database;
 
 use crate::ingest::{self, IngestRun};
@@ -52,18 +53,6 @@ pub struct Compared {
     pub json: Side,
     /// OTLP spans/s over JSON events/s.
     pub ratio: f64,
-}
-
-fn kv(key: &str, value: Any) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue { value: Some(value) }),
-        ..Default::default()
-    }
-}
-
-fn text(value: &str) -> Any {
-    Any::StringValue(value.into())
 }
 
 /// What one span says, from which both encodings are written.

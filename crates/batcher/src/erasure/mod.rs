@@ -19,6 +19,7 @@ use std::time::Duration;
 use clickhouse::Client;
 use serde::Serialize;
 use sift_service::erasures::{self, Erasure};
+use sift_service::outage::Outage;
 
 use crate::event_bounds::utc;
 use crate::{rollups, sessions};
@@ -79,7 +80,7 @@ pub async fn execute<C: redis::aio::ConnectionLike>(
     if wait > 0 {
         tokio::time::sleep(Duration::from_millis(wait as u64)).await;
     }
-    let subject = Scope::of(erasure);
+    let subject = events_of(erasure);
     let (conn, keys) = cache;
     // What the subject's events touched, read once before anything is deleted (a later
     // round finds only what arrived meanwhile, added to it).
@@ -92,14 +93,14 @@ pub async fn execute<C: redis::aio::ConnectionLike>(
             .query(&format!(
                 "SELECT DISTINCT session_id, toInt64(toUnixTimestamp(toStartOfHour(event_time))) \
                  FROM {db}.ai_events WHERE {}",
-                subject.events
+                subject
             ))
             .fetch_all()
             .await?;
         let count: u64 = client
             .query(&format!(
                 "SELECT count() FROM {db}.ai_events FINAL WHERE {}",
-                subject.events
+                subject
             ))
             .fetch_one()
             .await?;
@@ -114,10 +115,7 @@ pub async fn execute<C: redis::aio::ConnectionLike>(
         hours.dedup();
 
         client
-            .query(&format!(
-                "DELETE FROM {db}.ai_events WHERE {}",
-                subject.events
-            ))
+            .query(&format!("DELETE FROM {db}.ai_events WHERE {}", subject))
             .with_setting("lightweight_deletes_sync", "2")
             .execute()
             .await?;
@@ -164,30 +162,21 @@ pub async fn execute<C: redis::aio::ConnectionLike>(
 }
 
 /// The condition on `ai_events` that finds an erasure's events.
-struct Scope {
-    events: String,
-}
-
-impl Scope {
-    fn of(erasure: &Erasure) -> Self {
-        Self {
-            events: format!(
-                "tenant_id = {} AND {} = {} AND event_time < {}",
-                crate::sql::quote(&erasure.tenant_id),
-                erasure.subject.kind.field(),
-                crate::sql::quote(&erasure.subject.value),
-                utc(erasure.requested_at_ms)
-            ),
-        }
-    }
+fn events_of(erasure: &Erasure) -> String {
+    format!(
+        "tenant_id = {} AND {} = {} AND event_time < {}",
+        crate::sql::quote(&erasure.tenant_id),
+        erasure.subject.kind.field(),
+        crate::sql::quote(&erasure.subject.value),
+        utc(erasure.requested_at_ms)
+    )
 }
 
 /// The events read to recompute the sessions of `hours`: from a session span before the first
 /// to a session span after the last (None: no hours).
 fn span(hours: &[rollups::Group], max_span: Duration) -> Option<(i64, i64)> {
     let span_ms = max_span.as_millis() as i64;
-    let first = hours.iter().map(|h| h.1).min()?;
-    let last = hours.iter().map(|h| h.1).max()?;
+    let (first, last) = rollups::hours_of(hours)?;
     Some((first * 1000 - span_ms, (last + 3600) * 1000 + span_ms))
 }
 
@@ -195,7 +184,7 @@ fn span(hours: &[rollups::Group], max_span: Duration) -> Option<(i64, i64)> {
 async fn read_back(
     client: &Client,
     db: &str,
-    subject: &Scope,
+    subject: &str,
     tenant: &str,
     (sessions, hours, bound): (&[String], &[rollups::Group], Option<(i64, i64)>),
 ) -> Result<String, EraseError> {
@@ -203,7 +192,7 @@ async fn read_back(
     let events: u64 = client
         .query(&format!(
             "SELECT count() FROM {db}.ai_events WHERE {}",
-            subject.events
+            subject
         ))
         .fetch_one()
         .await?;
@@ -256,20 +245,16 @@ pub async fn serve(
 ) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut failing = false;
+    let outage = Outage::new(
+        "PostgreSQL or ClickHouse",
+        "erasure rounds",
+        "put off (a pending erasure waits)",
+    );
     loop {
         tick.tick().await;
         match serve_one(&postgres, &client, &db, &redis, &keys, &worker, &settings).await {
-            Ok(_) if failing => {
-                failing = false;
-                tracing::info!("erasures are served again");
-            }
-            Ok(_) => {}
-            Err(error) if !failing => {
-                failing = true;
-                tracing::warn!(%error, "cannot serve erasures; retrying");
-            }
-            Err(error) => tracing::debug!(%error, "cannot serve erasures"),
+            Ok(_) => outage.succeeded(),
+            Err(error) => outage.failed(&error),
         }
     }
 }
@@ -292,7 +277,7 @@ async fn serve_one(
         return Ok(false);
     };
     let mut conn = redis.get().await?;
-    run_claimed(
+    let done = run_claimed(
         &pg,
         &erasure,
         worker,
@@ -301,8 +286,13 @@ async fn serve_one(
         (&mut conn, keys),
         settings,
     )
-    .await?;
-    Ok(true)
+    .await;
+    match done {
+        // Its outcome could not be recorded: PostgreSQL failed.
+        Err(error @ EraseError::Store(_)) => Err(error),
+        // Any other failure was logged and recorded with the erasure, which is tried again.
+        _ => Ok(true),
+    }
 }
 
 /// Executes a claimed erasure, renewing its heartbeat meanwhile, and records its outcome:

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use sift_core::QueueRecord;
 use sift_service::erasures::{self, SubjectKind, Tombstone};
+use sift_service::outage::Outage;
 
 /// The tombstones of one moment, by tenant.
 #[derive(Debug, Default)]
@@ -92,7 +93,7 @@ pub enum RefreshError {
 }
 
 /// Refreshes `tombstones` every `every` until the task is aborted. While PostgreSQL cannot be
-/// read, the last set read stays in force; the failure is logged when it begins and ends.
+/// read, the last set read stays in force.
 pub async fn keep_fresh(
     tombstones: Tombstones,
     pool: deadpool_postgres::Pool,
@@ -101,20 +102,17 @@ pub async fn keep_fresh(
 ) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut failing = false;
+    // Logged as a state change and a periodic count, not a line per second.
+    let outage = Outage::new(
+        "PostgreSQL",
+        "tombstone refreshes",
+        "skipped (the last tombstones read stay in force)",
+    );
     loop {
         tick.tick().await;
         match tombstones.refresh(&pool, keep_days).await {
-            Ok(()) if failing => {
-                failing = false;
-                tracing::info!("the erasures' tombstones are read from PostgreSQL again");
-            }
-            Ok(()) => {}
-            Err(error) if !failing => {
-                failing = true;
-                tracing::warn!(%error, "cannot read the erasures' tombstones; the last ones read stay in force");
-            }
-            Err(error) => tracing::debug!(%error, "cannot read the erasures' tombstones"),
+            Ok(()) => outage.succeeded(),
+            Err(error) => outage.failed(&error),
         }
     }
 }

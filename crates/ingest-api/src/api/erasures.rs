@@ -47,10 +47,7 @@ pub async fn create(
     };
     let bytes = body::read(&request, payload, &limits).await?;
     let subject = subject(&bytes)?;
-    let client = state.postgres.get().await.map_err(|e| {
-        tracing::warn!(error = %e, "erasure request: PostgreSQL unavailable");
-        ApiError::PostgresUnavailable(e.into())
-    })?;
+    let client = postgres(&state).await?;
     let erasure = erasures::create(&client, &tenant, &subject)
         .await
         .map_err(store_error)?;
@@ -85,10 +82,7 @@ pub async fn show(
     let id: i64 = path
         .parse()
         .map_err(|_| ApiError::BadParameter("an erasure id is a whole number".into()))?;
-    let client = state.postgres.get().await.map_err(|e| {
-        tracing::warn!(error = %e, "erasure status: PostgreSQL unavailable");
-        ApiError::PostgresUnavailable(e.into())
-    })?;
+    let client = postgres(&state).await?;
     match erasures::get(&client, &tenant, id)
         .await
         .map_err(store_error)?
@@ -137,6 +131,14 @@ fn subject(bytes: &[u8]) -> Result<Subject, ApiError> {
         });
     }
     found.ok_or_else(|| bad("give one of user_id and session_id"))
+}
+
+/// A PostgreSQL connection for the erasure routes (rare admin calls: each failure is logged).
+async fn postgres(state: &AppState) -> Result<deadpool_postgres::Object, ApiError> {
+    state.postgres.get().await.map_err(|e| {
+        tracing::warn!(error = %e, "erasures: PostgreSQL unavailable");
+        ApiError::PostgresUnavailable(e.into())
+    })
 }
 
 fn store_error(error: ErasureError) -> ApiError {
