@@ -41,16 +41,22 @@ const DATA_ERROR_CODES: &[u32] = &[6, 26, 27, 32, 38, 41, 53, 69, 70, 72, 117, 3
 
 /// Error codes with which ClickHouse says it cannot take the insert now, whatever the data:
 /// 202 TOO_MANY_SIMULTANEOUS_QUERIES, 209 SOCKET_TIMEOUT, 210 NETWORK_ERROR, 225 NO_ZOOKEEPER,
-/// 242 TABLE_IS_READ_ONLY, 252 TOO_MANY_PARTS, 319 UNKNOWN_STATUS_OF_INSERT,
-/// 999 KEEPER_EXCEPTION; and 241 MEMORY_LIMIT_EXCEEDED for the server's total (a query's own
-/// limit, like a timeout, may be the chunk's doing: counted as attempts).
-const BUSY_CODES: &[u32] = &[202, 209, 210, 225, 242, 252, 319, 999];
+/// 242 TABLE_IS_READ_ONLY, 252 TOO_MANY_PARTS, 279 ALL_CONNECTION_TRIES_FAILED,
+/// 319 UNKNOWN_STATUS_OF_INSERT, 999 KEEPER_EXCEPTION; and 241 MEMORY_LIMIT_EXCEEDED for the
+/// server's total (a query's own limit, like a timeout, may be the chunk's doing: counted as
+/// attempts). On a cluster, a shard that is down answers an insert into the Distributed
+/// `ai_events` with 209, 210 or 279: the chunk waits for it, it is never dead-lettered for it.
+const BUSY_CODES: &[u32] = &[202, 209, 210, 225, 242, 252, 279, 319, 999];
 
 impl From<clickhouse::error::Error> for InsertError {
     fn from(error: clickhouse::error::Error) -> Self {
         use clickhouse::error::Error as E;
         let kind: fn(E) -> Self = match &error {
             E::Network(_) | E::TimedOut => Self::Unreachable,
+            // On a cluster, a shard that went away while the Distributed insert wrote to it
+            // may surface as any code (32 "attempt to read after EOF", say): the network
+            // failure is what counts, and the chunk waits for the shard.
+            E::BadResponse(reason) if reason.contains("NetException") => Self::Unreachable,
             E::BadResponse(reason) => match sift_service::clickhouse_text::exception_code(reason) {
                 Some(code) if DATA_ERROR_CODES.contains(&code) => Self::Refused,
                 Some(code) if BUSY_CODES.contains(&code) => Self::Unreachable,
@@ -108,17 +114,32 @@ pub async fn insert_payload(
 /// How `ai_events` differs from the columns the batcher writes ([`COLUMNS`]), if it does:
 /// `None` when it matches, or when the table is not there (the insert then says so). A table
 /// of an older version (`migrate` not run yet for this one) is waited for, not written into.
+/// On a cluster, the Distributed `ai_events` that the insert goes through and every node's
+/// `ai_events_local` that the rows land in are each checked.
 pub async fn schema_mismatch(
     client: &Client,
     database: &str,
 ) -> Result<Option<String>, InsertError> {
-    let found: Vec<(String, String)> = client
-        .query("SELECT name, type FROM system.columns WHERE database = ? AND table = ?")
-        .bind(database)
-        .bind(EVENTS_TABLE)
-        .fetch_all()
-        .await?;
-    Ok(mismatch(&found))
+    let columns = |client: Client, table: String| async move {
+        client
+            .query("SELECT name, type FROM system.columns WHERE database = ? AND table = ?")
+            .bind(database)
+            .bind(table.as_str())
+            .fetch_all::<(String, String)>()
+            .await
+    };
+    if let Some(wrong) = mismatch(&columns(client.clone(), EVENTS_TABLE.to_owned()).await?) {
+        return Ok(Some(wrong));
+    }
+    if crate::cluster::topology().is_some() {
+        let local = crate::cluster::local(EVENTS_TABLE);
+        for (url, node) in crate::cluster::holders(client) {
+            if let Some(wrong) = mismatch(&columns(node, local.clone()).await?) {
+                return Ok(Some(format!("on {url}, {local}: {wrong}")));
+            }
+        }
+    }
+    Ok(None)
 }
 
 fn mismatch(found: &[(String, String)]) -> Option<String> {
@@ -217,6 +238,9 @@ mod tests {
             "Code: 241. DB::Exception: Memory limit (total) exceeded: would use 3.5 GiB",
             "Code: 202. DB::Exception: Too many simultaneous queries",
             "Code: 242. DB::Exception: Table is in readonly mode",
+            "Code: 210. DB::NetException: Connection refused (127.0.0.1:22900): Insertion status:",
+            "Code: 32. DB::NetException: Attempt to read after eof: while receiving packet from 127.0.0.1:22900",
+            "Code: 279. DB::Exception: All connection tries failed.",
         ] {
             assert!(matches!(classify(busy), InsertError::Unreachable(_)), "{busy}");
         }

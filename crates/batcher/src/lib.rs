@@ -19,10 +19,13 @@
 //! - [`health`] and [`metrics`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`postgres`], [`migrate`], [`tenants`]: schema and tenants/keys administration;
 //!   [`retention`]: per-tenant retention of raw events, enforced by `ai_events`' TTL.
+//! - [`cluster`]: sift on a sharded ClickHouse (`--clickhouse-cluster`): the nodes, and the
+//!   deletes and TTL changes sent to each node's `_local` tables.
 //! - [`sql`]: names (the database, a table, a TTL) bound into SQL text, in one place.
 
 pub mod chunk;
 pub mod clickhouse;
+pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod dlq;

@@ -13,6 +13,13 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     sift_service::logging::init(&cli.log_format);
     let ctx = Context::from(&cli);
+    match ctx.clickhouse.topology() {
+        Ok(topology) => sift_batcher::cluster::configure(topology),
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    }
     let done = match cli.command {
         Command::Migrate(args) => commands::migrate::run(args, &ctx).await,
         Command::Run(args) => commands::run::run(args, &ctx).await,

@@ -144,6 +144,18 @@ pub const CLICKHOUSE: &[Migration] = &[
     },
 ];
 
+/// The migrations of a sharded ClickHouse without replicas (`--clickhouse-cluster`), in order,
+/// applied to every node and recorded in each node's `sift_cluster_migrations`: the first is
+/// the single node's schema at its migration 11, as `_local` and Distributed tables; a later
+/// change of [`CLICKHOUSE`] comes with its own file here. `{database}`, `{cluster}`,
+/// `{raw_ttl_days}` and `{rollup_ttl_days}` are filled in.
+pub const CLICKHOUSE_CLUSTER: &[Migration] = &[Migration {
+    version: 1,
+    name: "sharded_schema",
+    sql: include_str!("../../../sql/clickhouse-cluster/sharded/0001_schema.sql"),
+    apply: Apply::Statements,
+}];
+
 /// Values filled into the ClickHouse migrations.
 #[derive(Debug, Clone)]
 pub struct ClickHouseSchema {
@@ -199,6 +211,16 @@ pub enum MigrateError {
     Busy(&'static str),
     #[error("migration {version} ({name}) was changed after it was applied; add a new migration instead")]
     Changed { version: i32, name: &'static str },
+    #[error("ClickHouse node {url}: {source}")]
+    Node {
+        url: String,
+        source: Box<MigrateError>,
+    },
+    #[error(
+        "{database}.ai_events is a {engine} table here, a single node's schema: a cluster's \
+         ai_events is Distributed (sift does not move a single node's tables into a cluster)"
+    )]
+    SingleNodeSchema { database: String, engine: String },
 }
 
 impl From<tokio_postgres::Error> for MigrateError {
@@ -279,7 +301,8 @@ fn ignore_concurrent_create(e: tokio_postgres::Error) -> Result<(), tokio_postgr
 
 /// Applies the ClickHouse migrations not yet applied; returns the versions it applied.
 /// ClickHouse has no transactions or locks: every statement is idempotent (`IF NOT EXISTS`),
-/// so two migrators at once do no harm.
+/// so two migrators at once do no harm. On a cluster ([`crate::cluster`]), applies
+/// [`CLICKHOUSE_CLUSTER`] to every node instead.
 pub async fn clickhouse(
     client: &clickhouse::Client,
     schema: &ClickHouseSchema,
@@ -288,13 +311,88 @@ pub async fn clickhouse(
     if !sql::is_identifier(db) {
         return Err(MigrateError::DatabaseName(db.clone()));
     }
+    if let Some(topology) = crate::cluster::topology() {
+        return clickhouse_cluster(topology, schema).await;
+    }
+    let applied = apply_clickhouse(client, schema, "sift_migrations", CLICKHOUSE, &[]).await?;
+    reconcile_ttls(client, schema).await?;
+    Ok(applied)
+}
+
+/// [`clickhouse`] on a cluster: every node must answer before any is changed (an unreachable
+/// node is named at once, not after half the nodes are migrated); then each node in turn
+/// (ON CLUSTER needs a Keeper that not every cluster has, and the `_local` tables are each
+/// node's own), then the TTLs of every node's `_local` tables. The versions applied on any node.
+async fn clickhouse_cluster(
+    topology: &crate::cluster::Topology,
+    schema: &ClickHouseSchema,
+) -> Result<Vec<i32>, MigrateError> {
+    let db = &schema.database;
+    let on = |url: &str| {
+        let url = url.to_owned();
+        move |source: MigrateError| MigrateError::Node {
+            url,
+            source: Box::new(source),
+        }
+    };
+    for node in &topology.nodes {
+        node.client
+            .query("SELECT 1")
+            .execute()
+            .await
+            .map_err(|e| on(&node.url)(e.into()))?;
+    }
+    let mut applied = Vec::new();
+    for node in &topology.nodes {
+        let engine: Option<String> = node
+            .client
+            .query("SELECT engine FROM system.tables WHERE database = ? AND name = 'ai_events'")
+            .bind(db.as_str())
+            .fetch_optional()
+            .await
+            .map_err(|e| on(&node.url)(e.into()))?;
+        if let Some(engine) = engine.filter(|e| e != "Distributed") {
+            return Err(on(&node.url)(MigrateError::SingleNodeSchema {
+                database: db.clone(),
+                engine,
+            }));
+        }
+        let vars = [("cluster", topology.cluster.as_str())];
+        let done = apply_clickhouse(
+            &node.client,
+            schema,
+            "sift_cluster_migrations",
+            CLICKHOUSE_CLUSTER,
+            &vars,
+        )
+        .await
+        .map_err(on(&node.url))?;
+        applied.extend(done);
+    }
+    applied.sort_unstable();
+    applied.dedup();
+    // Any node's client: the TTLs are set on every node's `_local` tables.
+    reconcile_ttls(&topology.nodes[0].client, schema).await?;
+    Ok(applied)
+}
+
+/// Applies the `migrations` not recorded in `db.record` yet, through `client`, and records
+/// them; `vars` are filled in besides the schema's values. The versions it applied.
+async fn apply_clickhouse(
+    client: &clickhouse::Client,
+    schema: &ClickHouseSchema,
+    record: &str,
+    migrations: &[Migration],
+    vars: &[(&str, &str)],
+) -> Result<Vec<i32>, MigrateError> {
+    let db = &schema.database;
     client
         .query(&format!("CREATE DATABASE IF NOT EXISTS {db}"))
         .execute()
         .await?;
     client
         .query(&format!(
-            "CREATE TABLE IF NOT EXISTS {db}.sift_migrations
+            "CREATE TABLE IF NOT EXISTS {db}.{record}
              (version Int32, name String, checksum String, applied_at DateTime DEFAULT now())
              ENGINE = ReplacingMergeTree ORDER BY version"
         ))
@@ -302,12 +400,12 @@ pub async fn clickhouse(
         .await?;
     let applied_rows: Vec<(i32, String)> = client
         .query(&format!(
-            "SELECT version, checksum FROM {db}.sift_migrations FINAL"
+            "SELECT version, checksum FROM {db}.{record} FINAL"
         ))
         .fetch_all()
         .await?;
     let mut applied = Vec::new();
-    for migration in CLICKHOUSE {
+    for migration in migrations {
         match applied_rows
             .iter()
             .find(|(version, _)| *version == migration.version)
@@ -321,17 +419,15 @@ pub async fn clickhouse(
             Some(_) => {}
             None => {
                 // `{table}` and `{source}` are left to `rewrite_events`.
-                let sql = sql::render(
-                    migration.sql,
-                    &[
-                        ("database", db),
-                        (
-                            "raw_ttl_days",
-                            &schema.raw_retention.default_days.to_string(),
-                        ),
-                        ("rollup_ttl_days", &schema.rollup_ttl_days.to_string()),
-                    ],
-                );
+                let raw_ttl_days = schema.raw_retention.default_days.to_string();
+                let rollup_ttl_days = schema.rollup_ttl_days.to_string();
+                let mut values = vec![
+                    ("database", db.as_str()),
+                    ("raw_ttl_days", raw_ttl_days.as_str()),
+                    ("rollup_ttl_days", rollup_ttl_days.as_str()),
+                ];
+                values.extend_from_slice(vars);
+                let sql = sql::render(migration.sql, &values);
                 let statements: Vec<String> = strip_comments(&sql)
                     .split(';')
                     .map(str::trim)
@@ -347,7 +443,9 @@ pub async fn clickhouse(
                     Apply::RewriteEvents => rewrite_events(client, db, &statements).await?,
                 }
                 client
-                    .query(&format!("INSERT INTO {db}.sift_migrations (version, name, checksum) VALUES (?, ?, ?)"))
+                    .query(&format!(
+                        "INSERT INTO {db}.{record} (version, name, checksum) VALUES (?, ?, ?)"
+                    ))
                     .bind(migration.version)
                     .bind(migration.name)
                     .bind(migration.checksum())
@@ -357,7 +455,6 @@ pub async fn clickhouse(
             }
         }
     }
-    reconcile_ttls(client, schema).await?;
     Ok(applied)
 }
 
@@ -486,22 +583,25 @@ async fn reconcile_ttls(
     {
         tracing::info!(ttl = %schema.raw_retention.ttl(), "ai_events: TTL bounds of its parts are being recomputed");
     }
-    for (table, ttl) in schema.ttls() {
-        let engine: String = client
-            .query("SELECT engine_full FROM system.tables WHERE database = ? AND name = ?")
-            .bind(db.as_str())
-            .bind(table)
-            .fetch_one()
-            .await?;
-        // Followed by a space or the end: `toIntervalDay(365)` is not `toIntervalDay(3650)`.
-        let current = format!("TTL {ttl}");
-        if !(engine.contains(&format!("{current} ")) || engine.ends_with(&current)) {
-            client
-                .query(&format!("ALTER TABLE {db}.{table} MODIFY TTL {ttl}"))
-                .with_setting("materialize_ttl_after_modify", "0")
-                .execute()
+    // On a cluster, each node's `_local` tables hold the rows and their TTLs.
+    for (url, node) in crate::cluster::holders(client) {
+        for (table, ttl) in schema.ttls() {
+            let table = crate::cluster::local(table);
+            let engine: String = node
+                .query("SELECT engine_full FROM system.tables WHERE database = ? AND name = ?")
+                .bind(db.as_str())
+                .bind(table.as_str())
+                .fetch_one()
                 .await?;
-            tracing::info!(%table, %ttl, "TTL changed");
+            // Followed by a space or the end: `toIntervalDay(365)` is not `toIntervalDay(3650)`.
+            let current = format!("TTL {ttl}");
+            if !(engine.contains(&format!("{current} ")) || engine.ends_with(&current)) {
+                node.query(&format!("ALTER TABLE {db}.{table} MODIFY TTL {ttl}"))
+                    .with_setting("materialize_ttl_after_modify", "0")
+                    .execute()
+                    .await?;
+                tracing::info!(node = url, %table, %ttl, "TTL changed");
+            }
         }
     }
     Ok(())

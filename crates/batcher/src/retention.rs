@@ -72,40 +72,42 @@ pub async fn enforce(
     retention: &RawRetention,
     always: bool,
 ) -> Result<Enforced, RetentionError> {
-    let engine = engine_full(client, db).await?;
-    if !engine.contains("materialize_ttl_recalculate_only = 1") {
-        return Err(RetentionError::NotMigrated);
-    }
-    let changed = RawRetention::from_engine(&engine).ok().flatten().as_ref() != Some(retention);
-    if changed {
-        client
-            .query(&format!(
-                "ALTER TABLE {db}.ai_events MODIFY TTL {}",
+    // On a cluster, the rows and their TTL are in every node's `ai_events_local`.
+    let table = crate::cluster::local("ai_events");
+    let mut enforced = Enforced::Unchanged;
+    for (url, node) in crate::cluster::holders(client) {
+        let engine = engine_full(&node, db, &table).await?;
+        if !engine.contains("materialize_ttl_recalculate_only = 1") {
+            return Err(RetentionError::NotMigrated);
+        }
+        let changed = RawRetention::from_engine(&engine).ok().flatten().as_ref() != Some(retention);
+        if changed {
+            node.query(&format!(
+                "ALTER TABLE {db}.{table} MODIFY TTL {}",
                 retention.ttl()
             ))
             .with_setting("materialize_ttl_after_modify", "0")
             .execute()
             .await?;
-        tracing::info!(ttl = %retention.ttl(), "ai_events: TTL changed");
+            tracing::info!(node = url, ttl = %retention.ttl(), "{table}: TTL changed");
+            enforced = Enforced::Changed;
+        }
+        if changed || always {
+            node.query(&format!("ALTER TABLE {db}.{table} MATERIALIZE TTL"))
+                .execute()
+                .await?;
+        }
     }
-    if changed || always {
-        client
-            .query(&format!("ALTER TABLE {db}.ai_events MATERIALIZE TTL"))
-            .execute()
-            .await?;
-    }
-    Ok(if changed {
-        Enforced::Changed
-    } else {
-        Enforced::Unchanged
-    })
+    Ok(enforced)
 }
 
-/// `ai_events`' engine text, with its TTL and settings.
-async fn engine_full(client: &Client, db: &str) -> Result<String, RetentionError> {
+/// The engine text of `table` (`ai_events`, or `ai_events_local` on a cluster), with its TTL
+/// and settings.
+async fn engine_full(client: &Client, db: &str, table: &str) -> Result<String, RetentionError> {
     Ok(client
-        .query("SELECT engine_full FROM system.tables WHERE database = ? AND name = 'ai_events'")
+        .query("SELECT engine_full FROM system.tables WHERE database = ? AND name = ?")
         .bind(db)
+        .bind(table)
         .fetch_one()
         .await?)
 }
@@ -173,8 +175,15 @@ impl RawRetention {
     }
 
     /// The retention `ai_events` in `db` enforces now (`None`: it keeps raw events forever).
+    /// On a cluster, as the first node's `ai_events_local` enforces it (`migrate` and
+    /// `tenant set-retention` give every node the same TTL).
     pub async fn current(client: &Client, db: &str) -> Result<Option<Self>, RetentionError> {
-        Self::from_engine(&engine_full(client, db).await?)
+        let table = crate::cluster::local("ai_events");
+        let node = crate::cluster::holders(client)
+            .into_iter()
+            .next()
+            .map_or_else(|| client.clone(), |(_, node)| node);
+        Self::from_engine(&engine_full(&node, db, &table).await?)
     }
 }
 

@@ -209,11 +209,7 @@ async fn rebuild_day(
     );
     let mut touched = client.query(&groups).fetch_all::<(String, i64)>().await?;
     // A lightweight delete: it masks the rows at once, without rewriting the month's parts.
-    client
-        .query(&format!("DELETE FROM {db}.ai_events_hourly WHERE {hours}"))
-        .with_setting("lightweight_deletes_sync", "2")
-        .execute()
-        .await?;
+    crate::cluster::delete(client, db, "ai_events_hourly", &hours).await?;
     let events = format!(
         "{}{others}",
         crate::event_bounds::events_between_ms(start, end)
@@ -258,13 +254,7 @@ pub async fn rebuild_groups<C: redis::aio::ConnectionLike>(
     };
     let list = groups_list(groups);
     let rollup_rows = format!("(tenant_id, toInt64(toUnixTimestamp(hour))) IN ({list})");
-    client
-        .query(&format!(
-            "DELETE FROM {db}.ai_events_hourly WHERE {rollup_rows}"
-        ))
-        .with_setting("lightweight_deletes_sync", "2")
-        .execute()
-        .await?;
+    crate::cluster::delete(client, db, "ai_events_hourly", &rollup_rows).await?;
     let events = format!(
         "{} AND (tenant_id, toInt64(toUnixTimestamp(toStartOfHour(event_time)))) IN ({list})",
         crate::event_bounds::events_between_ms(first * 1000, (last + 3600) * 1000)

@@ -1,7 +1,8 @@
 //! `sift-batcher migrate`: applies the schema migrations not yet applied to PostgreSQL,
 //! ClickHouse or both, and says, per store, which it applied or that it was up to date.
 //! ClickHouse's `ai_events` TTL is rebuilt from the tenants' retention in PostgreSQL, so a
-//! migration never takes a tenant's own retention away.
+//! migration never takes a tenant's own retention away. With `--cluster`, every node of
+//! `--clickhouse-nodes` is migrated in turn (see [`crate::cluster`]).
 
 use anyhow::Context as _;
 
@@ -37,7 +38,11 @@ pub async fn run(args: MigrateArgs, ctx: &Context) -> anyhow::Result<()> {
             .await
             .context("migrating ClickHouse")?;
         tenants::unlock_retention(&pg).await?;
-        report("clickhouse", &applied, migrate::CLICKHOUSE.len());
+        let total = match crate::cluster::topology() {
+            Some(_) => migrate::CLICKHOUSE_CLUSTER.len(),
+            None => migrate::CLICKHOUSE.len(),
+        };
+        report("clickhouse", &applied, total);
     }
     Ok(())
 }

@@ -99,15 +99,60 @@ pub struct ClickHouseArgs {
         global = true
     )]
     pub clickhouse_password: String,
+
+    /// ClickHouse cluster (its name in the servers' `remote_servers`) that sift's tables are
+    /// sharded over by tenant; empty: one node. With it, `migrate` creates `<table>_local`
+    /// tables and Distributed tables under the single node's names on every node of
+    /// --clickhouse-nodes, and deletes and TTL changes go to every node's `_local` tables.
+    #[arg(
+        long,
+        visible_alias = "cluster",
+        env = "SIFT_CLICKHOUSE_CLUSTER",
+        default_value = "",
+        global = true
+    )]
+    pub clickhouse_cluster: String,
+
+    /// With --clickhouse-cluster: the HTTP URL of every node of the cluster, comma-separated
+    /// (--clickhouse-url is the one that inserts and reads go through, any of them).
+    #[arg(long, env = "SIFT_CLICKHOUSE_NODES", default_value = "", global = true)]
+    pub clickhouse_nodes: String,
 }
 
 impl ClickHouseArgs {
     /// A client for these flags (the database is named in each query, not set here).
     pub fn client(&self) -> clickhouse::Client {
-        sift_service::pools::clickhouse(
+        let client = sift_service::pools::clickhouse(
             &self.clickhouse_url,
             &self.clickhouse_user,
             &self.clickhouse_password,
+        );
+        if self.clickhouse_cluster.trim().is_empty() {
+            return client;
+        }
+        // A write into a Distributed table (the flusher's INSERT … SELECT) reaches the shards
+        // before it is answered, so the next read sees it. A subquery on a Distributed table
+        // inside a query on one reads the shard's own table: a tenant's rows, sessions and
+        // rollups are all on one shard, so that is exact (and not one query per shard pair).
+        client
+            .with_setting("distributed_foreground_insert", "1")
+            .with_setting("distributed_product_mode", "local")
+    }
+
+    /// The cluster these flags name, with a client per node (`None`: one node).
+    pub fn topology(
+        &self,
+    ) -> Result<Option<crate::cluster::Topology>, crate::cluster::TopologyError> {
+        crate::cluster::Topology::from_flags(
+            &self.clickhouse_cluster,
+            &self.clickhouse_nodes,
+            |url| {
+                sift_service::pools::clickhouse(
+                    url,
+                    &self.clickhouse_user,
+                    &self.clickhouse_password,
+                )
+            },
         )
     }
 }

@@ -114,21 +114,12 @@ pub async fn execute<C: redis::aio::ConnectionLike>(
         hours.sort_unstable();
         hours.dedup();
 
-        client
-            .query(&format!("DELETE FROM {db}.ai_events WHERE {}", subject))
-            .with_setting("lightweight_deletes_sync", "2")
-            .execute()
-            .await?;
+        crate::cluster::delete(client, db, "ai_events", &subject).await?;
         let bound = span(&hours, settings.max_span);
         if !sessions.is_empty() {
             let selector = sessions::listed(&erasure.tenant_id, &sessions);
-            client
-                .query(&format!(
-                    "DELETE FROM {db}.ai_sessions WHERE (tenant_id, session_id) IN ({selector})"
-                ))
-                .with_setting("lightweight_deletes_sync", "2")
-                .execute()
-                .await?;
+            let stored = format!("(tenant_id, session_id) IN ({selector})");
+            crate::cluster::delete(client, db, "ai_sessions", &stored).await?;
             if let Some((from, to)) = bound {
                 sessions::recompute_between(client, db, &selector, from, to).await?;
             }
