@@ -10,7 +10,10 @@
 #   stop:   stops both; data is kept.
 #   status: exit 0 when both answer.
 # Env: SIFT_LOCAL_DIR, SIFT_CLUSTER_HTTP_PORTS (21123,22123), SIFT_CLUSTER_TCP_PORTS
-#      (21900,22900), and those of clickhouse.sh.
+#      (21900,22900), SIFT_CLUSTER_ONLY (0 or 1: start or stop that shard alone, as the
+#      tests do to take one shard down and bring it back), and those of clickhouse.sh.
+# sift on this cluster: sift-batcher migrate --cluster sift_local --clickhouse-nodes URLS
+# (docs/deploy.md, "A two-shard ClickHouse on one machine").
 set -euo pipefail
 
 # shellcheck source=deploy/local/common.sh
@@ -48,22 +51,29 @@ shard() { # index action
         "$SIFT_DEPLOY_DIR/clickhouse.sh" "$2"
 }
 
+SHARDS=(0 1)
+if [[ -n "${SIFT_CLUSTER_ONLY:-}" ]]; then
+    [[ "$SIFT_CLUSTER_ONLY" == 0 || "$SIFT_CLUSTER_ONLY" == 1 ]] ||
+        sift_die "SIFT_CLUSTER_ONLY is a shard index: 0 or 1"
+    SHARDS=("$SIFT_CLUSTER_ONLY")
+fi
+
 case "${1:-}" in
 start)
     sift_prepare_dirs
-    for i in 0 1; do
+    for i in "${SHARDS[@]}"; do
         write_cluster_config "$(run_dir "$i")"
         shard "$i" start
     done
     echo "SIFT_CLICKHOUSE_CLUSTER_URLS=http://127.0.0.1:${HTTP_PORTS[0]},http://127.0.0.1:${HTTP_PORTS[1]}"
     ;;
 stop)
-    for i in 0 1; do
+    for i in "${SHARDS[@]}"; do
         [[ -d "$(run_dir "$i")" ]] && shard "$i" stop
     done
     ;;
 status)
-    for i in 0 1; do shard "$i" status; done
+    for i in "${SHARDS[@]}"; do shard "$i" status; done
     ;;
 *)
     echo "usage: $0 start|stop|status" >&2

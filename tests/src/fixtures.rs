@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use sift_core::QueueRecord;
 
 use crate::processes::{Batcher, Ingest};
-use crate::services::{clickhouse_query, delete_prefix, redis_connection, redis_url, Database};
+use crate::services::{delete_prefix, redis_connection, redis_url, Database};
 
 /// One test's world: a database with a tenant and key, and an ingest process.
 pub struct Fixture {
@@ -200,6 +200,11 @@ pub struct World {
     pub http: reqwest::Client,
 }
 
+/// `sql` on the ClickHouse that `w`'s binaries use.
+async fn query(w: &World, sql: &str) -> Result<String> {
+    crate::services::clickhouse_query_at(&w.db.clickhouse_url, sql).await
+}
+
 impl World {
     pub async fn new(tenants: &[&'static str]) -> Result<Self> {
         Self::sharded(tenants, &redis_url(), 1, &[]).await
@@ -214,6 +219,27 @@ impl World {
         ingest_args: &[&str],
     ) -> Result<Self> {
         let db = Database::create_with_clickhouse().await?;
+        Self::on(db, tenants, redis, shards, ingest_args).await
+    }
+
+    /// A world on the test's own two-shard ClickHouse `cluster` (and the shared Redis): the
+    /// binaries run with `--clickhouse-cluster`, and its queries go through the first node.
+    pub async fn on_cluster(
+        tenants: &[&'static str],
+        cluster: &crate::cluster::PrivateCluster,
+        ingest_args: &[&str],
+    ) -> Result<Self> {
+        let db = Database::create_on_cluster(cluster).await?;
+        Self::on(db, tenants, &redis_url(), 1, ingest_args).await
+    }
+
+    async fn on(
+        db: Database,
+        tenants: &[&'static str],
+        redis: &str,
+        shards: usize,
+        ingest_args: &[&str],
+    ) -> Result<Self> {
         let mut keys = HashMap::new();
         for tenant in tenants {
             keys.insert(*tenant, db.tenant_with_key(tenant).await?);
@@ -305,10 +331,9 @@ impl World {
     pub async fn wait_for_rows(&self, table: &str, expected: u64) -> Result<()> {
         let started = Instant::now();
         loop {
-            let count: u64 =
-                clickhouse_query(&format!("SELECT count() FROM {}", self.table(table)))
-                    .await?
-                    .parse()?;
+            let count: u64 = query(self, &format!("SELECT count() FROM {}", self.table(table)))
+                .await?
+                .parse()?;
             if count >= expected {
                 return Ok(());
             }
@@ -329,7 +354,7 @@ impl World {
         let sql = format!("SELECT sum(events) FROM {}", self.table("ai_events_hourly"));
         let started = Instant::now();
         loop {
-            let counted: u64 = clickhouse_query(&sql).await?.parse()?;
+            let counted: u64 = query(self, &sql).await?.parse()?;
             if counted >= expected {
                 break;
             }
@@ -364,7 +389,7 @@ impl World {
     }
 
     pub async fn query_json(&self, sql: &str) -> Result<Vec<Value>> {
-        let text = clickhouse_query(&format!("{sql} FORMAT JSONEachRow")).await?;
+        let text = query(self, &format!("{sql} FORMAT JSONEachRow")).await?;
         text.lines()
             .map(|l| serde_json::from_str(l).context("JSONEachRow"))
             .collect()

@@ -3,6 +3,7 @@
 //! free ports, so tests run in parallel and repeatedly without seeing each other.
 //!
 //! - [`services`]: the stores, a database per test, a private Redis.
+//! - [`cluster`]: a private two-shard ClickHouse cluster of one test.
 //! - [`processes`]: `sift-ingest` and `sift-batcher run` as child processes.
 //! - [`proxy`]: a TCP proxy to cut a dependency and bring it back.
 //! - [`fixtures`]: ready-made worlds and the data they send.
@@ -10,6 +11,7 @@
 //! - [`pipeline`]: an ingest API and a database for the batcher's tests.
 //! - [`otlp`]: OTLP requests and answers for the tests and benchmark of `/v1/traces`.
 
+pub mod cluster;
 pub mod fixtures;
 pub mod hourly;
 pub mod otlp;
@@ -18,12 +20,13 @@ pub mod processes;
 pub mod proxy;
 pub mod services;
 
+pub use cluster::PrivateCluster;
 pub use fixtures::{dataset, event, f, gzip, hourly_path, now_secs, Fixture, World, MODELS};
 pub use hourly::assert_hourly_equals_raw;
 pub use pipeline::{event_in, unique_events, Pipeline};
 pub use processes::{Batcher, Ingest, Log};
 pub use proxy::Proxy;
 pub use services::{
-    bin, clickhouse_query, clickhouse_url, delete_prefix, postgres_base, redis_connection,
-    redis_url, take_queue_as, unique, Database, PrivateRedis,
+    bin, clickhouse_query, clickhouse_query_at, clickhouse_url, delete_prefix, postgres_base,
+    redis_connection, redis_url, take_queue_as, unique, Database, PrivateRedis,
 };

@@ -1,7 +1,8 @@
 //! The stores the tests run against: where they are, a PostgreSQL (and ClickHouse) database
 //! per test, a private Redis server for tests that stop it, and small query helpers.
+//! ([`crate::cluster`] has the private two-shard ClickHouse.)
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -49,6 +50,14 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
+/// The repository's root directory.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
 /// ClickHouse HTTP URL the tests use (a database per test is created on it).
 pub fn clickhouse_url() -> String {
     std::env::var("SIFT_TEST_CLICKHOUSE").unwrap_or_else(|_| "http://127.0.0.1:8123".into())
@@ -59,7 +68,12 @@ pub fn clickhouse_url() -> String {
 pub struct Database {
     pub name: String,
     pub url: String,
+    /// Whether the ClickHouse database on the shared server is this test's (dropped with it).
     pub clickhouse: bool,
+    /// The ClickHouse that the binaries use: the shared server, or a test cluster's first node
+    /// (with the cluster's flags in `cluster_env`).
+    pub clickhouse_url: String,
+    pub cluster_env: Vec<(&'static str, String)>,
 }
 
 impl Database {
@@ -89,7 +103,33 @@ impl Database {
             url: format!("{}/{name}", postgres_base()),
             name,
             clickhouse: false,
+            clickhouse_url: clickhouse_url(),
+            cluster_env: Vec::new(),
         })
+    }
+
+    /// PostgreSQL, and ClickHouse on the two-shard `cluster` (`migrate --cluster`): the
+    /// database goes with the cluster, which is the test's own.
+    pub async fn create_on_cluster(cluster: &crate::cluster::PrivateCluster) -> Result<Self> {
+        let name = unique("sift_e2e");
+        let db = Self {
+            url: format!("{}/{name}", postgres_base()),
+            name,
+            clickhouse: false,
+            clickhouse_url: cluster.url(0),
+            cluster_env: vec![
+                (
+                    "SIFT_CLICKHOUSE_CLUSTER",
+                    crate::cluster::CLUSTER.to_owned(),
+                ),
+                ("SIFT_CLICKHOUSE_NODES", cluster.nodes()),
+            ],
+        };
+        let out = db.batcher(&["migrate"]).await?;
+        if !out.contains("clickhouse: applied migrations [1]") {
+            bail!("migrate printed {out:?}");
+        }
+        Ok(db)
     }
 
     /// A connection to this test's PostgreSQL database.
@@ -106,6 +146,8 @@ impl Database {
             name,
             url,
             clickhouse: target == "all",
+            clickhouse_url: clickhouse_url(),
+            cluster_env: Vec::new(),
         };
         let out = db.batcher(&["migrate", "--target", target]).await?;
         if !out.contains("postgres:") {
@@ -116,16 +158,18 @@ impl Database {
 
     /// The environment that points a sift binary at this test's stores.
     pub fn env(&self) -> Vec<(&'static str, String)> {
-        vec![
+        let mut env = vec![
             ("SIFT_POSTGRES_URL", self.url.clone()),
-            ("SIFT_CLICKHOUSE_URL", clickhouse_url()),
+            ("SIFT_CLICKHOUSE_URL", self.clickhouse_url.clone()),
             ("SIFT_CLICKHOUSE_DATABASE", self.name.clone()),
             // Children log errors only (SIFT_TEST_LOG=warn or debug to see more when a test fails).
             (
                 "RUST_LOG",
                 std::env::var("SIFT_TEST_LOG").unwrap_or_else(|_| "error".into()),
             ),
-        ]
+        ];
+        env.extend(self.cluster_env.iter().cloned());
+        env
     }
 
     /// Runs `sift-batcher ARGS` against this database; its stdout, or an error with stderr.
@@ -337,8 +381,13 @@ pub async fn delete_prefix(url: &str, prefix: &str) -> Result<()> {
 
 /// Runs a ClickHouse query over HTTP and returns the answer's text, trimmed.
 pub async fn clickhouse_query(sql: &str) -> Result<String> {
+    clickhouse_query_at(&clickhouse_url(), sql).await
+}
+
+/// `sql` on the ClickHouse at `url` (a test cluster's node, say); the answer's text, trimmed.
+pub async fn clickhouse_query_at(url: &str, sql: &str) -> Result<String> {
     let response = reqwest::Client::new()
-        .post(clickhouse_url())
+        .post(url)
         .body(sql.to_owned())
         .send()
         .await?;
