@@ -325,3 +325,125 @@ async fn a_chunk_retried_after_one_shard_took_its_part_is_written_once() -> Resu
     drop(batcher);
     w.cleanup().await
 }
+
+/// `migrate --cluster` again changes nothing, and names a node that does not answer; `tenant
+/// set-retention` sets the TTL of every node's `ai_events_local`; an erasure deletes from the
+/// `_local` tables of the shard that holds the tenant and recomputes its sessions and rollups.
+#[tokio::test]
+async fn migrate_retention_and_erasure_reach_every_node() -> Result<()> {
+    let c = PrivateCluster::start().await?;
+    let w = World::on_cluster(&TENANTS, &c, &[]).await?;
+    let tables = "SELECT name, engine FROM system.tables WHERE database = currentDatabase() ORDER BY name FORMAT TSV";
+    let on = |node: usize| {
+        let (c, db) = (&c, &w.db.name);
+        async move {
+            c.query(
+                node,
+                &tables.replace("currentDatabase()", &format!("'{db}'")),
+            )
+            .await
+        }
+    };
+    let before = on(0).await?;
+    assert_eq!(before, on(1).await?, "both nodes have the same tables");
+    assert_eq!(before.lines().count(), 10, "{before}");
+    for line in [
+        "ai_events\tDistributed",
+        "ai_events_local\tReplacingMergeTree",
+        "ai_events_hourly_mv\tMaterializedView",
+    ] {
+        assert!(before.lines().any(|l| l == line), "{line} in {before}");
+    }
+    let out = w.db.batcher(&["migrate", "--target", "clickhouse"]).await?;
+    assert_eq!(out.trim(), "clickhouse: up to date (1 migrations)");
+    assert_eq!(on(0).await?, before);
+    assert_eq!(on(1).await?, before);
+    let gone = format!("{},http://127.0.0.1:1", c.url(0));
+    let refused =
+        w.db.batcher(&[
+            "migrate",
+            "--target",
+            "clickhouse",
+            "--clickhouse-nodes",
+            &gone,
+        ])
+        .await
+        .expect_err("a node that does not answer fails the migration");
+    assert!(
+        refused
+            .to_string()
+            .contains("ClickHouse node http://127.0.0.1:1: "),
+        "{refused}"
+    );
+
+    let per = 120;
+    let _batcher = w.batcher("w-e", &["--session-flush-secs", "0"]).await?;
+    for (i, t) in TENANTS.iter().enumerate() {
+        let events = dataset(&format!("er-{t}"), per, 2, 90 + i as u64);
+        assert_eq!(w.send(t, &events).await?, per as u64);
+    }
+    w.wait_for_events((per * TENANTS.len()) as u64).await?;
+
+    let out =
+        w.db.batcher(&["tenant", "set-retention", "beta", "--raw-days", "7"])
+            .await?;
+    assert!(out.contains("beta"), "{out}");
+    for node in 0..2 {
+        let engine = c
+            .query(
+                node,
+                &format!(
+                    "SELECT engine_full FROM system.tables WHERE database = '{}' AND name = 'ai_events_local' FORMAT TSVRaw",
+                    w.db.name
+                ),
+            )
+            .await?;
+        assert!(
+            engine.contains("TTL toDateTime(event_time) + toIntervalDay(transform(tenant_id, ['beta'], [7], 30))"),
+            "node {node}: {engine}"
+        );
+    }
+
+    // Erase one session of beta (on the second shard) and one of acme (on the first).
+    let events = w.table("ai_events");
+    for tenant in ["beta", "acme"] {
+        let session = c
+            .query(
+                0,
+                &format!("SELECT any(session_id) FROM {events} WHERE tenant_id = '{tenant}'"),
+            )
+            .await?;
+        let count: u64 = c
+            .query(0, &format!("SELECT count() FROM {events} WHERE tenant_id = '{tenant}' AND session_id = '{session}'"))
+            .await?
+            .parse()?;
+        ensure!(count > 0, "{tenant} has no session");
+        let out =
+            w.db.batcher(&[
+                "erase",
+                "--tenant",
+                tenant,
+                "--session",
+                &session,
+                "--erasure-refresh-ms",
+                "100",
+            ])
+            .await?;
+        assert!(out.contains(&format!("removed {count} events")), "{out}");
+        let left = per_tenant(&c, 0, &format!("{events} FINAL")).await?;
+        assert_eq!(left[tenant], per as u64 - count);
+        let rows = {
+            let (status, body) = w.get(tenant, &hourly_path(3)).await?;
+            ensure!(status == StatusCode::OK, "{status}: {body}");
+            body["rows"].as_array().cloned().unwrap_or_default()
+        };
+        assert_eq!(
+            rows.iter().map(|r| f(&r["events"])).sum::<f64>(),
+            (per as u64 - count) as f64
+        );
+        assert_hourly_equals_raw(&w, tenant, &rows).await?;
+        let (status, _) = w.get(tenant, &format!("/v1/ai/sessions/{session}")).await?;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+    w.cleanup().await
+}
