@@ -1,8 +1,8 @@
 //! The deployment files against the code they describe, so that they cannot drift apart: the
 //! Grafana dashboard and the alert rules name only metrics that sift exports (and the dashboard
 //! shows every one of them), the Kubernetes manifests and the Dockerfile set only environment
-//! variables that the binaries read, the cluster DDL parses and has the single node's columns
-//! and rollup query, and `deploy/local/up.sh` finds the services that already run.
+//! variables that the binaries read, both cluster schemas parse and have the single node's
+//! columns, sort keys and rollup query, and `deploy/local/up.sh` finds the services that already run.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -198,40 +198,37 @@ fn column_types(block: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The sort key of `table` in `ddl`: the `ORDER BY` after its columns, without parentheses.
+fn sort_key<'a>(ddl: &'a str, table: &str) -> Option<&'a str> {
+    let block = columns(ddl, table)?;
+    let start = ddl.find(block)? + block.len();
+    let rest = &ddl[start..ddl[start..].find(';').map_or(ddl.len(), |end| start + end)];
+    let line = rest
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("ORDER BY "))?;
+    Some(line.trim().trim_start_matches('(').trim_end_matches(')'))
+}
+
+/// Both cluster schemas against the single node's at its newest migration: the Replicated one
+/// applied by hand (sql/clickhouse-cluster/cluster.sql) and the sharded one that `migrate
+/// --cluster` applies (sql/clickhouse-cluster/sharded/): the same columns and sort keys for
+/// every `_local` table, the same rollup view, the same skip indexes; every statement parses.
 #[tokio::test]
 async fn the_cluster_ddl_parses_and_matches_the_single_node_schema() -> Result<()> {
     let root = root();
-    let cluster = read(&root.join("sql/clickhouse-cluster/cluster.sql"))?;
+    let replicated = read(&root.join("sql/clickhouse-cluster/cluster.sql"))?;
+    let mut sharded = String::new();
+    for file in files(&root.join("sql/clickhouse-cluster/sharded"), &[".sql"])? {
+        sharded.push_str(&read(&file)?);
+        sharded.push('\n');
+    }
     let mut single = String::new();
     for file in files(&root.join("sql/clickhouse"), &[".sql"])? {
         single.push_str(&read(&file)?);
         single.push('\n');
     }
-    // The single node's columns as its migrations leave them, read from ClickHouse.
+    // The single node's columns and sort keys as its migrations leave them, read from ClickHouse.
     let db = sift_e2e::Database::create_with_clickhouse().await?;
-    for table in [
-        "ai_events",
-        "ai_events_hourly",
-        "ai_sessions",
-        "ai_events_hourly_final",
-    ] {
-        let local = format!("{table}_local");
-        let migrated: Vec<(String, String)> = clickhouse_query(&format!(
-            "SELECT name, type FROM system.columns WHERE database = '{}' AND table = '{table}' \
-             ORDER BY position FORMAT TSVRaw",
-            db.name
-        ))
-        .await?
-        .lines()
-        .filter_map(|l| l.split_once('\t'))
-        .map(|(n, t)| (n.to_owned(), t.to_owned()))
-        .collect();
-        assert_eq!(
-            column_types(columns(&cluster, &local).context(local.clone())?),
-            migrated,
-            "{local} and {table} have different columns"
-        );
-    }
     // The view as last defined: created by one migration, changed by later ones.
     let select = |ddl: &str| -> Option<String> {
         let at = ddl.rfind("ai_events_hourly_mv")?;
@@ -240,37 +237,92 @@ async fn the_cluster_ddl_parses_and_matches_the_single_node_schema() -> Result<(
         let end = body.find("GROUP BY")?;
         Some(body[from..end].replace("ai_events_local", "ai_events"))
     };
-    assert_eq!(select(&cluster), select(&single), "the rollup views differ");
+    for (name, cluster, statements_expected) in
+        [("cluster.sql", &replicated, 12), ("sharded/", &sharded, 9)]
+    {
+        for table in [
+            "ai_events",
+            "ai_events_hourly",
+            "ai_sessions",
+            "ai_events_hourly_final",
+        ] {
+            let local = format!("{table}_local");
+            let migrated: Vec<(String, String)> = clickhouse_query(&format!(
+                "SELECT name, type FROM system.columns WHERE database = '{}' AND table = '{table}' \
+                 ORDER BY position FORMAT TSVRaw",
+                db.name
+            ))
+            .await?
+            .lines()
+            .filter_map(|l| l.split_once('\t'))
+            .map(|(n, t)| (n.to_owned(), t.to_owned()))
+            .collect();
+            assert_eq!(
+                column_types(columns(cluster, &local).context(local.clone())?),
+                migrated,
+                "{name}: {local} and {table} have different columns"
+            );
+            let key = clickhouse_query(&format!(
+                "SELECT sorting_key FROM system.tables WHERE database = '{}' AND name = '{table}' \
+                 FORMAT TSVRaw",
+                db.name
+            ))
+            .await?;
+            assert_eq!(
+                sort_key(cluster, &local),
+                Some(key.as_str()),
+                "{name}: {local} and {table} sort differently"
+            );
+        }
+        assert_eq!(
+            select(cluster),
+            select(&single),
+            "{name}: the rollup views differ"
+        );
 
-    let mut statements = 0;
-    let code: String = cluster
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("--"))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    for statement in code.split(';').filter(|s| !s.trim().is_empty()) {
-        let sql = sift_batcher::sql::render(
-            statement,
-            &[
-                ("database", "sift_cluster_check"),
-                ("raw_ttl_days", "30"),
-                ("rollup_ttl_days", "365"),
-            ],
-        )
-        .replace('\\', "\\\\")
-        .replace('\'', "\\'");
-        let formatted = clickhouse_query(&format!("SELECT formatQuerySingleLine('{sql}')")).await?;
-        assert!(formatted.contains("ON CLUSTER"), "{formatted}");
-        statements += 1;
+        let mut statements = 0;
+        let code: String = cluster
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("--"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        for statement in code.split(';').filter(|s| !s.trim().is_empty()) {
+            let sql = sift_batcher::sql::render(
+                statement,
+                &[
+                    ("database", "sift_cluster_check"),
+                    ("raw_ttl_days", "30"),
+                    ("rollup_ttl_days", "365"),
+                    ("cluster", "sift_local"),
+                ],
+            )
+            .replace('\\', "\\\\")
+            .replace('\'', "\\'");
+            let formatted =
+                clickhouse_query(&format!("SELECT formatQuerySingleLine('{sql}')")).await?;
+            if name == "cluster.sql" {
+                assert!(formatted.contains("ON CLUSTER"), "{formatted}");
+            }
+            statements += 1;
+        }
+        assert_eq!(statements, statements_expected, "{name}");
+        for index in [
+            "inserted_at_minmax inserted_at TYPE minmax GRANULARITY 1",
+            "user_id_bloom user_id TYPE bloom_filter(0.01) GRANULARITY 4",
+        ] {
+            assert!(
+                cluster.contains(index),
+                "{name} has the single node's skip index {index}"
+            );
+        }
     }
-    assert_eq!(statements, 12);
-    assert!(
-        cluster.contains("ADD INDEX IF NOT EXISTS inserted_at_minmax inserted_at TYPE minmax"),
-        "the cluster DDL has the single node's skip index on inserted_at"
-    );
-    assert!(
-        cluster.contains("ADD INDEX IF NOT EXISTS user_id_bloom user_id TYPE bloom_filter(0.01)"),
-        "the cluster DDL has the single node's bloom filter index on user_id"
+    // The sharded form dedups a retried chunk on each shard as one node does.
+    assert_eq!(
+        sharded
+            .matches("non_replicated_deduplication_window = 100000")
+            .count(),
+        2,
+        "ai_events_local and ai_events_hourly_local keep the single node's dedup window"
     );
     Ok(())
 }
