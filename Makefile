@@ -1,6 +1,6 @@
 # sift: the two commands of the README are `make run` and `make test`.
 SHELL := /bin/bash
-.PHONY: run test build up down browser otel-clients lint fmt bench load
+.PHONY: run test build up down cluster-up browser otel-clients lint fmt bench load
 
 # Bring up Redis, PostgreSQL and ClickHouse (installing them when missing), migrate, create a
 # local tenant and key, and run sift in the foreground.
@@ -25,6 +25,12 @@ up:
 
 down:
 	deploy/local/down.sh
+	deploy/local/clickhouse_cluster.sh stop
+
+# A two-shard ClickHouse cluster `sift_local` (HTTP 21123 and 22123) to run sift on by hand
+# (docs/deploy.md, "A two-shard ClickHouse on one machine"); the tests start their own.
+cluster-up:
+	deploy/local/clickhouse_cluster.sh start
 
 # Debian's Chromium, for the dashboard's browser test.
 browser:

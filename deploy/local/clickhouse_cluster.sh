@@ -69,7 +69,7 @@ start)
     ;;
 stop)
     for i in "${SHARDS[@]}"; do
-        [[ -d "$(run_dir "$i")" ]] && shard "$i" stop
+        if [[ -d "$(run_dir "$i")" ]]; then shard "$i" stop; fi
     done
     ;;
 status)
