@@ -107,7 +107,7 @@ async fn kill9_of_batchers_and_of_a_shard_keeps_one_row_per_event() -> Result<()
     let w = World::on_cluster(&TENANTS, &c, &[]).await?;
     let quiet = ["--session-flush-secs", "0", "--chunk-size", "100"];
     let first = w.batcher("w-a", &quiet).await?;
-    let _second = w.batcher("w-b", &quiet).await?;
+    let second = w.batcher("w-b", &quiet).await?;
     let per = 300;
     let data: Vec<Vec<Value>> = TENANTS
         .iter()
@@ -125,6 +125,10 @@ async fn kill9_of_batchers_and_of_a_shard_keeps_one_row_per_event() -> Result<()
     }
     // Meanwhile the chunks for the second shard fail, and are retried, not dead-lettered.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let waits = second
+        .metric("sift_batcher_retries_total{dependency=\"clickhouse\",reason=\"unreachable\"}")
+        .await?;
+    assert!(waits > 0.0, "no insert waited for the shard");
     assert_eq!(dead_letters(&w).await?, 0);
     c.restart(1).await?;
     let _third = w.batcher("w-c", &quiet).await?;
