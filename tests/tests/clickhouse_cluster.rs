@@ -130,6 +130,15 @@ async fn kill9_of_batchers_and_of_a_shard_keeps_one_row_per_event() -> Result<()
         .await?;
     assert!(waits > 0.0, "no insert waited for the shard");
     assert_eq!(dead_letters(&w).await?, 0);
+    // The read API reads a tenant's shard alone: served from the live one, 503 for the other.
+    for (tenant, status) in [
+        ("acme", StatusCode::OK),
+        ("dune", StatusCode::OK),
+        ("beta", StatusCode::SERVICE_UNAVAILABLE),
+    ] {
+        let (answer, body) = w.get(tenant, &hourly_path(4)).await?;
+        assert_eq!(answer, status, "{tenant}: {body}");
+    }
     c.restart(1).await?;
     let _third = w.batcher("w-c", &quiet).await?;
     w.wait_for_events((per * TENANTS.len()) as u64).await?;

@@ -119,4 +119,7 @@ fn clickhouse_client(config: &Config) -> clickhouse::Client {
         "max_execution_time",
         format!("{:.3}", config.clickhouse_query_timeout_ms as f64 / 1000.0),
     )
+    // On a cluster sharded by tenant (docs/deploy.md), a query for one tenant reads only its
+    // shard: faster, and answered while another shard is down. No effect on one node.
+    .with_setting("optimize_skip_unused_shards", "1")
 }
