@@ -388,6 +388,25 @@ async fn migrate_retention_and_erasure_reach_every_node() -> Result<()> {
             .contains("ClickHouse node http://127.0.0.1:1: "),
         "{refused}"
     );
+    // Without the cluster flags, the single node's migrations are refused on a cluster's tables.
+    let single = [
+        "migrate",
+        "--target",
+        "clickhouse",
+        "--clickhouse-cluster=",
+        "--clickhouse-nodes=",
+    ];
+    let refused =
+        w.db.batcher(&single)
+            .await
+            .expect_err("a single node's migrate on a cluster");
+    assert!(
+        refused
+            .to_string()
+            .contains("ai_events is Distributed, a cluster's schema"),
+        "{refused}"
+    );
+    assert_eq!(on(0).await?, before);
 
     let per = 120;
     let _batcher = w.batcher("w-e", &["--session-flush-secs", "0"]).await?;

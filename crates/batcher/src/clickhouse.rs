@@ -131,6 +131,16 @@ pub async fn schema_mismatch(
     if let Some(wrong) = mismatch(&columns(client.clone(), EVENTS_TABLE.to_owned()).await?) {
         return Ok(Some(wrong));
     }
+    let engine: Option<String> = client
+        .query("SELECT engine FROM system.tables WHERE database = ? AND name = ?")
+        .bind(database)
+        .bind(EVENTS_TABLE)
+        .fetch_optional()
+        .await?;
+    let cluster = crate::cluster::topology().is_some();
+    if let Some(wrong) = engine.and_then(|engine| topology_mismatch(&engine, cluster)) {
+        return Ok(Some(wrong));
+    }
     if crate::cluster::topology().is_some() {
         let local = crate::cluster::local(EVENTS_TABLE);
         for (url, node) in crate::cluster::holders(client) {
@@ -140,6 +150,21 @@ pub async fn schema_mismatch(
         }
     }
     Ok(None)
+}
+
+/// Whether `ai_events` (of `engine`) is what this batcher's flags expect: a Distributed table
+/// with `--clickhouse-cluster`, a single node's table without. A batcher on the wrong one
+/// would write, but its deletes and TTL changes would miss the rows.
+fn topology_mismatch(engine: &str, cluster: bool) -> Option<String> {
+    match (engine == "Distributed", cluster) {
+        (true, false) => Some(format!(
+            "{EVENTS_TABLE} is a cluster's Distributed table: run with --clickhouse-cluster and --clickhouse-nodes"
+        )),
+        (false, true) => Some(format!(
+            "{EVENTS_TABLE} is a single node's {engine} table, but --clickhouse-cluster is set: run `sift-batcher migrate --cluster` on a cluster's nodes"
+        )),
+        _ => None,
+    }
 }
 
 fn mismatch(found: &[(String, String)]) -> Option<String> {
@@ -229,6 +254,16 @@ mod tests {
                 && text.contains("sift-batcher migrate"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_batcher_waits_for_the_tables_its_cluster_flags_expect() {
+        assert_eq!(super::topology_mismatch("ReplacingMergeTree", false), None);
+        assert_eq!(super::topology_mismatch("Distributed", true), None);
+        let text = super::topology_mismatch("Distributed", false).expect("a mismatch");
+        assert!(text.contains("--clickhouse-cluster"), "{text}");
+        let text = super::topology_mismatch("ReplacingMergeTree", true).expect("a mismatch");
+        assert!(text.contains("migrate --cluster"), "{text}");
     }
 
     #[test]

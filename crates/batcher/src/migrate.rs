@@ -221,6 +221,11 @@ pub enum MigrateError {
          ai_events is Distributed (sift does not move a single node's tables into a cluster)"
     )]
     SingleNodeSchema { database: String, engine: String },
+    #[error(
+        "{database}.ai_events is Distributed, a cluster's schema: run migrate with --cluster and \
+         --clickhouse-nodes"
+    )]
+    ClusterSchema { database: String },
 }
 
 impl From<tokio_postgres::Error> for MigrateError {
@@ -313,6 +318,16 @@ pub async fn clickhouse(
     }
     if let Some(topology) = crate::cluster::topology() {
         return clickhouse_cluster(topology, schema).await;
+    }
+    let engine: Option<String> = client
+        .query("SELECT engine FROM system.tables WHERE database = ? AND name = 'ai_events'")
+        .bind(db.as_str())
+        .fetch_optional()
+        .await?;
+    if engine.as_deref() == Some("Distributed") {
+        return Err(MigrateError::ClusterSchema {
+            database: db.clone(),
+        });
     }
     let applied = apply_clickhouse(client, schema, "sift_migrations", CLICKHOUSE, &[]).await?;
     reconcile_ttls(client, schema).await?;
