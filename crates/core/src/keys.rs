@@ -32,7 +32,13 @@ impl KeySpace {
         if shards <= 1 {
             return vec![Self::new(prefix)];
         }
-        (0..shards)
+        Self::tagged(prefix, shards)
+    }
+
+    /// As [`KeySpace::shards`], with hash tags even for one shard: on a Redis Cluster every
+    /// script's keys must share a slot, however many shards there are.
+    pub fn tagged(prefix: &str, shards: usize) -> Vec<KeySpace> {
+        (0..shards.max(1))
             .map(|s| Self::new(format!("{{{prefix}:{s}}}")))
             .collect()
     }
