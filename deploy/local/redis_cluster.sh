@@ -208,6 +208,8 @@ do_start() {
     if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
         sift_apt_install redis-server redis-tools
     fi
+    # down.sh stops the cluster on the ports recorded here.
+    printf 'ports=%s\n' "$(IFS=,; echo "${PORTS[*]}")" >"$SIFT_STATE_DIR/redis-cluster"
     if cluster_check; then
         describe "running"
         urls | sed 's/^/SIFT_REDIS_CLUSTER_URLS=/'
