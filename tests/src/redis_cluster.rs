@@ -41,10 +41,11 @@ pub fn redis_cluster_urls() -> String {
 /// so that `cargo test` alone works after `make up`.
 pub async fn require_redis_cluster() -> Result<String> {
     let urls = redis_cluster_urls();
-    let ports = local_ports(&urls)?;
-    if all_ok(&ports).await {
+    if all_ok(&urls).await {
         return Ok(urls);
     }
+    let ports =
+        local_ports(&urls).with_context(|| format!("the Redis Cluster at {urls} is not ok"))?;
     let out = Command::new(script())
         .arg("start")
         .env("SIFT_REDIS_CLUSTER_PORTS", join(&ports))
@@ -58,7 +59,7 @@ pub async fn require_redis_cluster() -> Result<String> {
         String::from_utf8_lossy(&out.stderr)
     );
     ensure!(
-        all_ok(&ports).await,
+        all_ok(&urls).await,
         "the Redis Cluster at {urls} is not ok after deploy/local/redis_cluster.sh start"
     );
     Ok(urls)
@@ -97,15 +98,20 @@ fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/redis_cluster.sh")
 }
 
-/// A plain connection to the node on `port` (timeouts long enough for `WAIT 1 1000`).
+/// A plain connection to the node on `port` of 127.0.0.1.
 pub async fn node_connection(port: u16) -> Result<MultiplexedConnection> {
+    url_connection(&format!("redis://127.0.0.1:{port}")).await
+}
+
+/// A plain connection to one node (timeouts long enough for `WAIT 1 1000`).
+async fn url_connection(url: &str) -> Result<MultiplexedConnection> {
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(1)))
         .set_response_timeout(Some(Duration::from_secs(3)));
-    redis::Client::open(format!("redis://127.0.0.1:{port}"))?
+    redis::Client::open(url)?
         .get_multiplexed_async_connection_with_config(&config)
         .await
-        .with_context(|| format!("connecting to the Redis node on 127.0.0.1:{port}"))
+        .with_context(|| format!("connecting to the Redis node {url}"))
 }
 
 /// The value of `name` in INFO-style text (`CLUSTER INFO`, `INFO replication`).
@@ -123,14 +129,25 @@ async fn info(port: u16, command: &[&str]) -> Result<String> {
     Ok(cmd.query_async::<String>(&mut conn).await?)
 }
 
-/// Whether the node on `port` answers and says `cluster_state:ok`.
+/// Whether the node on `port` of 127.0.0.1 answers and says `cluster_state:ok`.
 pub async fn cluster_state_ok(port: u16) -> bool {
-    matches!(info(port, &["CLUSTER", "INFO"]).await, Ok(text) if field(&text, "cluster_state") == Some("ok"))
+    url_cluster_ok(&format!("redis://127.0.0.1:{port}")).await
 }
 
-async fn all_ok(ports: &[u16]) -> bool {
-    for &port in ports {
-        if !cluster_state_ok(port).await {
+async fn url_cluster_ok(url: &str) -> bool {
+    let Ok(mut conn) = url_connection(url).await else {
+        return false;
+    };
+    matches!(
+        redis::cmd("CLUSTER").arg("INFO").query_async::<String>(&mut conn).await,
+        Ok(text) if field(&text, "cluster_state") == Some("ok")
+    )
+}
+
+/// Whether every node of `urls` (comma-separated) says `cluster_state:ok`.
+async fn all_ok(urls: &str) -> bool {
+    for url in urls.split(',') {
+        if !url_cluster_ok(url.trim()).await {
             return false;
         }
     }
@@ -179,13 +196,13 @@ pub async fn slot_master(port: u16, slot: u16) -> Result<u16> {
     bail!("127.0.0.1:{port} knows no master for slot {slot}")
 }
 
-/// Runs `cmd` on the node on `port`, following MOVED (and ASK) to the node that serves the key,
-/// as a cluster client would.
-pub async fn query_following_moved<T: FromRedisValue>(port: u16, cmd: &redis::Cmd) -> Result<T> {
-    let mut port = port;
+/// Runs `cmd` on the node at `node` (`host:port`), following MOVED (and ASK) to the node that
+/// serves the key, as a cluster client would.
+pub async fn query_following_moved<T: FromRedisValue>(node: &str, cmd: &redis::Cmd) -> Result<T> {
+    let mut node = node.to_owned();
     let mut asking = false;
     for _ in 0..5 {
-        let mut conn = node_connection(port).await?;
+        let mut conn = url_connection(&format!("redis://{node}")).await?;
         if asking {
             redis::cmd("ASKING").query_async::<()>(&mut conn).await?;
         }
@@ -193,13 +210,10 @@ pub async fn query_following_moved<T: FromRedisValue>(port: u16, cmd: &redis::Cm
             Ok(value) => return Ok(value),
             Err(err) => {
                 let Some((addr, _slot)) = err.redirect_node() else {
-                    return Err(err).with_context(|| format!("on 127.0.0.1:{port}"));
+                    return Err(err).with_context(|| format!("on {node}"));
                 };
                 asking = err.code() == Some("ASK");
-                port = addr
-                    .rsplit_once(':')
-                    .and_then(|(_, p)| p.parse().ok())
-                    .with_context(|| format!("redirected to {addr}"))?;
+                node = addr.to_owned();
             }
         }
     }
@@ -285,7 +299,7 @@ impl PrivateRedisCluster {
 
     /// Runs `cmd` through a live node, following MOVED to the node that serves its key.
     pub async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T> {
-        query_following_moved(self.any_live()?, cmd).await
+        query_following_moved(&format!("127.0.0.1:{}", self.any_live()?), cmd).await
     }
 
     /// Kills the master that serves `key` with SIGKILL (no goodbye to the cluster) and returns

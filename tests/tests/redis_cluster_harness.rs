@@ -103,12 +103,12 @@ async fn a_private_cluster_fails_over_without_losing_an_acknowledged_write() -> 
 #[tokio::test]
 async fn the_shared_cluster_is_ok_and_serves_every_shard_tag() -> Result<()> {
     let urls = require_redis_cluster().await?;
-    let seed: u16 = urls
+    let seed = urls
         .split(',')
         .next()
-        .and_then(|u| u.rsplit_once(':'))
-        .and_then(|(_, p)| p.trim_end_matches('/').parse().ok())
-        .expect("a port in the first URL");
+        .and_then(|u| u.trim().strip_prefix("redis://"))
+        .map(|u| u.trim_end_matches('/'))
+        .expect("a redis:// URL first");
     assert_eq!(urls.split(',').count(), 6, "{urls}");
     let prefix = unique("cluster");
     for (tag, _, _) in SHARD_TAGS {
