@@ -6,14 +6,15 @@
 #   start:  leaves a healthy cluster as it is. Otherwise starts the nodes: when none of this
 #           script's nodes runs, their old files are wiped and the cluster is created anew;
 #           when only some run, the missing ones are started again from their node files
-#           and rejoin (a killed master comes back as a replica). Waits until every node
+#           and rejoin (a killed master comes back as a replica: when its replica still
+#           runs, it is started only once that replica has taken over). Waits until every node
 #           says cluster_state:ok and every replica's link to its master is up, then prints
 #           SIFT_REDIS_CLUSTER_URLS=redis://127.0.0.1:P1,...,redis://127.0.0.1:P6
 #   stop:   stops the nodes this script started (SHUTDOWN NOSAVE; SIGKILL if that fails).
 #   status: exit 0 only when the cluster is ok (as start waits for it).
 # Nothing is kept on disk (no RDB, no append-only file): a node started again comes back
 # empty and takes its data from its master, and the tests do not rely on what a previous run
-# wrote. So restart a killed master only after its replica has been promoted.
+# wrote. (So a killed master must not come back before its replica took over: start waits.)
 # Env: SIFT_REDIS_CLUSTER_PORTS (24001,...,24006: the first three become masters; each
 #      node's cluster bus listens on its port + 100), SIFT_REDIS_CLUSTER_NODE_TIMEOUT_MS
 #      (2000: how long a master may be silent before its replica takes over),
@@ -165,6 +166,30 @@ cluster_joined() {
     return 1
 }
 
+# Whether the node on PORT, as the live node on VIA sees it, is a master that still serves
+# slots and has a replica that answers (one that can take over).
+master_with_live_replica() { # port via
+    local replica
+    for replica in $(cli "$2" cluster nodes | awk -v addr="127.0.0.1:$1" '
+        { split($2, a, "@"); node[NR] = a[1]; master[NR] = $4 }
+        a[1] == addr && $3 ~ /master/ && NF > 8 { id = $1 }
+        END { if (id != "") for (i in master) if (master[i] == id) print node[i] }'); do
+        [[ "$(cli "${replica##*:}" ping)" == PONG ]] && return 0
+    done
+    return 1
+}
+
+# A master that is down while its slots are still its own would come back empty (nothing is
+# kept on disk), and its replica would then copy the empty data set. Wait for the replica to
+# take over first (a failover takes about twice the node timeout).
+wait_replica_took_over() { # port via
+    master_with_live_replica "$1" "$2" || return 0
+    echo "redis-cluster: waiting for the replica of 127.0.0.1:$1 to take over before starting it again" >&2
+    sift_wait_until "$((NODE_TIMEOUT_MS * 5 / 1000 + 5))" "the replica of 127.0.0.1:$1 to take over" \
+        eval '! master_with_live_replica '"$1 $2" ||
+        echo "warning: 127.0.0.1:$1 starts again as an empty master; its replica will copy that" >&2
+}
+
 wait_ok() {
     if ! sift_wait_until "$SIFT_WAIT_SECS" "the Redis Cluster on 127.0.0.1:${PORTS[0]}..${PORTS[5]} to be ok" cluster_check; then
         echo "error: last check: $PROBLEM (node logs in $CLUSTER_DIR/<port>/redis.log)" >&2
@@ -233,6 +258,7 @@ do_start() {
     started="$(now_ms)"
     if [[ ${#ours[@]} -gt 0 ]] && cluster_joined; then
         # Some nodes run: start the missing ones from their node files, so that they rejoin.
+        for p in "${missing[@]}"; do wait_replica_took_over "$p" "${ours[0]}"; done
         for p in "${missing[@]}"; do start_node "$p"; done
         wait_nodes_answer "${missing[@]}"
         if sift_wait_until "$SIFT_WAIT_SECS" "the Redis Cluster to heal" cluster_check; then

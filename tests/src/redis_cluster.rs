@@ -363,10 +363,10 @@ impl PrivateRedisCluster {
         }
     }
 
-    /// Starts a killed node again from its node file; it rejoins as a replica when its slots
-    /// were taken over meanwhile (so call it after [`Self::wait_failover`]: nothing is kept on
-    /// disk, and a master back before its replica took over would come back empty). Waits
-    /// until the whole cluster is ok again, every replica linked.
+    /// Starts a killed node again from its node file; a killed master rejoins as a replica
+    /// (the script waits for its replica to take over first: nothing is kept on disk, and a
+    /// master back before that would come back empty). Waits until the whole cluster is ok
+    /// again, every replica linked.
     pub async fn restart(&mut self, port: u16) -> Result<()> {
         ensure!(
             self.down.contains(&port),
