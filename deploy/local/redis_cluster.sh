@@ -37,8 +37,9 @@ done
 if [[ -n "$(for p in "${PORTS[@]}"; do echo "$((10#$p))"; echo "$((10#$p + BUS_OFFSET))"; done | sort | uniq -d)" ]]; then
     sift_die "SIFT_REDIS_CLUSTER_PORTS: the ports and their bus ports (port + $BUS_OFFSET) must all differ"
 fi
-[[ "$NODE_TIMEOUT_MS" =~ ^[0-9]+$ ]] && ((NODE_TIMEOUT_MS >= 100)) ||
+if [[ ! "$NODE_TIMEOUT_MS" =~ ^[0-9]{1,9}$ ]] || ((10#$NODE_TIMEOUT_MS < 100)); then
     sift_die "SIFT_REDIS_CLUSTER_NODE_TIMEOUT_MS must be a number of milliseconds (100 or more), got '$NODE_TIMEOUT_MS'"
+fi
 
 urls() {
     local p out=""
@@ -179,6 +180,10 @@ master_with_live_replica() { # port via
     return 1
 }
 
+replica_took_over() { # port via
+    ! master_with_live_replica "$1" "$2"
+}
+
 # A master that is down while its slots are still its own would come back empty (nothing is
 # kept on disk), and its replica would then copy the empty data set. Wait for the replica to
 # take over first (a failover takes about twice the node timeout).
@@ -186,7 +191,7 @@ wait_replica_took_over() { # port via
     master_with_live_replica "$1" "$2" || return 0
     echo "redis-cluster: waiting for the replica of 127.0.0.1:$1 to take over before starting it again" >&2
     sift_wait_until "$((NODE_TIMEOUT_MS * 5 / 1000 + 5))" "the replica of 127.0.0.1:$1 to take over" \
-        eval '! master_with_live_replica '"$1 $2" ||
+        replica_took_over "$1" "$2" ||
         echo "warning: 127.0.0.1:$1 starts again as an empty master; its replica will copy that" >&2
 }
 
@@ -206,7 +211,7 @@ redis_version() {
 }
 
 describe() { # what
-    echo "redis-cluster: $1 on 127.0.0.1 ports ${PORTS[*]} (3 masters + 3 replicas, bus port +$BUS_OFFSET, node timeout ${NODE_TIMEOUT_MS} ms, Redis $(redis_version), dir $CLUSTER_DIR)"
+    echo "redis-cluster: $1 on 127.0.0.1 ports ${PORTS[*]} (3 masters + 3 replicas, bus port +$BUS_OFFSET, node timeout $(cli "${PORTS[0]}" config get cluster-node-timeout | sed -n 2p) ms, Redis $(redis_version), dir $CLUSTER_DIR)"
 }
 
 create_anew() {
