@@ -30,11 +30,12 @@ BUS_OFFSET=100
 CLUSTER_DIR="$SIFT_LOCAL_DIR/redis-cluster"
 
 [[ ${#PORTS[@]} -eq 6 ]] || sift_die "SIFT_REDIS_CLUSTER_PORTS takes six ports (3 masters, 3 replicas), got '${SIFT_REDIS_CLUSTER_PORTS:-}'"
-for p in "${PORTS[@]}"; do
-    sift_check_port SIFT_REDIS_CLUSTER_PORTS "$p"
-    ((10#$p + BUS_OFFSET <= 65535)) || sift_die "port $p: its cluster bus port $((10#$p + BUS_OFFSET)) is past 65535"
+for i in "${!PORTS[@]}"; do
+    sift_check_port SIFT_REDIS_CLUSTER_PORTS "${PORTS[$i]}"
+    PORTS[i]=$((10#${PORTS[$i]}))
+    ((PORTS[i] + BUS_OFFSET <= 65535)) || sift_die "port ${PORTS[$i]}: its cluster bus port $((PORTS[i] + BUS_OFFSET)) is past 65535"
 done
-if [[ -n "$(for p in "${PORTS[@]}"; do echo "$((10#$p))"; echo "$((10#$p + BUS_OFFSET))"; done | sort | uniq -d)" ]]; then
+if [[ -n "$(for p in "${PORTS[@]}"; do echo "$p"; echo "$((p + BUS_OFFSET))"; done | sort | uniq -d)" ]]; then
     sift_die "SIFT_REDIS_CLUSTER_PORTS: the ports and their bus ports (port + $BUS_OFFSET) must all differ"
 fi
 if [[ ! "$NODE_TIMEOUT_MS" =~ ^[0-9]{1,9}$ ]] || ((10#$NODE_TIMEOUT_MS < 100)); then
