@@ -3,6 +3,7 @@
 //! free ports, so tests run in parallel and repeatedly without seeing each other.
 //!
 //! - [`services`]: the stores, a database per test, a private Redis.
+//! - [`redis_cluster`]: the shared Redis Cluster, and a private one a test can fail over.
 //! - [`processes`]: `sift-ingest` and `sift-batcher run` as child processes.
 //! - [`proxy`]: a TCP proxy to cut a dependency and bring it back.
 //! - [`fixtures`]: ready-made worlds and the data they send.
@@ -16,6 +17,7 @@ pub mod otlp;
 pub mod pipeline;
 pub mod processes;
 pub mod proxy;
+pub mod redis_cluster;
 pub mod services;
 
 pub use fixtures::{dataset, event, f, gzip, hourly_path, now_secs, Fixture, World, MODELS};
@@ -23,6 +25,7 @@ pub use hourly::assert_hourly_equals_raw;
 pub use pipeline::{event_in, unique_events, Pipeline};
 pub use processes::{Batcher, Ingest, Log};
 pub use proxy::Proxy;
+pub use redis_cluster::{redis_cluster_urls, require_redis_cluster, PrivateRedisCluster};
 pub use services::{
     bin, clickhouse_query, clickhouse_url, delete_prefix, postgres_base, redis_connection,
     redis_url, take_queue_as, unique, Database, PrivateRedis,
