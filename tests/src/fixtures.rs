@@ -197,6 +197,8 @@ pub struct World {
     /// The Redis URL (or one per shard, comma-separated) and the number of shards.
     pub redis: String,
     pub shards: usize,
+    /// The shards are on a Redis Cluster (`redis` names some of its nodes).
+    pub cluster: bool,
     pub http: reqwest::Client,
 }
 
@@ -219,6 +221,7 @@ impl World {
             keys.insert(*tenant, db.tenant_with_key(tenant).await?);
         }
         let shard_flag = ["--redis-shards".to_owned(), shards.to_string()];
+        let cluster = ingest_args.contains(&"--redis-cluster");
         let args: Vec<&str> = shard_flag
             .iter()
             .map(String::as_str)
@@ -231,8 +234,42 @@ impl World {
             keys,
             redis: redis.to_owned(),
             shards,
+            cluster,
             http: reqwest::Client::new(),
         })
+    }
+
+    /// A world on the Redis Cluster whose nodes `urls` names, with `shards` shards.
+    pub async fn on_cluster(
+        tenants: &[&'static str],
+        urls: &str,
+        shards: usize,
+        ingest_args: &[&str],
+    ) -> Result<Self> {
+        let mut args = vec!["--redis-cluster"];
+        args.extend_from_slice(ingest_args);
+        Self::sharded(tenants, urls, shards, &args).await
+    }
+
+    /// The environment that points a batcher or operator command at this world's Redis.
+    fn redis_env(&self) -> Vec<(&'static str, String)> {
+        let mut env = vec![("SIFT_REDIS_SHARDS", self.shards.to_string())];
+        if self.cluster {
+            env.push(("SIFT_REDIS_CLUSTER", "true".into()));
+        }
+        env
+    }
+
+    /// A connection to this world's Redis that reaches every shard: a cluster client on a
+    /// cluster (it follows MOVED), a plain connection otherwise (the first URL).
+    pub async fn redis_conn(&self) -> Result<sift_redis::Conn> {
+        let urls: Vec<&str> = self.redis.split(',').collect();
+        if self.cluster {
+            let client = redis::cluster::ClusterClient::new(urls)?;
+            Ok(sift_redis::Conn::Cluster(client.get_async_connection().await?))
+        } else {
+            Ok(sift_redis::Conn::Mux(crate::redis_connection(urls[0]).await?))
+        }
     }
 
     pub async fn batcher(&self, worker: &str, args: &[&str]) -> Result<Batcher> {
@@ -242,7 +279,7 @@ impl World {
             &self.ingest.key_prefix,
             worker,
             args,
-            &[("SIFT_REDIS_SHARDS", self.shards.to_string())],
+            &self.redis_env(),
         )
         .await
     }
@@ -258,13 +295,20 @@ impl World {
             "--key-prefix",
             &self.ingest.key_prefix,
         ];
+        if self.cluster {
+            full.push("--redis-cluster");
+        }
         full.extend_from_slice(args);
         self.db.batcher(&full).await
     }
 
     /// The key spaces of this world's shards.
     pub fn key_spaces(&self) -> Vec<sift_core::KeySpace> {
-        sift_core::KeySpace::shards(&self.ingest.key_prefix, self.shards)
+        if self.cluster {
+            sift_core::KeySpace::cluster(&self.ingest.key_prefix, self.shards)
+        } else {
+            sift_core::KeySpace::shards(&self.ingest.key_prefix, self.shards)
+        }
     }
 
     pub async fn send(&self, tenant: &str, events: &[Value]) -> Result<u64> {
@@ -379,6 +423,14 @@ impl World {
     }
 
     pub async fn cleanup(&self) -> Result<()> {
+        if self.cluster {
+            // Each master holds some slots: each deletes its own keys, one by one (keys of
+            // several slots in one UNLINK are refused); replicas refuse and are skipped.
+            for url in self.redis.split(',') {
+                let _ = crate::services::delete_prefix_one_by_one(url, &self.ingest.key_prefix).await;
+            }
+            return Ok(());
+        }
         let mut urls = self.shard_urls();
         urls.dedup();
         for url in urls {

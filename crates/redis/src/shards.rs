@@ -90,7 +90,7 @@ impl Shards {
             .filter(|u| !u.is_empty())
             .collect();
         let key_spaces = if args.redis_cluster {
-            KeySpace::tagged(&args.key_prefix, count)
+            KeySpace::cluster(&args.key_prefix, count)
         } else {
             KeySpace::shards(&args.key_prefix, count)
         };

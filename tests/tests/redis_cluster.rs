@@ -1,0 +1,159 @@
+//! End-to-end tests of sift on a Redis Cluster (docs/deploy.md, "Redis Cluster"): the ingest
+//! API and the batchers with `--redis-cluster`, their shards spread over the cluster's three
+//! masters, and the dead-letter commands; then failovers of a private cluster under load,
+//! without and with `--redis-wait-replicas`. Counts are read in ClickHouse without FINAL.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Result};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sift_e2e::redis_cluster::{keyslot, slot_master, DEFAULT_CLUSTER_PORTS};
+use sift_e2e::{clickhouse_query, dataset, f, require_redis_cluster, World};
+
+/// Rows in `ai_events` (without FINAL) and distinct events among them.
+async fn rows_and_distinct(w: &World) -> Result<(u64, u64)> {
+    let sql = format!(
+        "SELECT count(), uniqExact(tenant_id, semantic_hash, event_time) FROM {}",
+        w.table("ai_events")
+    );
+    let answer = clickhouse_query(&sql).await?;
+    let (rows, distinct) = answer.split_once('\t').unwrap_or(("0", "0"));
+    Ok((rows.parse()?, distinct.parse()?))
+}
+
+/// The same intents again, as clients resend them: retried verbatim and re-rendered.
+fn resent(events: &[Value]) -> Vec<Value> {
+    events
+        .iter()
+        .flat_map(|e| {
+            let mut loud = e.clone();
+            let prompt = e["prompt_text"].as_str().unwrap_or_default();
+            loud["prompt_text"] = json!(format!("  {}!! ", prompt.to_uppercase()));
+            [e.clone(), loud]
+        })
+        .collect()
+}
+
+/// The length of a list of this world's Redis (through the cluster client).
+async fn llen(w: &World, key: &str) -> Result<u64> {
+    let mut conn = w.redis_conn().await?;
+    Ok(redis::cmd("LLEN").arg(key).query_async(&mut conn).await?)
+}
+
+#[tokio::test]
+async fn ingest_batchers_and_dead_letters_run_on_a_redis_cluster() -> Result<()> {
+    let urls = require_redis_cluster().await?;
+    let w = World::on_cluster(&["acme"], &urls, 3, &["--dedup-window-ms", "60000"]).await?;
+
+    // The three shards sit on the three masters (one slot range each).
+    let port = DEFAULT_CLUSTER_PORTS[0];
+    let mut masters = BTreeSet::new();
+    for keys in w.key_spaces() {
+        let slot = keyslot(port, &keys.queue()).await?;
+        masters.insert(slot_master(port, slot).await?);
+    }
+    assert_eq!(masters.len(), 3, "shards on masters {masters:?}");
+
+    let first = w.batcher("w-a", &["--session-flush-secs", "0"]).await?;
+    let _second = w.batcher("w-b", &["--session-flush-secs", "0"]).await?;
+    let events = dataset("cluster", 1200, 3, 21);
+    assert_eq!(w.send("acme", &events[..700]).await?, 700);
+    // A batcher dies mid-load; the other takes over its lists on every shard.
+    first.kill9().await?;
+    assert_eq!(w.send("acme", &events[700..]).await?, 500);
+    assert_eq!(w.send("acme", &resent(&events)).await?, 0);
+    let _third = w.batcher("w-c", &["--session-flush-secs", "0"]).await?;
+    w.wait_for_events(1200).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(rows_and_distinct(&w).await?, (1200, 1200));
+
+    // One event alone: accepted, then collapsed with its reason.
+    let single = dataset("cluster-single", 1, 1, 5).remove(0);
+    for (expected, reason) in [("accepted", Value::Null), ("collapsed", json!("duplicate_intent"))] {
+        let response = w
+            .http
+            .post(w.ingest.url("/v1/ai/events"))
+            .bearer_auth(&w.keys["acme"])
+            .json(&single)
+            .send()
+            .await?;
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        let body: Value = response.json().await?;
+        assert_eq!(body["status"], expected, "{body}");
+        assert_eq!(body["reason"], reason, "{body}");
+    }
+    w.wait_for_events(1201).await?;
+
+    // The read side sums the shards: dedup counters and hourly figures.
+    let (status, dedup) = w.get("acme", "/v1/ai/stats/dedup").await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (f(&dedup["received"]), f(&dedup["accepted"])),
+        (3602.0, 1201.0)
+    );
+    let (_, hourly) = w.get("acme", &sift_e2e::hourly_path(5)).await?;
+    let events_in = |v: &Value| -> f64 {
+        v["rows"]
+            .as_array()
+            .map_or(0.0, |r| r.iter().map(|x| f(&x["events"])).sum())
+    };
+    assert_eq!(events_in(&hourly), 1201.0);
+
+    // An event refused for its clock (an hour ahead), replayed twice with a wider tolerance
+    // from the invalid-events list (shard 0) onto the shard of its intent: written once.
+    let mut early = dataset("cluster-ahead", 1, 1, 77).remove(0);
+    early["timestamp"] = json!(sift_e2e::now_secs() + 3600);
+    let refused = w
+        .http
+        .post(w.ingest.url("/v1/ai/events"))
+        .bearer_auth(&w.keys["acme"])
+        .json(&early)
+        .send()
+        .await?;
+    assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let replay = [
+        "dlq",
+        "replay",
+        "--invalid",
+        "--max-future-skew-secs",
+        "7200",
+    ];
+    let out = w.operator(&replay).await?;
+    assert!(out.contains("requeued 1 entries"), "{out}");
+    let again = w.operator(&replay).await?;
+    assert!(again.contains("requeued 0 entries"), "{again}");
+    w.wait_for_events(1202).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(rows_and_distinct(&w).await?, (1202, 1202));
+
+    // A poison record on shard 2 is dead-lettered there, listed, shown and purged.
+    let shard2 = &w.key_spaces()[2];
+    let mut conn = w.redis_conn().await?;
+    redis::cmd("LPUSH")
+        .arg(shard2.queue())
+        .arg("not a queue record")
+        .query_async::<()>(&mut conn)
+        .await?;
+    let started = Instant::now();
+    while llen(&w, &shard2.dlq()).await? == 0 {
+        ensure!(
+            started.elapsed() < Duration::from_secs(20),
+            "no dead letter"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let listed = w.operator(&["dlq", "list"]).await?;
+    assert!(listed.starts_with("1 entries"), "{listed}");
+    assert!(
+        listed.contains("   2:0 ") && listed.contains("[poison]"),
+        "{listed}"
+    );
+    let shown = w.operator(&["dlq", "show", "0", "--shard", "2"]).await?;
+    assert!(shown.contains("not a queue record"), "{shown}");
+    let purged = w.operator(&["dlq", "purge", "--yes"]).await?;
+    assert!(purged.contains("purged 1 entries"), "{purged}");
+    assert_eq!(llen(&w, &shard2.dlq()).await?, 0);
+    w.cleanup().await
+}
