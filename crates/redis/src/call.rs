@@ -1,13 +1,12 @@
 //! One bounded call: every wait on Redis (a pooled connection, connecting, the answer) ends
 //! within the timeout, and every failure is counted under the call's name
-//! (`sift_redis_failures_total{call, kind}`), so that a Redis that hangs turns into an error
+//! ([`crate::metrics::FAILURES`]), so that a Redis that hangs turns into an error
 //! the caller answers (503) or retries, and an operator sees which calls fail.
 
 use std::future::Future;
 use std::time::Duration;
 
-/// The failures counter: one series per call name and kind of failure.
-pub const FAILURES: &str = "sift_redis_failures_total";
+use crate::metrics::FAILURES;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RedisError {

@@ -7,6 +7,7 @@
 //!   pool on one server, or one Redis Cluster client for all of them (MOVED and ASK followed,
 //!   each shard one hash tag, so one slot and one master).
 //! - [`call`]: one bounded call (a timeout on every wait) whose failures are counted by name.
+//! - [`metrics`]: the failed calls' counter.
 //! - [`scripts`]: every Lua script sift runs (files under `lua/`), each with a typed wrapper.
 //! - [`claim`]: the claim script's call for one shard and its answers: the same claim for an
 //!   ingest request and for a replayed invalid event.
@@ -16,6 +17,7 @@ pub mod args;
 pub mod call;
 pub mod claim;
 pub mod conn;
+pub mod metrics;
 pub mod scripts;
 pub mod shards;
 pub mod version;
