@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sift_core::QueueRecord;
@@ -266,9 +266,13 @@ impl World {
         let urls: Vec<&str> = self.redis.split(',').collect();
         if self.cluster {
             let client = redis::cluster::ClusterClient::new(urls)?;
-            Ok(sift_redis::Conn::Cluster(client.get_async_connection().await?))
+            Ok(sift_redis::Conn::Cluster(
+                client.get_async_connection().await?,
+            ))
         } else {
-            Ok(sift_redis::Conn::Mux(crate::redis_connection(urls[0]).await?))
+            Ok(sift_redis::Conn::Mux(
+                crate::redis_connection(urls[0]).await?,
+            ))
         }
     }
 
@@ -300,6 +304,103 @@ impl World {
         }
         full.extend_from_slice(args);
         self.db.batcher(&full).await
+    }
+
+    /// An event of `tenant` refused for its clock (an hour ahead) is listed with the invalid
+    /// events (on shard 0); replayed twice with a wider tolerance, it is requeued once. With
+    /// several shards the event is one whose intent lives on another shard than that list's.
+    pub async fn replay_a_refused_event_twice(&self, tenant: &'static str) -> Result<()> {
+        let now = now_secs();
+        let early = (0..)
+            .map(|i| {
+                let mut e = dataset("ahead", 1, 1, 40 + i).remove(0);
+                e["timestamp"] = json!(now + 3600);
+                e
+            })
+            .find(|e| {
+                let limits = sift_core::Limits {
+                    max_future_skew_ms: 7_200_000,
+                    ..Default::default()
+                };
+                sift_core::validate::validate(e, &limits, now as i64 * 1000).is_ok_and(|event| {
+                    let hash = sift_core::SemanticHash::of(tenant, &event);
+                    self.shards == 1 || sift_core::keys::shard_of(&hash, self.shards) != 0
+                })
+            })
+            .context("an event for another shard than 0")?;
+        let refused = self
+            .http
+            .post(self.ingest.url("/v1/ai/events"))
+            .bearer_auth(&self.keys[tenant])
+            .json(&early)
+            .send()
+            .await?;
+        ensure!(
+            refused.status() == StatusCode::UNPROCESSABLE_ENTITY,
+            "answered {}",
+            refused.status()
+        );
+        let replay = [
+            "dlq",
+            "replay",
+            "--invalid",
+            "--max-future-skew-secs",
+            "7200",
+        ];
+        let out = self.operator(&replay).await?;
+        ensure!(out.contains("requeued 1 entries"), "{out}");
+        let again = self.operator(&replay).await?;
+        ensure!(again.contains("requeued 0 entries"), "{again}");
+        Ok(())
+    }
+
+    /// A record that is not a queue record, pushed onto shard `shard`'s queue, is
+    /// dead-lettered there, listed as `shard:0` (with several shards), shown and purged.
+    pub async fn poison_is_listed_shown_and_purged(&self, shard: usize) -> Result<()> {
+        let keys = &self.key_spaces()[shard];
+        let mut conn = self.redis_conn().await?;
+        redis::cmd("LPUSH")
+            .arg(keys.queue())
+            .arg("not a queue record")
+            .query_async::<()>(&mut conn)
+            .await?;
+        let started = Instant::now();
+        while redis::cmd("LLEN")
+            .arg(keys.dlq())
+            .query_async::<u64>(&mut conn)
+            .await?
+            == 0
+        {
+            ensure!(
+                started.elapsed() < Duration::from_secs(20),
+                "no dead letter"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let listed = self.operator(&["dlq", "list"]).await?;
+        ensure!(listed.starts_with("1 entries"), "{listed}");
+        let place = if self.shards > 1 {
+            format!("{shard}:0")
+        } else {
+            "0".to_owned()
+        };
+        ensure!(
+            listed.contains(&format!(" {place} ")) && listed.contains("[poison]"),
+            "{listed}"
+        );
+        let shard_flag = shard.to_string();
+        let shown = self
+            .operator(&["dlq", "show", "0", "--shard", &shard_flag])
+            .await?;
+        ensure!(shown.contains("not a queue record"), "{shown}");
+        let purged = self.operator(&["dlq", "purge", "--yes"]).await?;
+        ensure!(purged.contains("purged 1 entries"), "{purged}");
+        let left: u64 = redis::cmd("LLEN")
+            .arg(keys.dlq())
+            .query_async(&mut conn)
+            .await?;
+        ensure!(left == 0, "{left} dead letters left");
+        Ok(())
     }
 
     /// The key spaces of this world's shards.
@@ -427,7 +528,8 @@ impl World {
             // Each master holds some slots: each deletes its own keys, one by one (keys of
             // several slots in one UNLINK are refused); replicas refuse and are skipped.
             for url in self.redis.split(',') {
-                let _ = crate::services::delete_prefix_one_by_one(url, &self.ingest.key_prefix).await;
+                let _ =
+                    crate::services::delete_prefix_one_by_one(url, &self.ingest.key_prefix).await;
             }
             return Ok(());
         }

@@ -305,37 +305,17 @@ pub async fn take_queue_as(url: &str, prefix: &str, worker: &str) -> Result<Vec<
 
 /// Deletes every key under `prefix`, and under its shard prefixes `{prefix:s}` (tests clean
 /// up after themselves on the shared Redis).
+pub async fn delete_prefix(url: &str, prefix: &str) -> Result<()> {
+    delete_keys(url, prefix, false).await
+}
+
 /// As [`delete_prefix`], one key at a time: for a Redis Cluster node, which refuses keys of
 /// several slots in one command (and, a replica, any write: the first refusal ends it).
 pub async fn delete_prefix_one_by_one(url: &str, prefix: &str) -> Result<()> {
-    let mut conn = redis_connection(url).await?;
-    for pattern in [format!("{prefix}:*"), format!("{{{prefix}:*")] {
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await?;
-            for key in keys {
-                redis::cmd("UNLINK")
-                    .arg(key)
-                    .query_async::<()>(&mut conn)
-                    .await?;
-            }
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
-    }
-    Ok(())
+    delete_keys(url, prefix, true).await
 }
 
-pub async fn delete_prefix(url: &str, prefix: &str) -> Result<()> {
+async fn delete_keys(url: &str, prefix: &str, one_by_one: bool) -> Result<()> {
     let mut conn = redis_connection(url).await?;
     for pattern in [format!("{prefix}:*"), format!("{{{prefix}:*")] {
         // SCAN and UNLINK in slices: a benchmark leaves hundreds of thousands of keys, and one
@@ -350,9 +330,16 @@ pub async fn delete_prefix(url: &str, prefix: &str) -> Result<()> {
                 .arg(1000)
                 .query_async(&mut conn)
                 .await?;
-            if !keys.is_empty() {
+            let groups: Vec<Vec<String>> = if one_by_one {
+                keys.into_iter().map(|k| vec![k]).collect()
+            } else if keys.is_empty() {
+                Vec::new()
+            } else {
+                vec![keys]
+            };
+            for group in groups {
                 redis::cmd("UNLINK")
-                    .arg(keys)
+                    .arg(group)
                     .query_async::<()>(&mut conn)
                     .await?;
             }

@@ -4,7 +4,7 @@
 //! without and with `--redis-wait-replicas`. Counts are read in ClickHouse without FINAL.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use reqwest::StatusCode;
@@ -36,12 +36,6 @@ fn resent(events: &[Value]) -> Vec<Value> {
         .collect()
 }
 
-/// The length of a list of this world's Redis (through the cluster client).
-async fn llen(w: &World, key: &str) -> Result<u64> {
-    let mut conn = w.redis_conn().await?;
-    Ok(redis::cmd("LLEN").arg(key).query_async(&mut conn).await?)
-}
-
 #[tokio::test]
 async fn ingest_batchers_and_dead_letters_run_on_a_redis_cluster() -> Result<()> {
     let urls = require_redis_cluster().await?;
@@ -71,7 +65,10 @@ async fn ingest_batchers_and_dead_letters_run_on_a_redis_cluster() -> Result<()>
 
     // One event alone: accepted, then collapsed with its reason.
     let single = dataset("cluster-single", 1, 1, 5).remove(0);
-    for (expected, reason) in [("accepted", Value::Null), ("collapsed", json!("duplicate_intent"))] {
+    for (expected, reason) in [
+        ("accepted", Value::Null),
+        ("collapsed", json!("duplicate_intent")),
+    ] {
         let response = w
             .http
             .post(w.ingest.url("/v1/ai/events"))
@@ -101,60 +98,15 @@ async fn ingest_batchers_and_dead_letters_run_on_a_redis_cluster() -> Result<()>
     };
     assert_eq!(events_in(&hourly), 1201.0);
 
-    // An event refused for its clock (an hour ahead), replayed twice with a wider tolerance
-    // from the invalid-events list (shard 0) onto the shard of its intent: written once.
-    let mut early = dataset("cluster-ahead", 1, 1, 77).remove(0);
-    early["timestamp"] = json!(sift_e2e::now_secs() + 3600);
-    let refused = w
-        .http
-        .post(w.ingest.url("/v1/ai/events"))
-        .bearer_auth(&w.keys["acme"])
-        .json(&early)
-        .send()
-        .await?;
-    assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    let replay = [
-        "dlq",
-        "replay",
-        "--invalid",
-        "--max-future-skew-secs",
-        "7200",
-    ];
-    let out = w.operator(&replay).await?;
-    assert!(out.contains("requeued 1 entries"), "{out}");
-    let again = w.operator(&replay).await?;
-    assert!(again.contains("requeued 0 entries"), "{again}");
+    // An event refused for its clock, replayed twice from the invalid-events list (shard 0)
+    // onto the shard of its intent: written once.
+    w.replay_a_refused_event_twice("acme").await?;
     w.wait_for_events(1202).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(rows_and_distinct(&w).await?, (1202, 1202));
 
     // A poison record on shard 2 is dead-lettered there, listed, shown and purged.
-    let shard2 = &w.key_spaces()[2];
-    let mut conn = w.redis_conn().await?;
-    redis::cmd("LPUSH")
-        .arg(shard2.queue())
-        .arg("not a queue record")
-        .query_async::<()>(&mut conn)
-        .await?;
-    let started = Instant::now();
-    while llen(&w, &shard2.dlq()).await? == 0 {
-        ensure!(
-            started.elapsed() < Duration::from_secs(20),
-            "no dead letter"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let listed = w.operator(&["dlq", "list"]).await?;
-    assert!(listed.starts_with("1 entries"), "{listed}");
-    assert!(
-        listed.contains("   2:0 ") && listed.contains("[poison]"),
-        "{listed}"
-    );
-    let shown = w.operator(&["dlq", "show", "0", "--shard", "2"]).await?;
-    assert!(shown.contains("not a queue record"), "{shown}");
-    let purged = w.operator(&["dlq", "purge", "--yes"]).await?;
-    assert!(purged.contains("purged 1 entries"), "{purged}");
-    assert_eq!(llen(&w, &shard2.dlq()).await?, 0);
+    w.poison_is_listed_shown_and_purged(2).await?;
     w.cleanup().await
 }
 

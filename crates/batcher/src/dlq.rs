@@ -86,10 +86,9 @@ fn list_of(shard: &Shard, filter: &Filter) -> String {
     }
 }
 
-/// The entries of the list (newest first) that match `filter`, with their positions.
-pub async fn entries(shard: &Shard, filter: &Filter) -> Result<Vec<(usize, Entry)>, DlqError> {
-    let list = list_of(shard, filter);
-    let raws: Vec<Vec<u8>> = shard
+/// Every element of `list` on `shard`, newest first.
+async fn read_list(shard: &Shard, list: String) -> Result<Vec<Vec<u8>>, DlqError> {
+    Ok(shard
         .call("dlq_entries", |mut conn| async move {
             redis::cmd("LRANGE")
                 .arg(list)
@@ -98,7 +97,12 @@ pub async fn entries(shard: &Shard, filter: &Filter) -> Result<Vec<(usize, Entry
                 .query_async(&mut conn)
                 .await
         })
-        .await?;
+        .await?)
+}
+
+/// The entries of the list (newest first) that match `filter`, with their positions.
+pub async fn entries(shard: &Shard, filter: &Filter) -> Result<Vec<(usize, Entry)>, DlqError> {
+    let raws = read_list(shard, list_of(shard, filter)).await?;
     let now = sift_core::clock::now_ms();
     Ok(raws
         .into_iter()
@@ -267,17 +271,7 @@ async fn restore_chunk(
     report: &mut ReplayReport,
 ) -> Result<(), DlqError> {
     let dlq = shard.keys.dlq();
-    let list = dlq.clone();
-    let raws: Vec<Vec<u8>> = shard
-        .call("dlq_entries", |mut conn| async move {
-            redis::cmd("LRANGE")
-                .arg(list)
-                .arg(0)
-                .arg(-1)
-                .query_async(&mut conn)
-                .await
-        })
-        .await?;
+    let raws = read_list(shard, dlq.clone()).await?;
     let mut members: Vec<(DeadLetter, Vec<u8>)> = raws
         .into_iter()
         .filter_map(|raw| DeadLetter::decode(&raw).ok().map(|d| (d, raw)))
@@ -301,16 +295,18 @@ async fn restore_chunk(
     let (processing, workers) = (shard.keys.processing(&worker), shard.keys.workers());
     let entries: Vec<&[u8]> = members.iter().map(|(_, raw)| raw.as_slice()).collect();
     let records: Vec<Vec<u8>> = members.iter().map(|(d, _)| d.record_bytes()).collect();
-    let lists = scripts::WorkerLists {
-        queue: &dlq,
+    let restore = scripts::Restore {
+        dead_letters: &dlq,
         processing: &processing,
         workers: &workers,
         worker: &worker,
+        entries: &entries,
+        records: &records,
     };
-    let (lists, entries, records, dlq) = (&lists, &entries, &records, &dlq);
+    let restore = &restore;
     let moved = shard
         .call("dlq_restore_chunk", |mut conn| async move {
-            scripts::restore_chunk(&mut conn, lists, dlq, entries, records).await
+            scripts::restore_chunk(&mut conn, restore).await
         })
         .await?;
     if moved > 0 {

@@ -194,20 +194,27 @@ pub async fn requeue<C: ConnectionLike>(
     Ok(moved == 1)
 }
 
-/// Rebuilds an exhausted chunk as `worker`'s processing list from its dead-letter `entries`
-/// and their `records`, in the chunk's order, if all are still there; records moved.
-pub async fn restore_chunk<C: ConnectionLike>(
-    conn: &mut C,
-    lists: &WorkerLists<'_>,
-    dead_letters: &str,
-    entries: &[&[u8]],
-    records: &[Vec<u8>],
-) -> RedisResult<usize> {
-    let mut invocation = RESTORE_CHUNK.key(dead_letters);
+/// An exhausted chunk to rebuild from the dead letters: its entries there and their records,
+/// in the chunk's order, and the worker (that does not exist) whose processing list it
+/// becomes.
+pub struct Restore<'a> {
+    pub dead_letters: &'a str,
+    pub processing: &'a str,
+    pub workers: &'a str,
+    pub worker: &'a str,
+    pub entries: &'a [&'a [u8]],
+    pub records: &'a [Vec<u8>],
+}
+
+/// Rebuilds an exhausted chunk as a processing list if all its entries are still there;
+/// records moved.
+pub async fn restore_chunk<C: ConnectionLike>(conn: &mut C, r: &Restore<'_>) -> RedisResult<usize> {
+    let (entries, records) = (r.entries, r.records);
+    let mut invocation = RESTORE_CHUNK.key(r.dead_letters);
     invocation
-        .key(lists.processing)
-        .key(lists.workers)
-        .arg(lists.worker)
+        .key(r.processing)
+        .key(r.workers)
+        .arg(r.worker)
         .arg(entries.len());
     for entry in entries {
         invocation.arg(*entry);
