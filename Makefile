@@ -1,11 +1,17 @@
 # sift: the two commands of the README are `make run` and `make test`.
 SHELL := /bin/bash
-.PHONY: run test build up down redis-cluster browser otel-clients lint fmt bench load
+.PHONY: run run-cluster test build up down redis-cluster browser otel-clients lint fmt bench load
 
 # Bring up Redis, PostgreSQL and ClickHouse (installing them when missing), migrate, create a
 # local tenant and key, and run sift in the foreground.
 run:
 	deploy/local/run.sh
+
+# The whole distributed stack on this machine: a Redis Cluster (3 masters, 3 replicas), a
+# ClickHouse cluster of two shards, PostgreSQL, two ingest nodes and two batchers (Ctrl-C stops
+# sift; `make down` stops the rest).
+run-cluster:
+	deploy/local/run_cluster.sh
 
 # Everything CI checks: formatting, clippy, unit, property and end-to-end tests on real services
 # (and the dashboard in headless Chromium; its screenshot lands in target/test-artifacts/), and
