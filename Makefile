@@ -1,15 +1,22 @@
 # sift: the two commands of the README are `make run` and `make test`.
 SHELL := /bin/bash
-.PHONY: run test build up down cluster-up browser otel-clients lint fmt bench load
+.PHONY: run run-cluster test build up down cluster-up redis-cluster browser otel-clients lint fmt bench load
 
 # Bring up Redis, PostgreSQL and ClickHouse (installing them when missing), migrate, create a
 # local tenant and key, and run sift in the foreground.
 run:
 	deploy/local/run.sh
 
+# The whole distributed stack on this machine: a Redis Cluster (3 masters, 3 replicas), a
+# ClickHouse cluster of two shards, PostgreSQL, two ingest nodes and two batchers (Ctrl-C stops
+# sift; `make down` stops the rest).
+run-cluster:
+	deploy/local/run_cluster.sh
+
 # Everything CI checks: formatting, clippy, unit, property and end-to-end tests on real services
-# (and the dashboard in headless Chromium; its screenshot lands in target/test-artifacts/).
-test: up browser otel-clients
+# (and the dashboard in headless Chromium; its screenshot lands in target/test-artifacts/), and
+# the tests that need a Redis Cluster (started here, not by `make up`).
+test: up redis-cluster browser otel-clients
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo build --workspace --bins
@@ -19,7 +26,7 @@ test: up browser otel-clients
 build:
 	cargo build --workspace --release --bins
 
-# The local services only (no Docker needed); `down` stops what `up` started.
+# The local services only (no Docker needed); `down` stops what `up` (and `redis-cluster`) started.
 up:
 	deploy/local/up.sh
 
@@ -31,6 +38,11 @@ down:
 # (docs/deploy.md, "A two-shard ClickHouse on one machine"); the tests start their own.
 cluster-up:
 	deploy/local/clickhouse_cluster.sh start
+
+# A local Redis Cluster (3 masters, 3 replicas on 127.0.0.1:24001-24006) for the cluster tests;
+# `make down` stops it too.
+redis-cluster:
+	deploy/local/redis_cluster.sh start
 
 # Debian's Chromium, for the dashboard's browser test.
 browser:

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sift_core::QueueRecord;
@@ -197,6 +197,8 @@ pub struct World {
     /// The Redis URL (or one per shard, comma-separated) and the number of shards.
     pub redis: String,
     pub shards: usize,
+    /// The shards are on a Redis Cluster (`redis` names some of its nodes).
+    pub cluster: bool,
     pub http: reqwest::Client,
 }
 
@@ -224,12 +226,12 @@ impl World {
 
     /// A world on the test's own two-shard ClickHouse `cluster` (and the shared Redis): the
     /// binaries run with `--clickhouse-cluster`, and its queries go through the first node.
-    pub async fn on_cluster(
+    pub async fn on_clickhouse_cluster(
         tenants: &[&'static str],
-        cluster: &crate::cluster::PrivateCluster,
+        cluster: &crate::clickhouse_cluster::PrivateClickHouseCluster,
         ingest_args: &[&str],
     ) -> Result<Self> {
-        let db = Database::create_on_cluster(cluster).await?;
+        let db = Database::create_on_clickhouse_cluster(cluster).await?;
         Self::on(db, tenants, &redis_url(), 1, ingest_args).await
     }
 
@@ -245,6 +247,7 @@ impl World {
             keys.insert(*tenant, db.tenant_with_key(tenant).await?);
         }
         let shard_flag = ["--redis-shards".to_owned(), shards.to_string()];
+        let cluster = ingest_args.contains(&"--redis-cluster");
         let args: Vec<&str> = shard_flag
             .iter()
             .map(String::as_str)
@@ -257,8 +260,46 @@ impl World {
             keys,
             redis: redis.to_owned(),
             shards,
+            cluster,
             http: reqwest::Client::new(),
         })
+    }
+
+    /// A world on the Redis Cluster whose nodes `urls` names, with `shards` shards.
+    pub async fn on_cluster(
+        tenants: &[&'static str],
+        urls: &str,
+        shards: usize,
+        ingest_args: &[&str],
+    ) -> Result<Self> {
+        let mut args = vec!["--redis-cluster"];
+        args.extend_from_slice(ingest_args);
+        Self::sharded(tenants, urls, shards, &args).await
+    }
+
+    /// The environment that points a batcher or operator command at this world's Redis.
+    fn redis_env(&self) -> Vec<(&'static str, String)> {
+        let mut env = vec![("SIFT_REDIS_SHARDS", self.shards.to_string())];
+        if self.cluster {
+            env.push(("SIFT_REDIS_CLUSTER", "true".into()));
+        }
+        env
+    }
+
+    /// A connection to this world's Redis that reaches every shard: a cluster client on a
+    /// cluster (it follows MOVED), a plain connection otherwise (the first URL).
+    pub async fn redis_conn(&self) -> Result<sift_redis::Conn> {
+        let urls: Vec<&str> = self.redis.split(',').collect();
+        if self.cluster {
+            let client = redis::cluster::ClusterClient::new(urls)?;
+            Ok(sift_redis::Conn::Cluster(
+                client.get_async_connection().await?,
+            ))
+        } else {
+            Ok(sift_redis::Conn::Mux(
+                crate::redis_connection(urls[0]).await?,
+            ))
+        }
     }
 
     pub async fn batcher(&self, worker: &str, args: &[&str]) -> Result<Batcher> {
@@ -268,7 +309,7 @@ impl World {
             &self.ingest.key_prefix,
             worker,
             args,
-            &[("SIFT_REDIS_SHARDS", self.shards.to_string())],
+            &self.redis_env(),
         )
         .await
     }
@@ -284,13 +325,117 @@ impl World {
             "--key-prefix",
             &self.ingest.key_prefix,
         ];
+        if self.cluster {
+            full.push("--redis-cluster");
+        }
         full.extend_from_slice(args);
         self.db.batcher(&full).await
     }
 
+    /// An event of `tenant` refused for its clock (an hour ahead) is listed with the invalid
+    /// events (on shard 0); replayed twice with a wider tolerance, it is requeued once. With
+    /// several shards the event is one whose intent lives on another shard than that list's.
+    pub async fn replay_a_refused_event_twice(&self, tenant: &'static str) -> Result<()> {
+        let now = now_secs();
+        let early = (0..)
+            .map(|i| {
+                let mut e = dataset("ahead", 1, 1, 40 + i).remove(0);
+                e["timestamp"] = json!(now + 3600);
+                e
+            })
+            .find(|e| {
+                let limits = sift_core::Limits {
+                    max_future_skew_ms: 7_200_000,
+                    ..Default::default()
+                };
+                sift_core::validate::validate(e, &limits, now as i64 * 1000).is_ok_and(|event| {
+                    let hash = sift_core::SemanticHash::of(tenant, &event);
+                    self.shards == 1 || sift_core::keys::shard_of(&hash, self.shards) != 0
+                })
+            })
+            .context("an event for another shard than 0")?;
+        let refused = self
+            .http
+            .post(self.ingest.url("/v1/ai/events"))
+            .bearer_auth(&self.keys[tenant])
+            .json(&early)
+            .send()
+            .await?;
+        ensure!(
+            refused.status() == StatusCode::UNPROCESSABLE_ENTITY,
+            "answered {}",
+            refused.status()
+        );
+        let replay = [
+            "dlq",
+            "replay",
+            "--invalid",
+            "--max-future-skew-secs",
+            "7200",
+        ];
+        let out = self.operator(&replay).await?;
+        ensure!(out.contains("requeued 1 entries"), "{out}");
+        let again = self.operator(&replay).await?;
+        ensure!(again.contains("requeued 0 entries"), "{again}");
+        Ok(())
+    }
+
+    /// A record that is not a queue record, pushed onto shard `shard`'s queue, is
+    /// dead-lettered there, listed as `shard:0` (with several shards), shown and purged.
+    pub async fn poison_is_listed_shown_and_purged(&self, shard: usize) -> Result<()> {
+        let keys = &self.key_spaces()[shard];
+        let mut conn = self.redis_conn().await?;
+        redis::cmd("LPUSH")
+            .arg(keys.queue())
+            .arg("not a queue record")
+            .query_async::<()>(&mut conn)
+            .await?;
+        let started = Instant::now();
+        while redis::cmd("LLEN")
+            .arg(keys.dlq())
+            .query_async::<u64>(&mut conn)
+            .await?
+            == 0
+        {
+            ensure!(
+                started.elapsed() < Duration::from_secs(20),
+                "no dead letter"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let listed = self.operator(&["dlq", "list"]).await?;
+        ensure!(listed.starts_with("1 entries"), "{listed}");
+        let place = if self.shards > 1 {
+            format!("{shard}:0")
+        } else {
+            "0".to_owned()
+        };
+        ensure!(
+            listed.contains(&format!(" {place} ")) && listed.contains("[poison]"),
+            "{listed}"
+        );
+        let shard_flag = shard.to_string();
+        let shown = self
+            .operator(&["dlq", "show", "0", "--shard", &shard_flag])
+            .await?;
+        ensure!(shown.contains("not a queue record"), "{shown}");
+        let purged = self.operator(&["dlq", "purge", "--yes"]).await?;
+        ensure!(purged.contains("purged 1 entries"), "{purged}");
+        let left: u64 = redis::cmd("LLEN")
+            .arg(keys.dlq())
+            .query_async(&mut conn)
+            .await?;
+        ensure!(left == 0, "{left} dead letters left");
+        Ok(())
+    }
+
     /// The key spaces of this world's shards.
     pub fn key_spaces(&self) -> Vec<sift_core::KeySpace> {
-        sift_core::KeySpace::shards(&self.ingest.key_prefix, self.shards)
+        if self.cluster {
+            sift_core::KeySpace::cluster(&self.ingest.key_prefix, self.shards)
+        } else {
+            sift_core::KeySpace::shards(&self.ingest.key_prefix, self.shards)
+        }
     }
 
     pub async fn send(&self, tenant: &str, events: &[Value]) -> Result<u64> {
@@ -404,6 +549,15 @@ impl World {
     }
 
     pub async fn cleanup(&self) -> Result<()> {
+        if self.cluster {
+            // Each master holds some slots: each deletes its own keys, one by one (keys of
+            // several slots in one UNLINK are refused); replicas refuse and are skipped.
+            for url in self.redis.split(',') {
+                let _ =
+                    crate::services::delete_prefix_one_by_one(url, &self.ingest.key_prefix).await;
+            }
+            return Ok(());
+        }
         let mut urls = self.shard_urls();
         urls.dedup();
         for url in urls {

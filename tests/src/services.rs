@@ -110,7 +110,9 @@ impl Database {
 
     /// PostgreSQL, and ClickHouse on the two-shard `cluster` (`migrate --cluster`): the
     /// database goes with the cluster, which is the test's own.
-    pub async fn create_on_cluster(cluster: &crate::cluster::PrivateCluster) -> Result<Self> {
+    pub async fn create_on_clickhouse_cluster(
+        cluster: &crate::clickhouse_cluster::PrivateClickHouseCluster,
+    ) -> Result<Self> {
         let name = unique("sift_e2e");
         let db = Self {
             url: format!("{}/{name}", postgres_base()),
@@ -120,7 +122,7 @@ impl Database {
             cluster_env: vec![
                 (
                     "SIFT_CLICKHOUSE_CLUSTER",
-                    crate::cluster::CLUSTER.to_owned(),
+                    crate::clickhouse_cluster::CLUSTER.to_owned(),
                 ),
                 ("SIFT_CLICKHOUSE_NODES", cluster.nodes()),
             ],
@@ -350,6 +352,16 @@ pub async fn take_queue_as(url: &str, prefix: &str, worker: &str) -> Result<Vec<
 /// Deletes every key under `prefix`, and under its shard prefixes `{prefix:s}` (tests clean
 /// up after themselves on the shared Redis).
 pub async fn delete_prefix(url: &str, prefix: &str) -> Result<()> {
+    delete_keys(url, prefix, false).await
+}
+
+/// As [`delete_prefix`], one key at a time: for a Redis Cluster node, which refuses keys of
+/// several slots in one command (and, a replica, any write: the first refusal ends it).
+pub async fn delete_prefix_one_by_one(url: &str, prefix: &str) -> Result<()> {
+    delete_keys(url, prefix, true).await
+}
+
+async fn delete_keys(url: &str, prefix: &str, one_by_one: bool) -> Result<()> {
     let mut conn = redis_connection(url).await?;
     for pattern in [format!("{prefix}:*"), format!("{{{prefix}:*")] {
         // SCAN and UNLINK in slices: a benchmark leaves hundreds of thousands of keys, and one
@@ -364,9 +376,16 @@ pub async fn delete_prefix(url: &str, prefix: &str) -> Result<()> {
                 .arg(1000)
                 .query_async(&mut conn)
                 .await?;
-            if !keys.is_empty() {
+            let groups: Vec<Vec<String>> = if one_by_one {
+                keys.into_iter().map(|k| vec![k]).collect()
+            } else if keys.is_empty() {
+                Vec::new()
+            } else {
+                vec![keys]
+            };
+            for group in groups {
                 redis::cmd("UNLINK")
-                    .arg(keys)
+                    .arg(group)
                     .query_async::<()>(&mut conn)
                     .await?;
             }

@@ -13,7 +13,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use sift_e2e::{
     assert_hourly_equals_raw, dataset, f, hourly_path, redis_connection, take_queue_as,
-    PrivateCluster, World,
+    PrivateClickHouseCluster, World,
 };
 
 /// acme and dune live on the first shard, beta and cora on the second
@@ -23,7 +23,7 @@ const FIRST_SHARD: [&str; 2] = ["acme", "dune"];
 
 /// `SELECT tenant_id, count() … GROUP BY tenant_id` on `table` through node `node`.
 async fn per_tenant(
-    c: &PrivateCluster,
+    c: &PrivateClickHouseCluster,
     node: usize,
     sql_from: &str,
 ) -> Result<BTreeMap<String, u64>> {
@@ -48,7 +48,7 @@ fn expected(n: u64, tenants: &[&str]) -> BTreeMap<String, u64> {
 
 /// Each tenant's rows: through the Distributed table with and without FINAL (a double would
 /// show in the second), and on each shard's own table (each tenant on its shard only).
-async fn assert_rows(c: &PrivateCluster, w: &World, n: u64) -> Result<()> {
+async fn assert_rows(c: &PrivateClickHouseCluster, w: &World, n: u64) -> Result<()> {
     let events = w.table("ai_events");
     let all = expected(n, &TENANTS);
     assert_eq!(per_tenant(c, 0, &format!("{events} FINAL")).await?, all);
@@ -103,8 +103,8 @@ async fn dead_letters(w: &World) -> Result<u64> {
 /// `ai_events FINAL` per tenant, and `backfill rollups --rebuild` keeps them.
 #[tokio::test]
 async fn kill9_of_batchers_and_of_a_shard_keeps_one_row_per_event() -> Result<()> {
-    let c = PrivateCluster::start().await?;
-    let w = World::on_cluster(&TENANTS, &c, &[]).await?;
+    let c = PrivateClickHouseCluster::start().await?;
+    let w = World::on_clickhouse_cluster(&TENANTS, &c, &[]).await?;
     let quiet = ["--session-flush-secs", "0", "--chunk-size", "100"];
     let first = w.batcher("w-a", &quiet).await?;
     let second = w.batcher("w-b", &quiet).await?;
@@ -234,8 +234,8 @@ async fn kill9_of_batchers_and_of_a_shard_keeps_one_row_per_event() -> Result<()
 /// ledger row gone, as after a lost answer), writes nothing on either shard.
 #[tokio::test]
 async fn a_chunk_retried_after_one_shard_took_its_part_is_written_once() -> Result<()> {
-    let c = PrivateCluster::start().await?;
-    let w = World::on_cluster(&TENANTS, &c, &[]).await?;
+    let c = PrivateClickHouseCluster::start().await?;
+    let w = World::on_clickhouse_cluster(&TENANTS, &c, &[]).await?;
     let per = 50;
     for (i, t) in TENANTS.iter().enumerate() {
         let events = dataset(&format!("part-{t}"), per, 2, 70 + i as u64);
@@ -344,8 +344,8 @@ async fn a_chunk_retried_after_one_shard_took_its_part_is_written_once() -> Resu
 /// `_local` tables of the shard that holds the tenant and recomputes its sessions and rollups.
 #[tokio::test]
 async fn migrate_retention_and_erasure_reach_every_node() -> Result<()> {
-    let c = PrivateCluster::start().await?;
-    let w = World::on_cluster(&TENANTS, &c, &[]).await?;
+    let c = PrivateClickHouseCluster::start().await?;
+    let w = World::on_clickhouse_cluster(&TENANTS, &c, &[]).await?;
     let tables = "SELECT name, engine FROM system.tables WHERE database = currentDatabase() ORDER BY name FORMAT TSV";
     let on = |node: usize| {
         let (c, db) = (&c, &w.db.name);

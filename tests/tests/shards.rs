@@ -81,84 +81,15 @@ async fn three_shards_on_one_redis_keep_one_row_per_intent() -> Result<()> {
     };
     assert_eq!(events_in(&hourly), 1500.0);
 
-    // An event refused for its clock (an hour ahead) whose intent lives on another shard
-    // than the invalid-events list (shard 0): replayed with a wider tolerance, twice, it is
-    // written once.
-    let now = sift_e2e::now_secs();
-    let ahead = now + 3600;
-    let early = (0..)
-        .map(|i| {
-            let mut e = dataset("ahead", 1, 1, 40 + i).remove(0);
-            e["timestamp"] = json!(ahead);
-            e
-        })
-        .find(|e| {
-            let event = sift_core::validate::validate(
-                e,
-                &sift_core::Limits {
-                    max_future_skew_ms: 7_200_000,
-                    ..Default::default()
-                },
-                now as i64 * 1000,
-            )
-            .expect("valid with a wide tolerance");
-            let hash = sift_core::SemanticHash::of("acme", &event);
-            sift_core::keys::shard_of(&hash, 3) != 0
-        })
-        .expect("an event for shard 1 or 2");
-    let refused = w
-        .http
-        .post(w.ingest.url("/v1/ai/events"))
-        .bearer_auth(&w.keys["acme"])
-        .json(&early)
-        .send()
-        .await?;
-    assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    let replay = [
-        "dlq",
-        "replay",
-        "--invalid",
-        "--max-future-skew-secs",
-        "7200",
-    ];
-    let out = w.operator(&replay).await?;
-    assert!(out.contains("requeued 1 entries"), "{out}");
-    let again = w.operator(&replay).await?;
-    assert!(again.contains("requeued 0 entries"), "{again}");
+    // An event refused for its clock whose intent lives on another shard than the
+    // invalid-events list (shard 0): replayed twice, it is written once.
+    w.replay_a_refused_event_twice("acme").await?;
     w.wait_for_events(1501).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(rows_and_distinct(&w).await?, (1501, 1501));
 
     // The operator commands cover every shard: a poison record on shard 2 is listed there.
-    let shard2 = &w.key_spaces()[2];
-    redis::cmd("LPUSH")
-        .arg(shard2.queue())
-        .arg("not a queue record")
-        .query_async::<()>(&mut conn)
-        .await?;
-    let started = Instant::now();
-    while redis::cmd("LLEN")
-        .arg(shard2.dlq())
-        .query_async::<u64>(&mut conn)
-        .await?
-        == 0
-    {
-        ensure!(
-            started.elapsed() < Duration::from_secs(20),
-            "no dead letter"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let listed = w.operator(&["dlq", "list"]).await?;
-    assert!(listed.starts_with("1 entries"), "{listed}");
-    assert!(
-        listed.contains("   2:0 ") && listed.contains("[poison]"),
-        "{listed}"
-    );
-    let shown = w.operator(&["dlq", "show", "0", "--shard", "2"]).await?;
-    assert!(shown.contains("not a queue record"), "{shown}");
-    let purged = w.operator(&["dlq", "purge", "--yes"]).await?;
-    assert!(purged.contains("purged 1 entries"), "{purged}");
+    w.poison_is_listed_shown_and_purged(2).await?;
     w.cleanup().await
 }
 

@@ -8,9 +8,8 @@
 use std::time::{Duration, Instant};
 
 use clickhouse::Client;
-use deadpool_redis::Pool;
-use redis::Script;
 use sift_core::KeySpace;
+use sift_redis::{scripts, Shard};
 
 use crate::metrics as m;
 use crate::retention::RawRetention;
@@ -22,10 +21,8 @@ use crate::{reconcile, rollups};
 pub enum FlushError {
     #[error("ClickHouse: {0}")]
     ClickHouse(#[from] clickhouse::error::Error),
-    #[error("Redis: {0}")]
-    Redis(#[from] redis::RedisError),
-    #[error("Redis: {0}")]
-    RedisPool(#[from] deadpool_redis::PoolError),
+    #[error(transparent)]
+    Redis(#[from] sift_redis::RedisError),
     #[error("the run did not finish within its time budget (4/5 of the period)")]
     TimedOut,
     #[error("reconciling the rollups: {0}")]
@@ -38,66 +35,54 @@ pub enum FlushError {
 const FINALIZE_WINDOW: Duration = Duration::from_secs(15 * 60);
 
 /// A lock in Redis that at most one flusher holds; it expires, so a crashed holder cannot keep
-/// it, and only its holder (by token) can release it.
+/// it, and only its holder (by token) can release it. It lives on the first shard, beside the
+/// read API's rollup versions.
 pub struct FlusherLock {
-    pool: Pool,
-    /// The shard's key names: the read API's rollup versions live beside the lock.
-    keys: KeySpace,
+    shard: Shard,
     key: String,
     token: String,
-    acquire: Script,
-    release: Script,
 }
 
-/// Takes the lock if it is free, or renews it if this holder has it: a flusher that holds the
-/// lock keeps its turn at its next tick even if that tick comes a hair before the lock expires.
-const ACQUIRE: &str = r"
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-if holder then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1";
-
-const RELEASE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0";
-
 impl FlusherLock {
-    pub fn new(pool: Pool, keys: &KeySpace, holder: &str) -> Self {
+    pub fn new(shard: Shard, holder: &str) -> Self {
         Self {
-            pool,
-            keys: keys.clone(),
-            key: keys.flusher_lock(),
+            key: shard.keys.flusher_lock(),
+            shard,
             token: holder.to_owned(),
-            acquire: Script::new(ACQUIRE),
-            release: Script::new(RELEASE),
         }
+    }
+
+    /// The shard's key names: the read API's rollup versions live beside the lock.
+    pub fn keys(&self) -> &KeySpace {
+        &self.shard.keys
+    }
+
+    pub fn shard(&self) -> &Shard {
+        &self.shard
     }
 
     /// Takes the lock for `ttl` if nobody holds it, or renews it for `ttl` if this holder
     /// does; returns whether this holder has it now.
     pub async fn acquire(&self, ttl: Duration) -> Result<bool, FlushError> {
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        let held = self
-            .invoke(self.acquire.key(&self.key).arg(&self.token).arg(ttl_ms))
-            .await?;
-        Ok(held == 1)
+        let (key, token) = (&self.key, &self.token);
+        Ok(self
+            .shard
+            .call("lock_acquire", |mut conn| async move {
+                scripts::lock_acquire(&mut conn, key, token, ttl_ms).await
+            })
+            .await?)
     }
 
     /// Gives the lock up if this holder has it.
     pub async fn release(&self) -> Result<(), FlushError> {
-        self.invoke(self.release.key(&self.key).arg(&self.token))
-            .await?;
-        Ok(())
-    }
-
-    /// Runs one of the lock's scripts, with its key and arguments, on a pooled connection.
-    async fn invoke(&self, call: &redis::ScriptInvocation<'_>) -> Result<i64, FlushError> {
-        let mut conn = self.pool.get().await?;
-        Ok(call.invoke_async(&mut conn).await?)
+        let (key, token) = (&self.key, &self.token);
+        Ok(self
+            .shard
+            .call("lock_release", |mut conn| async move {
+                scripts::lock_release(&mut conn, key, token).await
+            })
+            .await?)
     }
 }
 
@@ -258,7 +243,7 @@ async fn run_once(
         window.active + window.max_span,
     )
     .await?;
-    let mut conn = lock.pool.get().await?;
+    let mut conn = lock.shard().conn().await?;
     let healed = reconcile::run(
         &until(client, deadline)?,
         db,
@@ -268,7 +253,7 @@ async fn run_once(
             lookback: window.active + window.max_span,
         },
         retention,
-        (&mut conn, &lock.keys),
+        (&mut conn, lock.keys()),
     )
     .await?;
     drop(conn);

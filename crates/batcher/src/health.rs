@@ -8,7 +8,7 @@ use sift_service::health::Readiness;
 pub struct HealthState {
     pub metrics: PrometheusHandle,
     /// One pool per shard (shards on one server share it).
-    pub redis: Vec<deadpool_redis::Pool>,
+    pub redis: sift_redis::Shards,
     pub postgres: deadpool_postgres::Pool,
     pub clickhouse: clickhouse::Client,
 }
@@ -33,10 +33,10 @@ pub fn server(
 }
 
 async fn readyz(state: web::Data<HealthState>) -> HttpResponse {
-    use sift_service::pools::{ping_clickhouse, ping_postgres, ping_redis};
+    use sift_service::pools::{ping_clickhouse, ping_postgres};
     let mut redis = Ok(());
-    for pool in &state.redis {
-        redis = redis.and(ping_redis(pool).await);
+    for shard in &state.redis {
+        redis = redis.and(shard.ping().await);
     }
     Readiness::default()
         .check("redis", &redis)

@@ -1,136 +1,33 @@
-//! The Redis side of the batcher: the reliable claim (LMOVE from the tail of `ai:queue` into
-//! this worker's processing list, so the queue is FIFO and nothing is lost if the worker dies),
-//! the acknowledgement, heartbeats, and the takeover of dead workers' processing lists.
+//! The Redis side of the batcher on one shard: the reliable claim (LMOVE from the tail of
+//! `ai:queue` into this worker's processing list, so the queue is FIFO and nothing is lost if
+//! the worker dies), the acknowledgement, heartbeats, and the takeover of dead workers'
+//! processing lists. The scripts themselves are sift-redis's (`queue_claim.lua`, ...); with
+//! `--redis-wait-replicas`, a claim and an acknowledgement count only once replicated, so a
+//! failover neither hands a claimed chunk's records out again nor revives an acknowledged one.
 
 use std::time::Duration;
 
-use deadpool_redis::Pool;
-use redis::Script;
 use sift_core::KeySpace;
+use sift_redis::scripts::{self, Ack, TakeOver, WorkerLists};
+use sift_redis::{Conn, Shard};
 
-#[derive(Debug, thiserror::Error)]
-pub enum QueueError {
-    #[error("Redis: {0}")]
-    Redis(#[from] redis::RedisError),
-    #[error("Redis: {0}")]
-    Pool(#[from] deadpool_redis::PoolError),
-}
-
-/// Moves elements (records, or frames of records) from the queue's tail to the processing
-/// list's head and returns them, oldest first: at most ARGV[1] records and ARGV[2] bytes (but
-/// at least one element when ARGV[4] is 1, however large). A frame counts as the records its
-/// header says it holds. KEYS: queue, processing list, worker set. ARGV: rows, bytes, this
-/// worker's id, at-least-one. Returns {1 when a budget stopped it else 0, records taken,
-/// elements}. Registers the worker with every claim, so that a list is never left where no
-/// one would look for it.
-///
-/// One LMOVE per element, and an element over the budget moved straight back to where it
-/// was: measured against reading the tail with LRANGE and writing it with LTRIM and LPUSH
-/// (each element converted to and from Lua once more), Redis spends a sixth of the time on a
-/// claim of 500 frames of 16 KB (and 1.7 times as much on 500 single records: the batch
-/// path carries most events).
-/// `allow-oom`: a full Redis must still be drained (moving records does not grow it).
-const CLAIM: &str = r"#!lua flags=allow-oom
-redis.call('SADD', KEYS[3], ARGV[3])
-local rows, budget = tonumber(ARGV[1]), tonumber(ARGV[2])
-local taken, bytes, count, full = {}, 0, 0, 0
-while count < rows do
-  local e = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
-  if not e then break end
-  local n = 1
-  if #e >= 3 and string.byte(e, 1) == 3 then n = string.byte(e, 2) * 256 + string.byte(e, 3) end
-  if (bytes + #e > budget or count + n > rows) and (#taken > 0 or ARGV[4] ~= '1') then
-    redis.call('LMOVE', KEYS[2], KEYS[1], 'LEFT', 'RIGHT')
-    full = 1
-    break
-  end
-  bytes = bytes + #e
-  count = count + n
-  taken[#taken + 1] = e
-end
-if count > rows then full = 1 end
-return {full, count, taken}";
-
-/// Acknowledges a chunk: removes exactly its records from the tail of the processing list and
-/// dead-letters some of them in the same step, so a crash can never dead-letter a record and
-/// also leave it to be processed again. Records claimed after the chunk was read (at the head)
-/// stay. If the list no longer ends with the chunk (another worker took it over), nothing is
-/// done. The same step moves the rollup version of every (tenant, hour) the chunk wrote, which
-/// tells the read API's cache that those hours changed; a crash before it leaves the chunk to
-/// be retried and acknowledged again, so the versions always move after the rows are in.
-/// KEYS: processing list, dead letters, then the rollup versions. ARGV: chunk length, its
-/// oldest record, its newest record, the versions' TTL in ms, then the dead letters.
-/// Returns the records left in the list, or -1 when the chunk was not there.
-const ACK: &str = r"#!lua flags=allow-oom
-local n = tonumber(ARGV[1])
-local len = redis.call('LLEN', KEYS[1])
-if len < n or redis.call('LINDEX', KEYS[1], -1) ~= ARGV[2] or redis.call('LINDEX', KEYS[1], -n) ~= ARGV[3] then
-  return -1
-end
-for i = 5, #ARGV do redis.call('LPUSH', KEYS[2], ARGV[i]) end
-for i = 3, #KEYS do
-  redis.call('INCR', KEYS[i])
-  redis.call('PEXPIRE', KEYS[i], ARGV[4])
-end
-if len == n then
-  redis.call('DEL', KEYS[1])
-else
-  redis.call('LTRIM', KEYS[1], 0, -(n + 1))
-end
-return len - n";
-
-/// Takes over a dead worker's processing list when this worker holds none. KEYS: the dead
-/// worker's heartbeat, its processing list, ours, the worker set; ARGV[1]: the dead worker.
-const TAKE_OVER: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
-local taken = 0
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  redis.call('RENAME', KEYS[2], KEYS[3])
-  taken = 1
-end
-redis.call('SREM', KEYS[4], ARGV[1])
-return taken";
-
-/// Processing lists that hold records: those of the registered workers (live, dead, or
-/// rebuilt by `dlq replay`). KEYS[1]: the worker set; ARGV[1]: the processing lists' prefix.
-const HELD_LISTS: &str = r"
-local n = 0
-for _, w in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  n = n + redis.call('EXISTS', ARGV[1] .. w)
-end
-return n";
-
-/// What one claim moved into the processing list.
-pub struct Claimed {
-    /// A budget (rows or bytes) stopped the claim: the chunk is full.
-    pub full: bool,
-    /// The records the elements hold.
-    pub rows: usize,
-    /// The elements, oldest first.
-    pub elements: Vec<Vec<u8>>,
-}
+pub use sift_redis::scripts::Claimed;
+pub use sift_redis::RedisError as QueueError;
 
 pub struct Queue {
-    pool: Pool,
-    keys: KeySpace,
+    shard: Shard,
     worker: String,
-    claim: Script,
-    ack: Script,
-    take_over: Script,
-    held_lists: Script,
+    /// On a Redis Cluster, this lane's own connection for its blocking claims (made once:
+    /// a cluster connection reaches every master).
+    blocking: tokio::sync::Mutex<Option<Conn>>,
 }
 
 impl Queue {
-    pub fn new(pool: Pool, keys: KeySpace, worker: String) -> Self {
+    pub fn new(shard: Shard, worker: String) -> Self {
         Self {
-            pool,
-            keys,
+            shard,
             worker,
-            claim: Script::new(CLAIM),
-            ack: Script::new(ACK),
-            take_over: Script::new(TAKE_OVER),
-            held_lists: Script::new(HELD_LISTS),
+            blocking: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -139,15 +36,15 @@ impl Queue {
     }
 
     pub fn keys(&self) -> &KeySpace {
-        &self.keys
+        &self.shard.keys
     }
 
-    async fn conn(&self) -> Result<deadpool_redis::Connection, QueueError> {
-        Ok(self.pool.get().await?)
+    pub fn shard(&self) -> &Shard {
+        &self.shard
     }
 
     fn processing(&self) -> String {
-        self.keys.processing(&self.worker)
+        self.shard.keys.processing(&self.worker)
     }
 
     /// Moves up to `rows` records and `bytes` bytes (at least one element if `at_least_one`)
@@ -159,52 +56,76 @@ impl Queue {
         bytes: usize,
         at_least_one: bool,
     ) -> Result<Claimed, QueueError> {
-        let mut conn = self.conn().await?;
-        let (full, rows, elements): (u8, usize, Vec<Vec<u8>>) = self
-            .claim
-            .key(self.keys.queue())
-            .key(self.processing())
-            .key(self.keys.workers())
-            .arg(rows)
-            .arg(bytes)
-            .arg(&self.worker)
-            .arg(u8::from(at_least_one))
-            .invoke_async(&mut conn)
-            .await?;
-        Ok(Claimed {
-            full: full == 1,
-            rows,
-            elements,
-        })
+        let keys = &self.shard.keys;
+        let (queue, processing, workers) = (keys.queue(), self.processing(), keys.workers());
+        let lists = WorkerLists {
+            queue: &queue,
+            processing: &processing,
+            workers: &workers,
+            worker: &self.worker,
+        };
+        self.shard
+            .call_replicated("queue_claim", |mut conn| async move {
+                let claimed =
+                    scripts::queue_claim(&mut conn, &lists, rows, bytes, at_least_one).await?;
+                Ok((claimed, conn))
+            })
+            .await
     }
 
     /// Waits up to `timeout` for one record and moves it; returns it if one came.
     pub async fn claim_blocking(&self, timeout: Duration) -> Result<Option<Vec<u8>>, QueueError> {
-        let mut conn = self.conn().await?;
-        let (moved,): (Option<Vec<u8>>,) = redis::pipe()
-            .cmd("SADD")
-            .arg(self.keys.workers())
+        let keys = &self.shard.keys;
+        let mut pipe = redis::pipe();
+        pipe.cmd("SADD")
+            .arg(keys.workers())
             .arg(&self.worker)
             .ignore()
             .cmd("BLMOVE")
-            .arg(self.keys.queue())
+            .arg(keys.queue())
             .arg(self.processing())
             .arg("RIGHT")
             .arg("LEFT")
-            .arg(timeout.as_secs_f64().max(0.01))
-            .query_async(&mut conn)
-            .await?;
-        Ok(moved)
+            .arg(timeout.as_secs_f64().max(0.01));
+        let limit = timeout + self.shard.timeout();
+        let mut cached = self.blocking.lock().await;
+        let work = async {
+            let mut conn = match cached.as_ref().and_then(Conn::share) {
+                Some(conn) => conn,
+                None if self.shard.is_cluster() => {
+                    let conn = self.shard.blocking_conn().await?;
+                    *cached = conn.share();
+                    conn
+                }
+                None => self.shard.blocking_conn().await?,
+            };
+            let (moved,): (Option<Vec<u8>>,) = pipe.query_async(&mut conn).await?;
+            if moved.is_some() {
+                self.shard.wait_for_replicas(&mut conn).await?;
+            }
+            Ok::<_, QueueError>(moved)
+        };
+        let answer = sift_redis::call::bounded("queue_claim_blocking", limit, work).await;
+        if answer.as_ref().is_err_and(|e| !e.is_answer()) {
+            // A broken or stuck connection is made anew next time.
+            *cached = None;
+        }
+        answer
     }
 
     /// The records of this worker's processing list, oldest first.
     pub async fn in_hand(&self) -> Result<Vec<Vec<u8>>, QueueError> {
-        let mut conn = self.conn().await?;
-        let mut records: Vec<Vec<u8>> = redis::cmd("LRANGE")
-            .arg(self.processing())
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut conn)
+        let processing = self.processing();
+        let mut records: Vec<Vec<u8>> = self
+            .shard
+            .call("processing_list", |mut conn| async move {
+                redis::cmd("LRANGE")
+                    .arg(processing)
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut conn)
+                    .await
+            })
             .await?;
         records.reverse();
         Ok(records)
@@ -222,71 +143,95 @@ impl Queue {
         dead: &[Vec<u8>],
         touched: &[(String, i64)],
     ) -> Result<bool, QueueError> {
-        let mut conn = self.conn().await?;
-        let mut invocation = self.ack.key(self.processing());
-        invocation.key(self.keys.dlq());
-        for (tenant, hour) in touched {
-            invocation.key(self.keys.rollup_version(tenant, *hour));
-        }
-        invocation
-            .arg(len)
-            .arg(oldest)
-            .arg(newest)
-            .arg(sift_core::keys::ROLLUP_VERSION_TTL_MS);
-        for entry in dead {
-            invocation.arg(entry.as_slice());
-        }
-        let left: i64 = invocation.invoke_async(&mut conn).await?;
-        Ok(left >= 0)
+        let keys = &self.shard.keys;
+        let (processing, dead_letters) = (self.processing(), keys.dlq());
+        let versions: Vec<String> = touched
+            .iter()
+            .map(|(tenant, hour)| keys.rollup_version(tenant, *hour))
+            .collect();
+        let ack = Ack {
+            processing: &processing,
+            dead_letters: &dead_letters,
+            versions: &versions,
+            len,
+            oldest,
+            newest,
+            versions_ttl_ms: sift_core::keys::ROLLUP_VERSION_TTL_MS,
+            dead,
+        };
+        self.shard
+            .call_replicated("queue_ack", |mut conn| async move {
+                let acked = scripts::queue_ack(&mut conn, &ack).await?;
+                Ok((acked, conn))
+            })
+            .await
     }
 
     /// Announces this worker alive for `ttl`.
     pub async fn heartbeat(&self, ttl: Duration) -> Result<(), QueueError> {
-        let mut conn = self.conn().await?;
-        redis::pipe()
-            .cmd("SET")
-            .arg(self.keys.heartbeat(&self.worker))
+        let keys = &self.shard.keys;
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(keys.heartbeat(&self.worker))
             .arg(1)
             .arg("PX")
             .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
             .ignore()
             .cmd("SADD")
-            .arg(self.keys.workers())
+            .arg(keys.workers())
             .arg(&self.worker)
-            .ignore()
-            .query_async::<()>(&mut conn)
-            .await?;
-        Ok(())
+            .ignore();
+        self.shard
+            .call("heartbeat", |mut conn| async move {
+                pipe.query_async::<()>(&mut conn).await
+            })
+            .await
     }
 
     /// On a clean exit: drop the heartbeat so that any chunk left behind is taken over at once.
     pub async fn leave(&self) -> Result<(), QueueError> {
-        let mut conn = self.conn().await?;
-        let _: () = redis::cmd("DEL")
-            .arg(self.keys.heartbeat(&self.worker))
-            .query_async(&mut conn)
-            .await?;
-        Ok(())
+        let heartbeat = self.shard.keys.heartbeat(&self.worker);
+        self.shard
+            .call("leave", |mut conn| async move {
+                redis::cmd("DEL")
+                    .arg(heartbeat)
+                    .query_async::<()>(&mut conn)
+                    .await
+            })
+            .await
     }
 
     /// Takes over the processing list of one dead worker, if any; returns its id.
     pub async fn take_over_dead(&self) -> Result<Option<String>, QueueError> {
-        let mut conn = self.conn().await?;
-        let workers: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(self.keys.workers())
-            .query_async(&mut conn)
+        let keys = &self.shard.keys;
+        let workers_key = keys.workers();
+        let workers: Vec<String> = self
+            .shard
+            .call("workers", |mut conn| async move {
+                redis::cmd("SMEMBERS")
+                    .arg(workers_key)
+                    .query_async(&mut conn)
+                    .await
+            })
             .await?;
+        let (ours, workers_key) = (self.processing(), keys.workers());
         for dead in workers.into_iter().filter(|w| *w != self.worker) {
-            let taken: i64 = self
-                .take_over
-                .key(self.keys.heartbeat(&dead))
-                .key(self.keys.processing(&dead))
-                .key(self.processing())
-                .key(self.keys.workers())
-                .arg(&dead)
-                .invoke_async(&mut conn)
+            let (heartbeat, dead_list) = (keys.heartbeat(&dead), keys.processing(&dead));
+            let take = TakeOver {
+                heartbeat: &heartbeat,
+                dead_list: &dead_list,
+                our_list: &ours,
+                workers: &workers_key,
+                dead: &dead,
+            };
+            let taken = self
+                .shard
+                .call_replicated("take_over", |mut conn| async move {
+                    let taken = scripts::take_over(&mut conn, &take).await?;
+                    Ok((taken, conn))
+                })
                 .await?;
-            if taken == 1 {
+            if taken {
                 return Ok(Some(dead));
             }
         }
@@ -296,20 +241,23 @@ impl Queue {
     /// Queue length, dead-letter length, and the number of processing lists holding records
     /// (chunks in hand, or left by dead workers until taken over).
     pub async fn depths(&self) -> Result<(u64, u64, u64), QueueError> {
-        let mut conn = self.conn().await?;
-        let (queue, dlq): (u64, u64) = redis::pipe()
-            .cmd("LLEN")
-            .arg(self.keys.queue())
-            .cmd("LLEN")
-            .arg(self.keys.dlq())
-            .query_async(&mut conn)
-            .await?;
-        let held: u64 = self
-            .held_lists
-            .key(self.keys.workers())
-            .arg(self.keys.processing(""))
-            .invoke_async(&mut conn)
-            .await?;
-        Ok((queue, dlq, held))
+        let keys = &self.shard.keys;
+        let (queue, dlq, workers_key) = (keys.queue(), keys.dlq(), keys.workers());
+        self.shard
+            .call("queue_depths", |mut conn| async move {
+                let (queue, dlq, workers): (u64, u64, Vec<String>) = redis::pipe()
+                    .cmd("LLEN")
+                    .arg(queue)
+                    .cmd("LLEN")
+                    .arg(dlq)
+                    .cmd("SMEMBERS")
+                    .arg(&workers_key)
+                    .query_async(&mut conn)
+                    .await?;
+                let lists: Vec<String> = workers.iter().map(|w| keys.processing(w)).collect();
+                let held = scripts::held_lists(&mut conn, &workers_key, &lists).await?;
+                Ok((queue, dlq, held))
+            })
+            .await
     }
 }

@@ -116,12 +116,12 @@ const DAY_MS: i64 = 86_400_000;
 /// versions on `cache` (the read API's cache). Refuses hours older than the raw events' TTL
 /// (less a day, for the rows TTL merges are dropping), and leaves alone the rollups of the
 /// tenants whose own retention is shorter than the range reaches back (see [`kept_tenants`]).
-pub async fn rebuild(
+pub async fn rebuild<C: redis::aio::ConnectionLike>(
     client: &Client,
     db: &str,
     from_ms: i64,
     to_ms: i64,
-    cache: (&mut redis::aio::MultiplexedConnection, &sift_core::KeySpace),
+    cache: (&mut C, &sift_core::KeySpace),
 ) -> Result<Rebuilt, RebuildError> {
     let (from_ms, to_ms) = (
         from_ms.div_euclid(HOUR_MS) * HOUR_MS,

@@ -10,10 +10,9 @@ mod common;
 #[tokio::test]
 async fn one_holder_at_a_time_and_a_crashed_holder_cannot_keep_it(
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let pool = common::pool()?;
-    let keys = common::unique_keys("lock");
-    let a = FlusherLock::new(pool.clone(), &keys, "worker-a");
-    let b = FlusherLock::new(pool.clone(), &keys, "worker-b");
+    let shard = common::shard("lock")?;
+    let a = FlusherLock::new(shard.clone(), "worker-a");
+    let b = FlusherLock::new(shard.clone(), "worker-b");
 
     assert!(a.acquire(Duration::from_millis(300)).await?);
     assert!(!b.acquire(Duration::from_secs(5)).await?, "held by a");

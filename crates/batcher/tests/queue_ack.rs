@@ -9,10 +9,10 @@ mod common;
 
 #[tokio::test]
 async fn ack_removes_exactly_the_chunk() -> Result<(), Box<dyn std::error::Error>> {
-    let pool = common::pool()?;
-    let keys = common::unique_keys("ack");
-    let queue = Queue::new(pool.clone(), keys.clone(), "w1".into());
-    let mut conn = pool.get().await?;
+    let shard = common::shard("ack")?;
+    let keys = shard.keys.clone();
+    let queue = Queue::new(shard.clone(), "w1".into());
+    let mut conn = shard.conn().await?;
     let list = keys.processing("w1");
     // Records are claimed to the head (LEFT): the chunk read was r1 (oldest), r2, r3.
     for record in ["r1", "r2", "r3"] {

@@ -10,10 +10,10 @@ mod common;
 
 #[tokio::test]
 async fn claims_stay_within_records_and_bytes() -> Result<(), Box<dyn std::error::Error>> {
-    let pool = common::pool()?;
-    let keys = common::unique_keys("claim");
-    let queue = Queue::new(pool.clone(), keys.clone(), "w1".into());
-    let mut conn = pool.get().await?;
+    let shard = common::shard("claim")?;
+    let keys = shard.keys.clone();
+    let queue = Queue::new(shard.clone(), "w1".into());
+    let mut conn = shard.conn().await?;
     // Oldest first: 300 single records, then a frame of 50, then 10 more singles.
     let single = |i: usize| format!("\u{2}record-{i:04}").into_bytes();
     let frame_records: Vec<Vec<u8>> = (0..50).map(|i| format!("\u{2}f{i}").into_bytes()).collect();

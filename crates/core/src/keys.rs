@@ -37,6 +37,28 @@ impl KeySpace {
             .collect()
     }
 
+    /// The key spaces of `shards` shards on a Redis Cluster: hash tags even for one shard
+    /// (every script's keys must share a slot), each chosen so that shard `s` falls in the
+    /// `s`-th of `shards` equal slot ranges: `{prefix:s}` when it does, else the first
+    /// `{prefix:s.k}` that does. A cluster made with its slots split evenly over its masters
+    /// (as `redis-cli --cluster create` does) then gets the shards spread evenly over them,
+    /// where plain `{prefix:s}` tags can crowd (`{ai:1}` and `{ai:2}` share the second of
+    /// three masters). Deterministic: every process names the same keys.
+    pub fn cluster(prefix: &str, shards: usize) -> Vec<KeySpace> {
+        let n = shards.max(1);
+        (0..n)
+            .map(|s| {
+                let (low, high) = (SLOTS * s / n, SLOTS * (s + 1) / n);
+                let tag = std::iter::once(format!("{prefix}:{s}"))
+                    .chain((1..).map(|k| format!("{prefix}:{s}.{k}")))
+                    .take(64 * n + 64)
+                    .find(|tag| (low..high).contains(&slot_of(tag.as_bytes())))
+                    .unwrap_or_else(|| format!("{prefix}:{s}"));
+                Self::new(format!("{{{tag}}}"))
+            })
+            .collect()
+    }
+
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
@@ -182,6 +204,14 @@ impl KeySpace {
     }
 }
 
+/// The slots of a Redis Cluster.
+const SLOTS: usize = 16384;
+
+/// The Redis Cluster slot of a hash tag's content (CRC16/XMODEM modulo the slots).
+pub fn slot_of(tag: &[u8]) -> usize {
+    usize::from(crc16::State::<crc16::XMODEM>::calculate(tag)) % SLOTS
+}
+
 /// The shard of an intent, from its semantic hash: every copy of one intent, with its claims
 /// and its stream chunks, meets in the same shard, and so do `event_id` retries of the same
 /// content. A retry whose content hashes differently (another `stream_id`, say) may land on
@@ -307,6 +337,29 @@ mod tests {
         assert_eq!(out, keys.event_id("acme", "e1").into_bytes());
         keys.write_stream_pending(&mut out, "acme", &digest);
         assert_eq!(out, keys.stream_pending("acme", &hex).into_bytes());
+    }
+
+    /// Slots as Redis's CLUSTER KEYSLOT gives them, and cluster shards spread over equal
+    /// slot ranges (so over the masters of an evenly split cluster).
+    #[test]
+    fn cluster_shards_fall_in_equal_slot_ranges() {
+        assert_eq!(slot_of(b"ai:0"), 13969);
+        assert_eq!(slot_of(b"ai:1"), 9904);
+        assert_eq!(slot_of(b"ai:2"), 5843);
+        for n in [1usize, 2, 3, 4, 6, 16] {
+            let spaces = KeySpace::cluster("ai", n);
+            assert_eq!(spaces.len(), n);
+            for (s, keys) in spaces.iter().enumerate() {
+                let tag = keys.prefix().trim_start_matches('{').trim_end_matches('}');
+                let slot = slot_of(tag.as_bytes());
+                assert!(
+                    (SLOTS * s / n..SLOTS * (s + 1) / n).contains(&slot),
+                    "{n} shards: shard {s} is {} in slot {slot}",
+                    keys.prefix()
+                );
+            }
+        }
+        assert_eq!(KeySpace::cluster("ai", 1)[0].prefix(), "{ai:0}");
     }
 
     #[test]

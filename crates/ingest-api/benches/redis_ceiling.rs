@@ -1,6 +1,6 @@
 //! The Redis ceiling of the ingest path: how many events per second Redis itself claims and
 //! enqueues with the real `claim.lua`, with nothing of sift's HTTP in between. The commands
-//! are built by the API's own code (`sift_ingest::prepare` and `dedup::claim_command`) from
+//! are built by the API's own code (`sift_ingest::prepare` and `sift_redis::claim::claim_command`) from
 //! the same duplicate-heavy load as the wrk script and `tests/benches/ingest.rs` (each intent
 //! sent 3 to 5 times), packed before the clock starts, then sent as pipelined `EVALSHA`s on
 //! a few connections (one thread each), for single-event calls and for 100-event calls.
@@ -24,8 +24,9 @@ use serde_json::json;
 use sift_core::KeySpace;
 use sift_ingest::body::Item;
 use sift_ingest::config::Config;
-use sift_ingest::dedup::{claim_command, ClaimCall, CLAIM_LUA};
+use sift_ingest::dedup::ClaimCall;
 use sift_ingest::prepare::{claims, prepare};
+use sift_redis::claim::{claim_command_for, CLAIM_LUA};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -124,7 +125,7 @@ fn build(
                 receipt: None,
                 now_ms: now,
             };
-            claim_command(hash, keys, &settings, &call).write_packed_command(&mut packed);
+            claim_command_for(hash, keys, &settings, &call).write_packed_command(&mut packed);
             count += 1;
             built += per_call as u64;
         }

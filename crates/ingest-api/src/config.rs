@@ -1,13 +1,12 @@
 //! The command line of `sift-ingest`: one clap struct, every flag also read from `SIFT_*`.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use clap::Parser;
 use sift_core::Limits;
 
 use crate::body::BodyLimits;
-use crate::dedup::{DedupSettings, WindowMode};
+use sift_redis::{ClaimArgs, ClaimSettings, RedisArgs};
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "sift-ingest", version, about = "sift's HTTP ingest API")]
@@ -20,25 +19,13 @@ pub struct Config {
     #[arg(long, env = "SIFT_WORKERS", default_value_t = 0)]
     pub workers: usize,
 
-    /// Redis URL (dedup claims and the queue); with several shards, one URL for all of them
-    /// or a comma-separated list of one URL per shard.
-    #[arg(long, env = "SIFT_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-    pub redis_url: String,
-
-    /// Redis shards. Events go to the shard of their semantic hash; shard s's keys are named
-    /// `{PREFIX:s}:...` (one Redis Cluster slot each; the client is not cluster-aware, so give
-    /// one URL per shard). Every sift process of a deployment must use the same number.
-    #[arg(long, env = "SIFT_REDIS_SHARDS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
-    pub redis_shards: u16,
+    #[command(flatten)]
+    pub redis: RedisArgs,
 
     /// Largest number of pooled Redis connections (gauges, sweeps, readiness, the read API;
     /// ingest requests share one multiplexed connection per HTTP worker and shard).
     #[arg(long, env = "SIFT_REDIS_POOL_SIZE", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..))]
     pub redis_pool_size: u64,
-
-    /// Give up on a Redis call after this many milliseconds (answered 503).
-    #[arg(long, env = "SIFT_REDIS_TIMEOUT_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub redis_timeout_ms: u64,
 
     /// PostgreSQL URL (tenants and API keys).
     #[arg(
@@ -90,37 +77,8 @@ pub struct Config {
     #[arg(long, env = "SIFT_STATS_CACHE_HOURS", default_value_t = 50_000)]
     pub stats_cache_hours: u64,
 
-    /// Prefix of every Redis key (`ai` gives `ai:queue`, `ai:dedup:...`).
-    #[arg(long, env = "SIFT_KEY_PREFIX", default_value = "ai")]
-    pub key_prefix: String,
-
-    /// Semantic dedup window in milliseconds (30000 suits long conversations).
-    #[arg(long, env = "SIFT_DEDUP_WINDOW_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub dedup_window_ms: u64,
-
-    /// `fixed`: the window starts at the first event; `sliding`: each duplicate extends it.
-    #[arg(long, env = "SIFT_DEDUP_MODE", value_enum, default_value = "fixed")]
-    pub dedup_mode: DedupMode,
-
-    /// How long a client `event_id` is remembered, in milliseconds (default 30 min).
-    #[arg(long, env = "SIFT_EVENT_ID_WINDOW_MS", default_value_t = 1_800_000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub event_id_window_ms: u64,
-
-    /// How long an event without an `event_id` is remembered by its identity (its intent and
-    /// the client's `timestamp`), in milliseconds: a resend within it is collapsed
-    /// (`duplicate_event`). Each such event holds a key of about 136 bytes in Redis this long
-    /// (default: the event-id window).
-    #[arg(long, env = "SIFT_EVENT_TIME_WINDOW_MS", value_parser = clap::value_parser!(u64).range(1..))]
-    pub event_time_window_ms: Option<u64>,
-
-    /// With several Redis shards: how long each shard keeps its answer to its part of a
-    /// batch, so that a retry after another shard failed is answered the same (docs/deploy.md).
-    #[arg(long, env = "SIFT_BATCH_RECEIPT_WINDOW_MS", default_value_t = 300_000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub batch_receipt_window_ms: u64,
-
-    /// A stream without its final chunk for this long is written with its latest chunk.
-    #[arg(long, env = "SIFT_STREAM_TIMEOUT_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub stream_timeout_ms: u64,
+    #[command(flatten)]
+    pub claim: ClaimArgs,
 
     /// Queue length from which new events are answered 429 (0: no limit). The queue holds an
     /// element per request: an event sent alone, or the accepted events of a batch together.
@@ -159,24 +117,6 @@ pub struct Config {
     pub log_format: String,
 }
 
-/// `--dedup-mode`: the command line's names for [`WindowMode`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum DedupMode {
-    /// The window starts at the first event and does not move.
-    Fixed,
-    /// Each duplicate extends the window: a steady retry storm stays collapsed.
-    Sliding,
-}
-
-impl From<DedupMode> for WindowMode {
-    fn from(mode: DedupMode) -> Self {
-        match mode {
-            DedupMode::Fixed => Self::Fixed,
-            DedupMode::Sliding => Self::Sliding,
-        }
-    }
-}
-
 impl Config {
     pub fn limits(&self) -> Limits {
         self.limits.limits()
@@ -190,20 +130,8 @@ impl Config {
         }
     }
 
-    pub fn dedup(&self) -> DedupSettings {
-        DedupSettings {
-            window: Duration::from_millis(self.dedup_window_ms),
-            event_id_window: Duration::from_millis(self.event_id_window_ms),
-            event_time_window: Duration::from_millis(
-                self.event_time_window_ms.unwrap_or(self.event_id_window_ms),
-            ),
-            receipt_window: Duration::from_millis(self.batch_receipt_window_ms),
-            mode: self.dedup_mode.into(),
-            stream_timeout: Duration::from_millis(self.stream_timeout_ms),
-            high_water: self.queue_high_water,
-            invalid_max: self.invalid_max.max(1),
-            timeout: Duration::from_millis(self.redis_timeout_ms),
-        }
+    pub fn dedup(&self) -> ClaimSettings {
+        self.claim.settings(self.queue_high_water, self.invalid_max)
     }
 }
 

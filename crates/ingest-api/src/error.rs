@@ -46,9 +46,7 @@ pub enum ApiError {
 #[derive(Debug, thiserror::Error)]
 pub enum Cause {
     #[error(transparent)]
-    Redis(#[from] redis::RedisError),
-    #[error(transparent)]
-    RedisPool(#[from] deadpool_redis::PoolError),
+    Redis(#[from] sift_redis::RedisError),
     #[error(transparent)]
     Postgres(#[from] deadpool_postgres::tokio_postgres::Error),
     #[error(transparent)]
@@ -57,6 +55,12 @@ pub enum Cause {
     ClickHouse(#[from] clickhouse::error::Error),
     #[error("no answer within {0:?}")]
     TimedOut(std::time::Duration),
+}
+
+impl From<sift_redis::RedisError> for ApiError {
+    fn from(error: sift_redis::RedisError) -> Self {
+        Self::RedisUnavailable(error.into())
+    }
 }
 
 /// ClickHouse's codes for a query stopped by `max_execution_time`: TIMEOUT_EXCEEDED, and

@@ -6,11 +6,11 @@ use std::time::Duration;
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use metrics_exporter_prometheus::PrometheusHandle;
-use sift_core::KeySpace;
+use sift_redis::Shards;
 
 use crate::auth::KeyCache;
 use crate::config::Config;
-use crate::dedup::{Deduplicator, Shard};
+use crate::dedup::Deduplicator;
 use crate::outages::Outages;
 use crate::state::AppState;
 use crate::stats_cache::StatsCache;
@@ -21,7 +21,9 @@ pub enum StartError {
     #[error(transparent)]
     Pool(#[from] sift_service::pools::PoolError),
     #[error(transparent)]
-    RedisTooOld(#[from] sift_service::redis_version::TooOld),
+    Redis(#[from] sift_redis::shards::ConfigError),
+    #[error(transparent)]
+    RedisTooOld(#[from] sift_redis::version::TooOld),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -33,27 +35,14 @@ pub enum StartError {
 
 /// Runs until SIGTERM or SIGINT. Prints `listening on http://ADDR` once bound.
 pub async fn serve(config: Config, metrics_handle: PrometheusHandle) -> Result<(), StartError> {
-    let timeout = Duration::from_millis(config.redis_timeout_ms);
-    let pools = sift_service::pools::redis_shards(
-        &config.redis_url,
-        usize::from(config.redis_shards),
+    let shards = Shards::new(
+        &config.redis,
         usize::try_from(config.redis_pool_size).unwrap_or(usize::MAX),
-        timeout,
     )?;
     // Refuse a Redis that cannot run the scripts (a PING would still pass); one that does not
     // answer yet is not waited for (503 until it does).
-    sift_service::redis_version::require_supported(&pools).await?;
-    let clients =
-        sift_service::pools::redis_clients(&config.redis_url, usize::from(config.redis_shards))?;
-    let shards: Vec<Shard> = pools
-        .into_iter()
-        .zip(clients)
-        .zip(KeySpace::shards(
-            &config.key_prefix,
-            usize::from(config.redis_shards),
-        ))
-        .map(|((pool, client), keys)| Shard { pool, client, keys })
-        .collect();
+    shards.require_supported().await?;
+    shards.log_spread().await;
     let postgres = sift_service::pools::postgres(&config.postgres_url, 8, Duration::from_secs(2))?;
 
     let state = web::Data::new(AppState {
@@ -65,7 +54,6 @@ pub async fn serve(config: Config, metrics_handle: PrometheusHandle) -> Result<(
             shards.clone(),
             Duration::from_secs(config.stats_cache_secs),
             config.stats_cache_hours,
-            timeout,
         ),
         dedup: Deduplicator::new(shards, config.dedup()),
         postgres,

@@ -19,9 +19,9 @@ use clickhouse::Client;
 use sift_service::outage::Outage;
 
 use crate::analytics::{self, HourlyStats, Models};
-use crate::dedup::Shard;
 use crate::error::ApiError;
 use crate::metrics::STATS_CACHE_HOURS;
+use sift_redis::Shards;
 
 const HOUR: u32 = 3600;
 /// Longer ranges are read straight from ClickHouse (one MGET per request stays small).
@@ -38,15 +38,14 @@ struct CachedHour {
 
 pub struct StatsCache {
     entries: Option<moka::sync::Cache<(String, u32), Arc<CachedHour>>>,
-    shards: Vec<Shard>,
-    redis_timeout: Duration,
+    shards: Shards,
     /// Redis, as the rollup versions meet it.
     versions_outage: Outage,
 }
 
 impl StatsCache {
     /// A `ttl` of zero turns the cache off: every request goes to ClickHouse.
-    pub fn new(shards: Vec<Shard>, ttl: Duration, capacity: u64, redis_timeout: Duration) -> Self {
+    pub fn new(shards: Shards, ttl: Duration, capacity: u64) -> Self {
         let entries = (!ttl.is_zero()).then(|| {
             moka::sync::Cache::builder()
                 .max_capacity(capacity)
@@ -56,7 +55,6 @@ impl StatsCache {
         Self {
             entries,
             shards,
-            redis_timeout,
             versions_outage: Outage::new(
                 "Redis",
                 "hourly reads",
@@ -153,17 +151,16 @@ impl StatsCache {
                 .iter()
                 .map(|hour| shard.keys.rollup_version(tenant, i64::from(*hour)))
                 .collect();
-            let read = async {
-                let mut conn = shard.pool.get().await.map_err(|e| e.to_string())?;
-                redis::cmd("MGET")
-                    .arg(&keys)
-                    .query_async::<Vec<Option<u64>>>(&mut conn)
-                    .await
-                    .map_err(|e| e.to_string())
-            };
-            let counters = tokio::time::timeout(self.redis_timeout, read)
+            // One shard's keys share its hash tag: one MGET, one node of a cluster.
+            let counters = shard
+                .call("rollup_versions", |mut conn| async move {
+                    redis::cmd("MGET")
+                        .arg(&keys)
+                        .query_async::<Vec<Option<u64>>>(&mut conn)
+                        .await
+                })
                 .await
-                .map_err(|_| "timed out".to_string())??;
+                .map_err(|e| e.to_string())?;
             for (version, counter) in versions.iter_mut().zip(counters) {
                 version.push(counter.unwrap_or_default());
             }

@@ -6,42 +6,49 @@ use anyhow::Context as _;
 
 use super::Context;
 use crate::config::DlqCommand;
-use crate::dlq::{self, ShardConn};
+use sift_redis::Shards;
+
+use crate::dlq;
 
 pub async fn run(command: DlqCommand, ctx: &Context) -> anyhow::Result<()> {
-    let mut shards = ctx.redis_shards().await?;
+    let shards = ctx.redis_shards().await?;
     match command {
-        DlqCommand::List { filter, limit } => list(&mut shards, &(&filter).into(), limit).await,
+        DlqCommand::List { filter, limit } => list(&shards, &(&filter).into(), limit).await,
         DlqCommand::Show {
             position,
             invalid,
             shard,
-        } => show(&mut shards, position, invalid, shard).await,
+        } => show(&shards, position, invalid, shard).await,
         DlqCommand::Replay {
             filter,
             partial_chunks,
             limits,
+            claim,
         } => {
             let limits = limits.limits();
+            // Neither refused for the queue's length nor listed as invalid again.
+            let settings = claim.settings(0, 1);
             let filter = dlq::Filter::from(&filter);
             let mut report = dlq::ReplayReport::default();
             for s in 0..shards.len() {
-                report.add(dlq::replay(&mut shards, s, &filter, partial_chunks, &limits).await?);
+                report.add(
+                    dlq::replay(&shards, s, &filter, partial_chunks, &limits, &settings).await?,
+                );
             }
             print_replay(&report, partial_chunks);
             Ok(())
         }
-        DlqCommand::Purge { filter, yes } => purge(&mut shards, &(&filter).into(), yes).await,
+        DlqCommand::Purge { filter, yes } => purge(&shards, &(&filter).into(), yes).await,
     }
 }
 
 /// Position, age and error of the entries `filter` keeps, newest first, at most `limit`.
-async fn list(shards: &mut [ShardConn], filter: &dlq::Filter, limit: usize) -> anyhow::Result<()> {
+async fn list(shards: &Shards, filter: &dlq::Filter, limit: usize) -> anyhow::Result<()> {
     let several = shards.len() > 1;
     let mut listed = Vec::new();
-    for (s, shard) in shards.iter_mut().enumerate() {
+    for shard in shards {
         for (position, entry) in dlq::entries(shard, filter).await? {
-            listed.push((s, position, entry));
+            listed.push((shard.index, position, entry));
         }
     }
     println!("{} entries", listed.len());
@@ -59,18 +66,13 @@ async fn list(shards: &mut [ShardConn], filter: &dlq::Filter, limit: usize) -> a
 }
 
 /// The entry at `position` of shard `shard`'s list, whole.
-async fn show(
-    shards: &mut [ShardConn],
-    position: usize,
-    invalid: bool,
-    shard: usize,
-) -> anyhow::Result<()> {
+async fn show(shards: &Shards, position: usize, invalid: bool, shard: usize) -> anyhow::Result<()> {
     let filter = dlq::Filter {
         invalid,
         ..Default::default()
     };
     let shard = shards
-        .get_mut(shard)
+        .get(shard)
         .with_context(|| format!("there is no shard {shard}"))?;
     let entries = dlq::entries(shard, &filter).await?;
     let (_, entry) = entries
@@ -116,9 +118,9 @@ fn print_replay(report: &dlq::ReplayReport, partial_chunks: bool) {
 }
 
 /// Deletes the entries `filter` keeps on every shard, once confirmed (or `yes`).
-async fn purge(shards: &mut [ShardConn], filter: &dlq::Filter, yes: bool) -> anyhow::Result<()> {
+async fn purge(shards: &Shards, filter: &dlq::Filter, yes: bool) -> anyhow::Result<()> {
     let mut count = 0;
-    for shard in shards.iter_mut() {
+    for shard in shards {
         count += dlq::entries(shard, filter).await?.len();
     }
     if count == 0 {
@@ -130,7 +132,7 @@ async fn purge(shards: &mut [ShardConn], filter: &dlq::Filter, yes: bool) -> any
         return Ok(());
     }
     let mut purged = 0;
-    for shard in shards.iter_mut() {
+    for shard in shards {
         purged += dlq::purge(shard, filter).await?;
     }
     println!("purged {purged} entries");

@@ -15,10 +15,9 @@ use std::io::{BufRead, Write};
 
 use anyhow::Context as _;
 use sift_core::KeySpace;
-use sift_service::redis_version;
+use sift_redis::{Conn, RedisArgs, Shards};
 
-use crate::config::{Cli, ClickHouseArgs, RedisArgs};
-use crate::dlq::ShardConn;
+use crate::config::{Cli, ClickHouseArgs};
 
 /// The stores, as the global flags name them.
 #[derive(Debug, Clone)]
@@ -39,64 +38,32 @@ impl From<&Cli> for Context {
 }
 
 impl Context {
-    /// The Redis URL of each shard (`--redis-url`: one for all, or one per shard).
-    pub fn shard_urls(&self) -> anyhow::Result<Vec<&str>> {
-        let shards = usize::from(self.redis.redis_shards);
-        Ok(sift_service::pools::shard_urls(
-            &self.redis.redis_url,
-            shards,
-        )?)
+    /// Every Redis shard, for the operator commands: their calls may take long (a replay
+    /// rewrites whole lists), so each may take a minute at least. A server too old for the
+    /// scripts the commands run is refused.
+    pub async fn redis_shards(&self) -> anyhow::Result<Shards> {
+        let mut args = self.redis.clone();
+        args.redis_timeout_ms = args.redis_timeout_ms.max(OPERATOR_TIMEOUT_MS);
+        let shards = Shards::new(&args, 2)?;
+        shards.require_supported().await?;
+        Ok(shards)
     }
 
-    /// A connection to every Redis shard, with its keys; a shard whose server is too old for
-    /// the scripts the commands run is refused.
-    pub async fn redis_shards(&self) -> anyhow::Result<Vec<ShardConn>> {
-        let shards = usize::from(self.redis.redis_shards);
-        let urls = self.shard_urls()?;
-        let mut conns = Vec::with_capacity(shards);
-        for (s, (keys, url)) in KeySpace::shards(&self.redis.key_prefix, shards)
-            .into_iter()
-            .zip(urls)
-            .enumerate()
-        {
-            let mut conn = connect_redis(url).await?;
-            // The replays run scripts that Redis before 7.0 refuses. (INFO may be denied
-            // to this user: then the commands themselves will tell.)
-            let answer = redis_version::probe(&mut conn).await;
-            redis_version::judge(s, answer.map_err(|e| e.to_string()))?;
-            conns.push(ShardConn { keys, conn });
-        }
-        Ok(conns)
+    /// The first Redis shard, with a connection: where the read API's rollup versions live
+    /// (moved by whatever rewrites rollups, so the API fetches those hours again).
+    pub async fn versions_shard(&self) -> anyhow::Result<(Conn, KeySpace)> {
+        let shards = self.redis_shards().await?;
+        let first = shards.first();
+        let conn = first
+            .conn()
+            .await
+            .with_context(|| format!("connecting to Redis at {}", shards.urls().join(",")))?;
+        Ok((conn, first.keys.clone()))
     }
 }
 
-impl Context {
-    /// A connection to the first Redis shard, with its keys: where the read API's rollup
-    /// versions live (moved by whatever rewrites rollups, so the API fetches those hours again).
-    pub async fn versions_shard(
-        &self,
-    ) -> anyhow::Result<(redis::aio::MultiplexedConnection, KeySpace)> {
-        let url = self
-            .shard_urls()?
-            .first()
-            .copied()
-            .context("no Redis shard")?;
-        let conn = connect_redis(url).await?;
-        let keys = KeySpace::shards(&self.redis.key_prefix, usize::from(self.redis.redis_shards))
-            .into_iter()
-            .next()
-            .context("no Redis shard")?;
-        Ok((conn, keys))
-    }
-}
-
-/// A connection to the Redis server at `url`.
-async fn connect_redis(url: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {
-    redis::Client::open(url)?
-        .get_multiplexed_async_connection()
-        .await
-        .with_context(|| format!("connecting to Redis at {url}"))
-}
+/// The least time an operator command's Redis call is given, in milliseconds.
+const OPERATOR_TIMEOUT_MS: u64 = 60_000;
 
 /// Asks `question` on the terminal; whether the answer is yes.
 fn confirm(question: &str) -> anyhow::Result<bool> {

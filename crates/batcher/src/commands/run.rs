@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::web;
-use sift_core::KeySpace;
+use sift_redis::Shards;
 
 use super::Context;
 use crate::config::RunArgs;
@@ -42,7 +42,9 @@ pub enum RunError {
     #[error(transparent)]
     Pool(#[from] sift_service::pools::PoolError),
     #[error(transparent)]
-    RedisTooOld(#[from] sift_service::redis_version::TooOld),
+    Redis(#[from] sift_redis::shards::ConfigError),
+    #[error(transparent)]
+    RedisTooOld(#[from] sift_redis::version::TooOld),
     #[error("metrics: {0}")]
     Metrics(#[from] metrics_exporter_prometheus::BuildError),
     #[error("cannot listen on {addr}: {source}")]
@@ -74,19 +76,14 @@ pub async fn run(args: RunArgs, ctx: &Context) -> anyhow::Result<()> {
 async fn work(args: RunArgs, ctx: &Context) -> Result<(), RunError> {
     let (redis, ch) = (&ctx.redis, &ctx.clickhouse);
     let handle = m::install()?;
-    let shards = usize::from(redis.redis_shards);
     let settings = WorkerSettings::from(&args);
     // Per shard: one lane waiting in a blocking claim, the others acknowledging or reading,
     // plus the heartbeat and the flusher.
-    let redis_pools = sift_service::pools::redis_shards(
-        &redis.redis_url,
-        shards,
-        2 + (settings.chunks_in_flight + 1) * shards,
-        Duration::from_secs(5),
-    )?;
+    let shards = Shards::new(redis, 2 + (settings.chunks_in_flight + 1) * redis.shards())?;
     // Refuse a Redis that cannot run the scripts; one that does not answer yet is waited for
     // by the workers, like any service that is down.
-    sift_service::redis_version::require_supported(&redis_pools).await?;
+    shards.require_supported().await?;
+    shards.log_spread().await;
     let pg_pool = sift_service::pools::postgres(&ctx.postgres_url, 4, Duration::from_secs(5))?;
     let clickhouse = ch.client();
     let worker_id = args.worker_id.clone().unwrap_or_else(default_worker_id);
@@ -98,7 +95,7 @@ async fn work(args: RunArgs, ctx: &Context) -> Result<(), RunError> {
 
     let state = web::Data::new(HealthState {
         metrics: handle.clone(),
-        redis: redis_pools.clone(),
+        redis: shards.clone(),
         postgres: pg_pool.clone(),
         clickhouse: clickhouse.clone().with_database(&ch.clickhouse_database),
     });
@@ -136,13 +133,12 @@ async fn work(args: RunArgs, ctx: &Context) -> Result<(), RunError> {
         refresh,
         erasure_args.erasure_tombstone_days,
     ));
-    let workers: Vec<Arc<Worker>> = redis_pools
+    let workers: Vec<Arc<Worker>> = shards
         .iter()
-        .zip(KeySpace::shards(&redis.key_prefix, shards))
-        .map(|(pool, keys)| {
+        .map(|shard| {
             Arc::new(Worker::new(
                 &worker_id,
-                |lane| Queue::new(pool.clone(), keys.clone(), lane),
+                |lane| Queue::new(shard.clone(), lane),
                 Ledger::new(pg_pool.clone()),
                 clickhouse.clone(),
                 ch.clickhouse_database.clone(),
@@ -159,11 +155,7 @@ async fn work(args: RunArgs, ctx: &Context) -> Result<(), RunError> {
     ));
     let flusher = (args.session_flush_secs > 0).then(|| {
         // One flusher across all batchers: its lock lives on the first shard.
-        let lock = FlusherLock::new(
-            redis_pools[0].clone(),
-            workers[0].queue().keys(),
-            &worker_id,
-        );
+        let lock = FlusherLock::new(shards.first().clone(), &worker_id);
         tokio::spawn(flusher::run(
             lock,
             clickhouse.clone().with_database(&ch.clickhouse_database),
@@ -182,8 +174,7 @@ async fn work(args: RunArgs, ctx: &Context) -> Result<(), RunError> {
         pg_pool.clone(),
         clickhouse.clone().with_database(&ch.clickhouse_database),
         ch.clickhouse_database.clone(),
-        redis_pools[0].clone(),
-        workers[0].queue().keys().clone(),
+        shards.first().clone(),
         worker_id.clone(),
         refresh,
         erasure::Settings {
@@ -192,7 +183,7 @@ async fn work(args: RunArgs, ctx: &Context) -> Result<(), RunError> {
             attempts: 5,
         },
     ));
-    tracing::info!(worker = %worker_id, shards, "sift-batcher running");
+    tracing::info!(worker = %worker_id, shards = shards.len(), "sift-batcher running");
     futures_util::future::join_all(workers.iter().map(|worker| worker.run())).await;
     heartbeat.abort();
     tombstone_task.abort();

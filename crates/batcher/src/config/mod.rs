@@ -2,6 +2,7 @@
 //! (but `dlq purge --yes`: a confirmation is given on the command line, not inherited).
 
 use clap::{Args, Parser, Subcommand};
+use sift_redis::RedisArgs;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -37,28 +38,6 @@ pub struct PostgresArgs {
         global = true
     )]
     pub postgres_url: String,
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct RedisArgs {
-    /// Redis URL (the queue, processing lists, dead letters); with several shards, one URL
-    /// for all of them or a comma-separated list of one URL per shard.
-    #[arg(
-        long,
-        env = "SIFT_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379",
-        global = true
-    )]
-    pub redis_url: String,
-
-    /// Redis shards; must match the ingest API's. A batcher works every shard (one worker
-    /// loop each) and the operator commands cover every shard.
-    #[arg(long, env = "SIFT_REDIS_SHARDS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024), global = true)]
-    pub redis_shards: u16,
-
-    /// Prefix of every Redis key; must match the ingest API's.
-    #[arg(long, env = "SIFT_KEY_PREFIX", default_value = "ai", global = true)]
-    pub key_prefix: String,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -506,6 +485,10 @@ pub enum DlqCommand {
         /// The rules `--invalid` entries are validated again with (set them as the API's).
         #[command(flatten)]
         limits: sift_service::limits::LimitArgs,
+        /// The windows a revalidated `--invalid` entry is claimed for: the API's, read from
+        /// the same variables, so a replay collapses what the API would have.
+        #[command(flatten)]
+        claim: sift_redis::ClaimArgs,
     },
     /// Delete matching entries (asks for confirmation unless --yes).
     Purge {

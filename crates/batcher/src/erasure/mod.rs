@@ -38,8 +38,8 @@ pub enum EraseError {
     Store(#[from] erasures::ErasureError),
     #[error("PostgreSQL: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
-    #[error("Redis: {0}")]
-    Redis(#[from] deadpool_redis::PoolError),
+    #[error(transparent)]
+    Redis(#[from] sift_redis::RedisError),
     #[error("after {attempts} attempts, the read-back still finds {left}")]
     NotClean { attempts: u32, left: String },
 }
@@ -228,8 +228,7 @@ pub async fn serve(
     postgres: deadpool_postgres::Pool,
     client: Client,
     db: String,
-    redis: deadpool_redis::Pool,
-    keys: sift_core::KeySpace,
+    redis: sift_redis::Shard,
     worker: String,
     every: Duration,
     settings: Settings,
@@ -243,7 +242,7 @@ pub async fn serve(
     );
     loop {
         tick.tick().await;
-        match serve_one(&postgres, &client, &db, &redis, &keys, &worker, &settings).await {
+        match serve_one(&postgres, &client, &db, &redis, &worker, &settings).await {
             Ok(_) => outage.succeeded(),
             Err(error) => outage.failed(&error),
         }
@@ -258,8 +257,7 @@ async fn serve_one(
     postgres: &deadpool_postgres::Pool,
     client: &Client,
     db: &str,
-    redis: &deadpool_redis::Pool,
-    keys: &sift_core::KeySpace,
+    redis: &sift_redis::Shard,
     worker: &str,
     settings: &Settings,
 ) -> Result<bool, EraseError> {
@@ -267,14 +265,14 @@ async fn serve_one(
     let Some(erasure) = erasures::claim_next(&pg, worker, STALE_SECS).await? else {
         return Ok(false);
     };
-    let mut conn = redis.get().await?;
+    let mut conn = redis.conn().await?;
     let done = run_claimed(
         &pg,
         &erasure,
         worker,
         client,
         db,
-        (&mut conn, keys),
+        (&mut conn, &redis.keys),
         settings,
     )
     .await;

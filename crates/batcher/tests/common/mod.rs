@@ -1,24 +1,24 @@
-//! What the crate's tests against a real Redis share: a pool, and a key space of their own so
-//! that tests run side by side and again.
+//! What the crate's tests against a real Redis share: one shard of sift-redis on
+//! `SIFT_TEST_REDIS`, under a key prefix no other test or run uses, so that tests run side by
+//! side and again.
 
-use deadpool_redis::Pool;
-use sift_core::KeySpace;
+use sift_redis::{RedisArgs, Shard, Shards};
 
-/// A small pool on `SIFT_TEST_REDIS` (default the local Redis).
-pub fn pool() -> Result<Pool, Box<dyn std::error::Error>> {
-    let url = std::env::var("SIFT_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    Ok(sift_service::pools::redis(
-        &url,
-        2,
-        std::time::Duration::from_secs(5),
-    )?)
-}
-
-/// Keys under a prefix no other test or run uses (`name` says which test).
-pub fn unique_keys(name: &str) -> KeySpace {
-    KeySpace::new(format!(
-        "{name}-test-{}-{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ))
+/// A shard on `SIFT_TEST_REDIS` (default the local Redis) whose keys are named for `name` (the
+/// test) and this run.
+pub fn shard(name: &str) -> Result<Shard, Box<dyn std::error::Error>> {
+    let args = RedisArgs {
+        redis_url: std::env::var("SIFT_TEST_REDIS")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+        redis_shards: 1,
+        redis_cluster: false,
+        key_prefix: format!(
+            "{name}-test-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ),
+        redis_timeout_ms: 5000,
+        redis_wait_replicas: 0,
+    };
+    Ok(Shards::new(&args, 2)?.first().clone())
 }

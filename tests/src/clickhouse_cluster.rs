@@ -13,13 +13,13 @@ use crate::services::root;
 /// The name both servers know the cluster by (`remote_servers` in their `config.d`).
 pub const CLUSTER: &str = "sift_local";
 
-pub struct PrivateCluster {
+pub struct PrivateClickHouseCluster {
     pub http_ports: [u16; 2],
     pub tcp_ports: [u16; 2],
     dir: tempfile::TempDir,
 }
 
-impl PrivateCluster {
+impl PrivateClickHouseCluster {
     /// Starts both shards and waits until they answer.
     pub async fn start() -> Result<Self> {
         // One start at a time in a test binary: the first may have to install the wheel.
@@ -104,7 +104,7 @@ impl PrivateCluster {
         signal("-KILL", &self.pid(i)?)
     }
 
-    /// Starts shard `i` again (after [`PrivateCluster::kill9`]) and waits until it answers.
+    /// Starts shard `i` again (after [`PrivateClickHouseCluster::kill9`]) and waits until it answers.
     pub async fn restart(&self, i: usize) -> Result<()> {
         self.script_on("start", Some(i)).await
     }
@@ -115,7 +115,7 @@ impl PrivateCluster {
     }
 }
 
-impl Drop for PrivateCluster {
+impl Drop for PrivateClickHouseCluster {
     fn drop(&mut self) {
         // The data is the test's own: no clean shutdown needed, the directory goes next.
         for i in 0..2 {

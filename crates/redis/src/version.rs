@@ -87,21 +87,7 @@ pub async fn probe<C: redis::aio::ConnectionLike>(conn: &mut C) -> redis::RedisR
     Ok(RedisVersion::from_info(&info).map_or(Probe::Unreadable, Probe::Version))
 }
 
-/// The start-up check over the pools of every shard: refuses a server older than
-/// [`MINIMUM`]. A shard whose server does not answer, or does not tell its version, is
-/// logged and let through (the process starts and answers 503 until it can reach it).
-pub async fn require_supported(pools: &[deadpool_redis::Pool]) -> Result<(), TooOld> {
-    for (shard, pool) in pools.iter().enumerate() {
-        let answer = match pool.get().await {
-            Ok(mut conn) => probe(&mut conn).await.map_err(|e| e.to_string()),
-            Err(error) => Err(error.to_string()),
-        };
-        judge(shard, answer)?;
-    }
-    Ok(())
-}
-
-/// The verdict on shard `shard`'s answer to [`probe`]: an older server is refused; one that
+/// The verdict on shard (or cluster node) `shard`'s answer to [`probe`]: an older server is refused; one that
 /// did not answer, or not with its version, is logged and let through.
 pub fn judge(shard: usize, answer: Result<Probe, String>) -> Result<(), TooOld> {
     match answer {

@@ -1,11 +1,164 @@
-//! The claim script's side of the wire: what one call of `claim.lua` carries for one shard
-//! (the keys and arguments of each event, in the layout the script walks), how its answers
-//! read, and the name of a shard's part of a request for its receipt. Kept apart from the
-//! connections so that the Redis ceiling benchmark sends exactly what the API sends.
+//! The claim: dedup layer 1 in one atomic call of `claim.lua` per shard, which claims each
+//! event's intent (and its `event_id`, or its client timestamp), enqueues the accepted ones
+//! and counts them. The API claims every request this way, and `dlq replay` claims a
+//! revalidated invalid event the same way, so a replay can never write an event the API
+//! would have collapsed. This module lays out one call's keys and arguments (the layout
+//! `claim.lua` walks), sends it (with WAIT when replicas are required), and reads its
+//! answers. The Redis ceiling benchmark sends exactly what it builds.
 
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use redis::aio::ConnectionLike;
 use sift_core::{InvalidRecord, KeySpace, QueueRecord};
 
-use super::{millis, DedupSettings, Outcome, WindowMode};
+use crate::call::RedisError;
+use crate::shards::Shard;
+
+/// How the semantic window behaves on a duplicate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowMode {
+    /// The window starts at the first event and does not move.
+    Fixed,
+    /// Each duplicate extends the window: a steady retry storm stays collapsed.
+    Sliding,
+}
+
+/// The windows and bounds of a claim (from [`crate::ClaimArgs`]).
+#[derive(Debug, Clone)]
+pub struct ClaimSettings {
+    pub window: Duration,
+    pub event_id_window: Duration,
+    /// How long an event without an event_id is known by its intent and client timestamp.
+    pub event_time_window: Duration,
+    /// How long a shard keeps its answer to its part of a multi-shard request.
+    pub receipt_window: Duration,
+    pub mode: WindowMode,
+    pub stream_timeout: Duration,
+    /// Queue length from which requests are refused (0: no limit).
+    pub high_water: u64,
+    pub invalid_max: u64,
+}
+
+/// What happened to one valid event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Accepted,
+    CollapsedIntent,
+    CollapsedEventId,
+    CollapsedStreamChunk,
+    /// The same intent with the same client timestamp, within the event-id window.
+    CollapsedEvent,
+}
+
+impl Outcome {
+    /// The `reason` of a collapsed answer.
+    pub fn reason(self) -> Option<&'static str> {
+        match self {
+            Self::Accepted => None,
+            Self::CollapsedIntent => Some("duplicate_intent"),
+            Self::CollapsedEventId => Some("duplicate_event_id"),
+            Self::CollapsedStreamChunk => Some("stream_chunk"),
+            Self::CollapsedEvent => Some("duplicate_event"),
+        }
+    }
+}
+
+/// What the claim script answered for one call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// One outcome per claim, in order.
+    Outcomes(Vec<Outcome>),
+    /// The queue is at its high-water mark: nothing was written.
+    QueueFull,
+    /// The tenant is over its rate: nothing was written.
+    RateLimited,
+}
+
+/// The claim script's text (`lua/claim.lua`).
+pub const CLAIM_LUA: &str = include_str!("lua/claim.lua");
+
+static CLAIM: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(CLAIM_LUA));
+
+/// The claim script's SHA-1, as EVALSHA names it.
+pub fn claim_hash() -> &'static str {
+    CLAIM.get_hash()
+}
+
+/// Sends `cmd` (from [`claim_command`]) to `shard` on `conn` and reads the answer for
+/// `claims` events. A Redis without the script (restarted, a promoted replica) answers
+/// NOSCRIPT without running anything, so loading it and sending again is safe. With
+/// `--redis-wait-replicas`, WAIT follows in the same round trip; not met is an error (the
+/// claim may or may not survive a failover, so the client must retry; its retry is collapsed
+/// if it did).
+pub async fn send<C: ConnectionLike>(
+    shard: &Shard,
+    conn: &mut C,
+    cmd: &redis::Cmd,
+    claims: usize,
+) -> Result<Answer, RedisError> {
+    let value: redis::Value = if shard.wait_replicas() == 0 {
+        match cmd.query_async(conn).await {
+            Err(e) if is_noscript(&e) => {
+                CLAIM.load_async(conn).await?;
+                cmd.query_async(conn).await?
+            }
+            answer => answer?,
+        }
+    } else {
+        let mut pipe = redis::pipe();
+        pipe.add_command(cmd.clone())
+            .cmd("WAIT")
+            .arg(shard.wait_replicas())
+            .arg(shard.wait_ms());
+        let (value, acked): (redis::Value, i64) = match pipe.query_async(conn).await {
+            Err(e) if is_noscript(&e) => {
+                CLAIM.load_async(conn).await?;
+                pipe.query_async(conn).await?
+            }
+            answer => answer?,
+        };
+        shard.replicas_met(acked)?;
+        value
+    };
+    read_answer(value, claims)
+}
+
+fn is_noscript(error: &redis::RedisError) -> bool {
+    error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+}
+
+/// The script's answer for `claims` events.
+fn read_answer(value: redis::Value, claims: usize) -> Result<Answer, RedisError> {
+    let unexpected = |what: String| {
+        RedisError::Redis(redis::RedisError::from((
+            redis::ErrorKind::Parse,
+            "the claim script answered",
+            what,
+        )))
+    };
+    match value {
+        redis::Value::Int(-1) => Ok(Answer::QueueFull),
+        redis::Value::Int(-2) => Ok(Answer::RateLimited),
+        redis::Value::Array(items) if items.len() == claims => items
+            .iter()
+            .map(decode_status)
+            .collect::<Option<Vec<_>>>()
+            .map(Answer::Outcomes)
+            .ok_or_else(|| unexpected("an unknown status".into())),
+        other => Err(unexpected(format!("{other:?}"))),
+    }
+}
+
+/// What an event claims besides its intent: the hash of its `event_id`, and whether it is
+/// claimed by its client timestamp (a plain event without an event_id whose client sent one).
+pub fn identity(event: &sift_core::Event) -> (Option<String>, bool) {
+    let by_time = event.timestamp_given && event.event_id.is_none() && event.stream.is_none();
+    (
+        event.event_id.as_deref().map(sift_core::hash::sha256_hex),
+        by_time,
+    )
+}
 
 /// How long a tenant's hourly dedup counters are kept after their last write (8 days: a week
 /// of dashboards).
@@ -25,9 +178,6 @@ pub struct Claim<'a> {
     pub by_time: bool,
 }
 
-/// The claim script's text (`claim.lua`).
-pub const CLAIM_LUA: &str = include_str!("../lua/claim.lua");
-
 /// What one claim-script call carries for one shard (see `claim.lua` for its layout).
 pub struct ClaimCall<'c, 'r> {
     pub tenant: &'c str,
@@ -40,12 +190,22 @@ pub struct ClaimCall<'c, 'r> {
     pub now_ms: i64,
 }
 
-/// The `EVALSHA` of the claim script (`script_hash`, its SHA-1) for `call` on the shard named
-/// by `keys`: exactly what the API sends, also used by the Redis ceiling benchmark.
+/// The `EVALSHA` of the claim script for `call` on the shard named by `keys`: exactly what
+/// the API sends.
 pub fn claim_command(
+    keys: &KeySpace,
+    settings: &ClaimSettings,
+    call: &ClaimCall<'_, '_>,
+) -> redis::Cmd {
+    claim_command_for(claim_hash(), keys, settings, call)
+}
+
+/// As [`claim_command`], naming the script by `script_hash`: the Redis ceiling benchmark
+/// compares another script of the same layout this way.
+pub fn claim_command_for(
     script_hash: &str,
     keys: &KeySpace,
-    settings: &DedupSettings,
+    settings: &ClaimSettings,
     call: &ClaimCall<'_, '_>,
 ) -> redis::Cmd {
     let s = settings;
@@ -148,7 +308,7 @@ fn kind_flags(stream: bool, is_final: bool, has_event_id: bool, by_time: bool) -
 /// the server's otherwise, which no retry repeats, so such a part gets no second chance).
 /// Invalid records count too (by their text and error), so that a retry does not list them
 /// twice.
-pub(super) fn part_hash(claims: &[Claim<'_>], invalid: &[InvalidRecord]) -> String {
+pub fn part_hash(claims: &[Claim<'_>], invalid: &[InvalidRecord]) -> String {
     use sha2::{Digest, Sha256};
     let mut hasher = Sha256::new();
     for claim in claims {
@@ -171,7 +331,7 @@ pub(super) fn part_hash(claims: &[Claim<'_>], invalid: &[InvalidRecord]) -> Stri
     sift_core::keys::to_hex(&hasher.finalize())
 }
 
-pub(super) fn decode_status(value: &redis::Value) -> Option<Outcome> {
+fn decode_status(value: &redis::Value) -> Option<Outcome> {
     match value {
         redis::Value::Int(1) => Some(Outcome::Accepted),
         redis::Value::Int(2) => Some(Outcome::CollapsedIntent),
@@ -182,28 +342,13 @@ pub(super) fn decode_status(value: &redis::Value) -> Option<Outcome> {
     }
 }
 
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-    use sift_core::{KeySpace, Limits};
-
-    use super::{claim_command, kind_flags, ClaimCall, DedupSettings, WindowMode};
-    use crate::body::Item;
-    use crate::prepare::{claims, prepare};
-
-    fn settings() -> DedupSettings {
-        DedupSettings {
-            window: std::time::Duration::from_millis(5000),
-            event_id_window: std::time::Duration::from_millis(60_000),
-            event_time_window: std::time::Duration::from_millis(60_000),
-            receipt_window: std::time::Duration::from_millis(300_000),
-            mode: WindowMode::Fixed,
-            stream_timeout: std::time::Duration::from_millis(60_000),
-            high_water: 0,
-            invalid_max: 10,
-            timeout: std::time::Duration::from_millis(1000),
-        }
-    }
+    use super::kind_flags;
 
     #[test]
     fn kinds_are_spelled_as_the_script_reads_them() {
@@ -214,86 +359,5 @@ mod tests {
         assert_eq!(kind_flags(true, false, true, false), "se");
         assert_eq!(kind_flags(true, true, false, false), "f");
         assert_eq!(kind_flags(true, true, true, false), "fe");
-    }
-
-    /// Each event sends only the keys and arguments it uses, in the layout claim.lua walks.
-    #[test]
-    fn the_claim_command_sends_each_event_its_keys_and_arguments() {
-        let base = json!({"session_id": "session-0001", "prompt_text": "Hi", "model_version": "v1.2.3",
-            "latency_ms": 10, "token_count": 3});
-        let mut with_id = base.clone();
-        with_id["event_id"] = json!("e1");
-        let mut chunk = base.clone();
-        chunk["stream_id"] = json!("s1");
-        chunk["chunk_index"] = json!(2);
-        let mut last = chunk.clone();
-        last["final"] = json!(true);
-        last["event_id"] = json!("e2");
-        let mut bad = base.clone();
-        bad["latency_ms"] = json!(-1);
-        let items = [base, with_id, chunk, last, bad]
-            .map(Item::Event)
-            .into_iter()
-            .collect();
-        let now = 1_790_000_000_000;
-        let prepared = prepare("acme", items, &Limits::default(), now);
-        let ready = prepared.records("acme", now);
-        let claims = claims(&ready);
-        let keys = KeySpace::new("t");
-        let cmd = claim_command(
-            "sha",
-            &keys,
-            &settings(),
-            &ClaimCall {
-                tenant: "acme",
-                rate_limit: None,
-                claims: &claims,
-                invalid: &prepared.invalid,
-                receipt: None,
-                now_ms: now,
-            },
-        );
-        let args: Vec<Vec<u8>> = cmd
-            .args_iter()
-            .map(|a| match a {
-                redis::Arg::Simple(bytes) => bytes.to_vec(),
-                _ => Vec::new(),
-            })
-            .collect();
-        let text = |i: usize| String::from_utf8_lossy(&args[i]).into_owned();
-        let dedup = |i: usize| keys.dedup("acme", &ready[i].record.semantic_hash.to_hex());
-        let pending =
-            |i: usize| keys.stream_pending("acme", &ready[i].record.semantic_hash.to_hex());
-        let eid = |i: usize| keys.event_id("acme", ready[i].event_id_hash.as_deref().unwrap_or(""));
-        // 5 fixed keys, 1 + 2 + 2 + 3 event keys, the receipt (the queue when there is none).
-        assert_eq!(text(0), "EVALSHA");
-        assert_eq!(text(2), "14");
-        let event_keys: Vec<String> = (8..16).map(text).collect();
-        assert_eq!(
-            event_keys,
-            [
-                dedup(0),
-                dedup(1),
-                eid(1),
-                dedup(2),
-                pending(2),
-                dedup(3),
-                eid(3),
-                pending(3)
-            ]
-        );
-        assert_eq!(text(16), keys.queue());
-        // 11 fixed arguments, then p / pe / s 2 / fe 2 with their records, the invalid one,
-        // the receipt's and the counters' lifetimes.
-        assert_eq!(text(17 + 7), "4", "events");
-        assert_eq!(text(17 + 8), "1", "invalid records");
-        assert_eq!(text(17 + 10), "60000", "the identity claim's window");
-        let flags: Vec<String> = [28, 30, 32, 35].into_iter().map(text).collect();
-        assert_eq!(flags, ["p", "pe", "s", "fe"]);
-        assert_eq!((text(33), text(36)), ("2".to_owned(), "2".to_owned()));
-        assert_eq!(args[29], ready[0].record.encode());
-        assert_eq!(args[38], prepared.invalid[0].encode());
-        assert_eq!(text(39), "0", "no receipt");
-        assert_eq!(args.len(), 41);
     }
 }
