@@ -96,7 +96,9 @@ pub async fn insert_payload(
         .with_setting("async_insert", "0")
         .with_setting("deduplicate_blocks_in_dependent_materialized_views", "1")
         // On a cluster (sql/clickhouse-cluster/) `ai_events` is Distributed: the insert must
-        // reach the shards before it is answered. No effect on a single node.
+        // reach the shards before it is answered. Each shard takes its part of the chunk under
+        // this same token, so a retry is dropped by every shard that took its part before,
+        // and written by the others (tests/tests/clickhouse_cluster.rs). No effect on one node.
         .with_setting("distributed_foreground_insert", "1")
         // One chunk must stay one block, or the token would cover only part of it.
         .with_setting("max_insert_block_size", "1048576")
