@@ -59,9 +59,10 @@ impl PrivateClickHouseCluster {
         if let Some(shard) = shard {
             command.env("SIFT_CLUSTER_ONLY", shard.to_string());
         }
-        let out = tokio::time::timeout(Duration::from_secs(90), command.output())
+        // Seconds as a rule; minutes once on a machine without the wheel (it is installed).
+        let out = tokio::time::timeout(Duration::from_secs(600), command.output())
             .await
-            .context("clickhouse_cluster.sh ran for more than 90 s")??;
+            .context("clickhouse_cluster.sh ran for more than 600 s")??;
         if !out.status.success() {
             bail!(
                 "clickhouse_cluster.sh {action} failed: {}{}",
