@@ -223,6 +223,22 @@ async fn kill9_of_batchers_and_of_a_shard_keeps_one_row_per_event() -> Result<()
         );
         assert_hourly_equals_raw(&w, tenant, &rows).await?;
     }
+
+    // beta's sessions lost on its shard, then recomputed by `backfill sessions`.
+    c.query(
+        1,
+        &format!(
+            "DELETE FROM {} WHERE tenant_id = 'beta' SETTINGS lightweight_deletes_sync = 2",
+            w.table("ai_sessions_local")
+        ),
+    )
+    .await?;
+    assert_ne!(w.query_json(&stored_sql).await?, direct);
+    let out = w
+        .operator(&["backfill", "sessions", "--from", &from, "--to", &to])
+        .await?;
+    assert!(out.contains("sessions recomputed"), "{out}");
+    assert_eq!(w.query_json(&stored_sql).await?, direct, "after: {out}");
     w.cleanup().await
 }
 
