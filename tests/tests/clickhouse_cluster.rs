@@ -149,7 +149,7 @@ async fn kill9_of_batchers_and_of_a_shard_keeps_one_row_per_event() -> Result<()
     let flusher = w
         .batcher(
             "w-flush",
-            &["--session-flush-secs", "1", "--rollup-settle-secs", "1"],
+            &["--session-flush-secs", "3", "--rollup-settle-secs", "1"],
         )
         .await?;
     let sessions_sql = format!(
@@ -355,9 +355,10 @@ async fn a_chunk_retried_after_one_shard_took_its_part_is_written_once() -> Resu
     w.cleanup().await
 }
 
-/// `migrate --cluster` again changes nothing, and names a node that does not answer; `tenant
-/// set-retention` sets the TTL of every node's `ai_events_local`; an erasure deletes from the
-/// `_local` tables of the shard that holds the tenant and recomputes its sessions and rollups.
+/// `migrate --cluster` again changes nothing, and names a node that does not answer; the
+/// flusher heals a rollup that counted copies on one shard; `tenant set-retention` sets the
+/// TTL of every node's `ai_events_local`; an erasure deletes from the `_local` tables of the
+/// shard that holds the tenant and recomputes its sessions and rollups.
 #[tokio::test]
 async fn migrate_retention_and_erasure_reach_every_node() -> Result<()> {
     let c = PrivateClickHouseCluster::start().await?;
@@ -432,6 +433,47 @@ async fn migrate_retention_and_erasure_reach_every_node() -> Result<()> {
     }
     w.wait_for_events((per * TENANTS.len()) as u64).await?;
 
+    // 30 copies of beta's rows under a new token on its shard (as a replay past the dedup
+    // window): the view counts them, FINAL does not. The flusher's reconciliation finds the
+    // hours and rebuilds them on that shard.
+    let local = w.table("ai_events_local");
+    c.query(
+        1,
+        &format!(
+            "INSERT INTO {local} SELECT * FROM {local} WHERE tenant_id = 'beta' \
+             ORDER BY semantic_hash LIMIT 30 SETTINGS insert_deduplication_token = 'a-late-replay'"
+        ),
+    )
+    .await?;
+    let rollup = || async {
+        let sql = format!(
+            "SELECT sum(events) FROM {} WHERE tenant_id = 'beta'",
+            w.table("ai_events_hourly")
+        );
+        Ok::<u64, anyhow::Error>(c.query(0, &sql).await?.parse()?)
+    };
+    let first = rollup().await?;
+    assert_eq!(first, per as u64 + 30, "the view counted the copies");
+    let healer = w
+        .batcher(
+            "w-heal",
+            &["--session-flush-secs", "3", "--rollup-settle-secs", "1"],
+        )
+        .await?;
+    let started = Instant::now();
+    while rollup().await? != per as u64 {
+        ensure!(
+            started.elapsed() < Duration::from_secs(30),
+            "the rollups were not healed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        per_tenant(&c, 0, &format!("{} FINAL", w.table("ai_events"))).await?,
+        expected(per as u64, &TENANTS)
+    );
+    drop(healer);
+
     let out =
         w.db.batcher(&["tenant", "set-retention", "beta", "--raw-days", "7"])
             .await?;
@@ -462,7 +504,7 @@ async fn migrate_retention_and_erasure_reach_every_node() -> Result<()> {
             )
             .await?;
         let count: u64 = c
-            .query(0, &format!("SELECT count() FROM {events} WHERE tenant_id = '{tenant}' AND session_id = '{session}'"))
+            .query(0, &format!("SELECT count() FROM {events} FINAL WHERE tenant_id = '{tenant}' AND session_id = '{session}'"))
             .await?
             .parse()?;
         ensure!(count > 0, "{tenant} has no session");
