@@ -4,7 +4,7 @@
 //! without and with `--redis-wait-replicas`. Counts are read in ClickHouse without FINAL.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
 use reqwest::StatusCode;
@@ -235,4 +235,123 @@ async fn with_wait_replicas_a_failover_loses_no_acknowledged_event() -> Result<(
     assert!(load.recovered > 0, "no 202 after the failover: {load:?}");
     assert_eq!((rows, distinct), (load.acknowledged, load.acknowledged));
     Ok(())
+}
+
+/// One event posted alone; its status code and answer.
+async fn post_one(w: &World, event: &Value) -> Result<(StatusCode, Value)> {
+    let response = w
+        .http
+        .post(w.ingest.url("/v1/ai/events"))
+        .bearer_auth(&w.keys["acme"])
+        .json(event)
+        .send()
+        .await?;
+    let status = response.status();
+    Ok((status, response.json().await?))
+}
+
+/// A chunk of stream `stream` in session `session`.
+fn chunk(session: &str, stream: &str, i: u32, last: bool) -> Value {
+    let mut e = sift_e2e::event(session, &format!("partial {i}"));
+    e["stream_id"] = json!(stream);
+    e["chunk_index"] = json!(i);
+    e["final"] = json!(last);
+    e["token_count"] = json!(i * 10 + 1);
+    e
+}
+
+/// The scripts besides the claim, on the cluster: streams (one row per stream, the sweep of a
+/// stream that never finished), a tenant's rate limit on its home shard, and the flusher's
+/// lock (sessions recomputed by the batcher that holds it).
+#[tokio::test]
+async fn streams_rate_limits_and_the_flusher_run_on_a_redis_cluster() -> Result<()> {
+    let urls = require_redis_cluster().await?;
+    let w = World::on_cluster(&["acme"], &urls, 3, &["--stream-timeout-ms", "1000"]).await?;
+    let _batcher = w
+        .batcher("w-streams", &["--session-flush-secs", "1"])
+        .await?;
+
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        let (status, body) = post_one(&w, &chunk("session-cl-1", "stream-done", i, i == 3)).await?;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        statuses.push(body["status"].clone());
+    }
+    assert_eq!(
+        statuses,
+        ["accepted", "collapsed", "collapsed", "collapsed"]
+    );
+    // A stream whose final chunk never comes is written with its highest chunk once swept.
+    for i in [0, 2, 1] {
+        post_one(&w, &chunk("session-cl-2", "stream-open", i, false)).await?;
+    }
+    w.wait_for_events(2).await?;
+    let sql = format!(
+        "SELECT stream_id, chunk_index, token_count, is_final FROM {} ORDER BY stream_id FORMAT CSV",
+        w.table("ai_events")
+    );
+    assert_eq!(
+        clickhouse_query(&sql).await?,
+        "\"stream-done\",3,31,true\n\"stream-open\",2,21,false"
+    );
+
+    // The flusher (its lock on shard 0) recomputes both sessions.
+    let started = Instant::now();
+    loop {
+        let (status, body) = w.get("acme", "/v1/ai/sessions/session-cl-2").await?;
+        if status == StatusCode::OK {
+            assert_eq!(
+                (body["turns"].clone(), body["total_tokens"].clone()),
+                (json!(1), json!(21))
+            );
+            break;
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(20),
+            "no session: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // A tenant's rate is counted on its home shard, whatever shards its events go to.
+    let out =
+        w.db.batcher(&["tenant", "set-rate-limit", "acme", "5"])
+            .await?;
+    assert_eq!(out.trim(), "tenant acme rate limit: 5 events/s");
+    // The key cache keeps the old limit for up to 5 s: ask until the new one applies.
+    let started = Instant::now();
+    let answered = loop {
+        // Right after a second begins, so that the requests share one second.
+        let now = sift_core::clock::now_ms();
+        tokio::time::sleep(Duration::from_millis(
+            1000 - (now % 1000).unsigned_abs() + 20,
+        ))
+        .await;
+        let tag = started.elapsed().as_millis();
+        let five: Vec<Value> = (0..5)
+            .map(|i| sift_e2e::event("session-cl-rate", &format!("rate {i} {tag}")))
+            .collect();
+        let response = w
+            .http
+            .post(w.ingest.url("/v1/ai/events/batch"))
+            .bearer_auth(&w.keys["acme"])
+            .json(&five)
+            .send()
+            .await?;
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        let one_more = sift_e2e::event("session-cl-rate", &format!("one too many {tag}"));
+        let response = w
+            .http
+            .post(w.ingest.url("/v1/ai/events"))
+            .bearer_auth(&w.keys["acme"])
+            .json(&one_more)
+            .send()
+            .await?;
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            break response;
+        }
+        ensure!(started.elapsed() < Duration::from_secs(10), "never limited");
+    };
+    assert_eq!(answered.headers()["retry-after"], "1");
+    w.cleanup().await
 }

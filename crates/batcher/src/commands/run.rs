@@ -218,21 +218,9 @@ async fn heartbeat(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        // Every shard at once, each within a third of the TTL: a shard that hangs must not
-        // let this worker's heartbeat on the healthy ones expire.
-        let beats = workers.iter().map(|worker| async move {
-            let shard = worker.queue().keys().prefix();
-            let lanes = worker.queues().map(|queue| queue.heartbeat(ttl));
-            let all = async {
-                futures_util::future::join_all(lanes)
-                    .await
-                    .into_iter()
-                    .collect::<Result<Vec<()>, _>>()
-            };
-            bounded(ttl / 3, shard, "heartbeat", all).await?;
-            bounded(ttl / 3, shard, "queue_depths", worker.queue().depths()).await
-        });
-        let totals = futures_util::future::join_all(beats)
+        // Every shard at once (each call bounded by the Redis timeout): a shard that hangs
+        // must not let this worker's heartbeat on the healthy ones expire.
+        let totals = worker_beats(&workers, ttl)
             .await
             .into_iter()
             .try_fold((0, 0, 0), |t, d| {
@@ -247,20 +235,32 @@ async fn heartbeat(
     }
 }
 
-/// `call` on Redis shard `shard` within `limit`; a failure or a timeout is counted as a retry
-/// (reason `what`) and logged, and gives `None`.
-async fn bounded<T, E: std::fmt::Display>(
-    limit: Duration,
-    shard: &str,
-    what: &'static str,
-    call: impl std::future::Future<Output = Result<T, E>>,
-) -> Option<T> {
-    let failure = match tokio::time::timeout(limit, call).await {
-        Ok(Ok(value)) => return Some(value),
-        Ok(Err(error)) => error.to_string(),
-        Err(_) => format!("no answer within {limit:?}"),
-    };
-    m::retry("redis", what);
-    tracing::warn!(%shard, error = %failure, "{what} failed");
-    None
+/// Each worker's heartbeat (every lane's) and then its queue depths, side by side; a shard
+/// whose calls failed gives `None` (the failure counted as a retry and logged).
+fn worker_beats(
+    workers: &[Arc<Worker>],
+    ttl: Duration,
+) -> impl std::future::Future<Output = Vec<Option<(u64, u64, u64)>>> + '_ {
+    futures_util::future::join_all(workers.iter().map(move |worker| async move {
+        let shard = worker.queue().keys().prefix();
+        let lanes =
+            futures_util::future::join_all(worker.queues().map(|queue| queue.heartbeat(ttl)));
+        let beat = lanes.await.into_iter().collect::<Result<Vec<()>, _>>();
+        let depths = match beat {
+            Ok(_) => worker
+                .queue()
+                .depths()
+                .await
+                .map_err(|e| ("queue_depths", e)),
+            Err(e) => Err(("heartbeat", e)),
+        };
+        match depths {
+            Ok(depths) => Some(depths),
+            Err((what, error)) => {
+                m::retry("redis", what);
+                tracing::warn!(%shard, %error, "{what} failed");
+                None
+            }
+        }
+    }))
 }
