@@ -100,7 +100,7 @@ Send an event to either ingest node (a load balancer would spread them):
   curl -s -X POST http://127.0.0.1:${INGEST_PORTS[1]}/v1/ai/events -H 'Authorization: Bearer $key' -H 'Content-Type: application/json' -d '{"session_id":"session-0001","prompt_text":"help me write CODE!","model_version":"v1.2.3","latency_ms":120,"token_count":42}'
   (the second is the same intent: collapsed, whichever node takes it)
 
-Load it:  target/release/sift-bench --url http://127.0.0.1:${INGEST_PORTS[0]} --key $key --batch-size 100 --duration 20s --clickhouse-url ${SIFT_CLICKHOUSE_URL}
+Load it:  target/release/sift-bench --url http://127.0.0.1:${INGEST_PORTS[0]} --key $key --batch-size 100 --duration 20s --clickhouse-url ${SIFT_CLICKHOUSE_URL} --clickhouse-database ${SIFT_CLICKHOUSE_DATABASE:-ai_analytics}
 
 Where the events are (a tenant's rows live on one shard):
   curl -s '${SIFT_CLICKHOUSE_URL}' --data-binary 'SELECT _shard_num, tenant_id, count() FROM ${SIFT_CLICKHOUSE_DATABASE:-ai_analytics}.ai_events GROUP BY 1, 2'
