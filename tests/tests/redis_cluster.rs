@@ -63,6 +63,16 @@ async fn ingest_batchers_and_dead_letters_run_on_a_redis_cluster() -> Result<()>
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(rows_and_distinct(&w).await?, (1200, 1200));
 
+    // Every node forgets its scripts (as a promoted replica has none): the API's claims and
+    // the batchers' scripts are sent again as EVAL and go on.
+    for port in DEFAULT_CLUSTER_PORTS {
+        let mut node = sift_e2e::redis_cluster::node_connection(port).await?;
+        redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query_async::<()>(&mut node)
+            .await?;
+    }
+
     // One event alone: accepted, then collapsed with its reason.
     let single = dataset("cluster-single", 1, 1, 5).remove(0);
     for (expected, reason) in [

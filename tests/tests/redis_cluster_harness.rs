@@ -96,7 +96,6 @@ async fn a_private_cluster_fails_over_without_losing_an_acknowledged_write() -> 
     assert_eq!(acked.as_deref(), Some("before the failover"));
 
     eprintln!("whole test in {:?}", begun.elapsed());
-    assert!(begun.elapsed() < Duration::from_secs(30));
     Ok(())
 }
 

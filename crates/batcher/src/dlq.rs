@@ -142,13 +142,25 @@ pub async fn replay(
     let source = &shards[shard];
     let list = list_of(source, filter);
     let mut chunks = std::collections::BTreeSet::new();
+    // How many times this replay met each entry: identical entries (one invalid event sent
+    // twice in a batch) each get a receipt of their own, so each is claimed (the second
+    // collapsed) and counted once.
+    let mut seen: std::collections::HashMap<sift_core::Digest, usize> = Default::default();
     for (_, e) in entries(source, filter).await? {
         if filter.invalid {
             match revalidate(&e.raw, limits) {
                 Ok((event, record)) => {
+                    let digest = sift_core::Digest::sha256(&e.raw);
+                    let occurrence = seen.entry(digest).or_default();
+                    let receipt = source_receipt(shards, &record, digest, *occurrence);
+                    *occurrence += 1;
+                    let entry = Replayed {
+                        list: &list,
+                        raw: &e.raw,
+                        receipt: &receipt,
+                    };
                     let outcome =
-                        claim_replayed(shards, source, &list, &e.raw, &event, &record, settings)
-                            .await?;
+                        claim_replayed(shards, source, &entry, &event, &record, settings).await?;
                     match outcome {
                         Some(Outcome::Accepted) => report.requeued += 1,
                         Some(_) => report.collapsed += 1,
@@ -186,24 +198,46 @@ pub async fn replay(
     Ok(report)
 }
 
+/// The receipt of the `occurrence`-th entry `digest` of this replay, on the shard of the
+/// event's intent: named for the entry, so a replay run again finds it.
+fn source_receipt(
+    shards: &Shards,
+    record: &sift_core::QueueRecord<'_>,
+    digest: sift_core::Digest,
+    occurrence: usize,
+) -> String {
+    let target = &shards[sift_core::keys::shard_of(&record.semantic_hash, shards.len())];
+    target
+        .keys
+        .replayed(&format!("{}.{occurrence}", digest.to_hex()))
+}
+
+/// An invalid-events entry being replayed: its list, its bytes, its receipt's key.
+struct Replayed<'a> {
+    list: &'a str,
+    raw: &'a [u8],
+    receipt: &'a str,
+}
+
 /// Claims a revalidated invalid event on the shard of its intent, as the API would, then
-/// removes its entry from `list` on `source`: two steps, maybe on two shards. The entry is
+/// removes its entry from its list on `source`: two steps, maybe on two shards. The entry is
 /// checked first, and the claim leaves a receipt named for the entry, so a replay run twice,
-/// or again after failing between the steps, takes it once. `None` when the entry is gone.
+/// or again after failing between the steps (within the receipt's day), takes it once.
+/// `None` when the entry is gone.
 async fn claim_replayed(
     shards: &Shards,
     source: &Shard,
-    list: &str,
-    entry: &[u8],
+    entry: &Replayed<'_>,
     event: &sift_core::Event,
     record: &sift_core::QueueRecord<'_>,
     settings: &ClaimSettings,
 ) -> Result<Option<Outcome>, DlqError> {
+    let (list, raw) = (entry.list, entry.raw);
     let present: Option<i64> = source
         .call("dlq_entry", |mut conn| async move {
             redis::cmd("LPOS")
                 .arg(list)
-                .arg(entry)
+                .arg(raw)
                 .query_async(&mut conn)
                 .await
         })
@@ -212,11 +246,6 @@ async fn claim_replayed(
         return Ok(None);
     }
     let target = &shards[sift_core::keys::shard_of(&record.semantic_hash, shards.len())];
-    let receipt = target
-        .keys
-        .replayed(&sift_core::hash::sha256_hex(&String::from_utf8_lossy(
-            entry,
-        )));
     let (event_id_hash, by_time) = claim::identity(event);
     let claims = [Claim {
         record,
@@ -233,7 +262,7 @@ async fn claim_replayed(
             rate_limit: None,
             claims: &claims,
             invalid: &[],
-            receipt: Some(&receipt),
+            receipt: Some(entry.receipt),
             now_ms: sift_core::clock::now_ms(),
         },
     );
@@ -255,7 +284,7 @@ async fn claim_replayed(
             redis::cmd("LREM")
                 .arg(list)
                 .arg(1)
-                .arg(entry)
+                .arg(raw)
                 .query_async::<i64>(&mut conn)
                 .await
         })

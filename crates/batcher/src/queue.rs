@@ -1,9 +1,11 @@
 //! The Redis side of the batcher on one shard: the reliable claim (LMOVE from the tail of
 //! `ai:queue` into this worker's processing list, so the queue is FIFO and nothing is lost if
 //! the worker dies), the acknowledgement, heartbeats, and the takeover of dead workers'
-//! processing lists. The scripts themselves are sift-redis's (`queue_claim.lua`, ...); with
-//! `--redis-wait-replicas`, a claim and an acknowledgement count only once replicated, so a
-//! failover neither hands a claimed chunk's records out again nor revives an acknowledged one.
+//! processing lists. The scripts themselves are sift-redis's (`queue_claim.lua`, ...). A
+//! lane's claims and acknowledgements go over the lane's own connection, which they may hold
+//! (BLMOVE; WAIT, with `--redis-wait-replicas`: a claim counts once replicated, so a failover
+//! does not hand its records out again in another chunk) without holding up the heartbeats
+//! and the flusher's lock behind them.
 
 use std::time::Duration;
 
@@ -17,9 +19,9 @@ pub use sift_redis::RedisError as QueueError;
 pub struct Queue {
     shard: Shard,
     worker: String,
-    /// On a Redis Cluster, this lane's own connection for its blocking claims (made once:
-    /// a cluster connection reaches every master).
-    blocking: tokio::sync::Mutex<Option<Conn>>,
+    /// On a Redis Cluster, this lane's own connection (made once: a cluster connection
+    /// reaches every master); on a server, a pooled one is taken for each call.
+    lane: tokio::sync::Mutex<Option<Conn>>,
 }
 
 impl Queue {
@@ -27,7 +29,7 @@ impl Queue {
         Self {
             shard,
             worker,
-            blocking: tokio::sync::Mutex::new(None),
+            lane: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -47,9 +49,35 @@ impl Queue {
         self.shard.keys.processing(&self.worker)
     }
 
+    /// Runs `f` on this lane's connection within `limit`, counted under `call`. A connection
+    /// that failed other than by Redis's answer (or timed out) is made anew next time.
+    async fn on_lane<T>(
+        &self,
+        call: &'static str,
+        limit: Duration,
+        f: impl AsyncFnOnce(&mut Conn) -> Result<T, QueueError>,
+    ) -> Result<T, QueueError> {
+        let mut cached = self.lane.lock().await;
+        let work = async {
+            let mut conn = match cached.take() {
+                Some(conn) => conn,
+                None => self.shard.blocking_conn().await?,
+            };
+            let answer = f(&mut conn).await;
+            let healthy = answer.as_ref().map_or_else(QueueError::is_answer, |_| true);
+            if healthy && conn.share().is_some() {
+                *cached = Some(conn);
+            }
+            answer
+        };
+        sift_redis::call::bounded(call, limit, work).await
+    }
+
     /// Moves up to `rows` records and `bytes` bytes (at least one element if `at_least_one`)
     /// into this worker's processing list; returns whether a budget stopped the claim (the
-    /// chunk is full), the records taken, and the elements, oldest first.
+    /// chunk is full), the records taken, and the elements, oldest first. With
+    /// `--redis-wait-replicas`, an error when the claim is not replicated (its records stay in
+    /// the list: the next turn reads them back).
     pub async fn claim(
         &self,
         rows: usize,
@@ -64,13 +92,12 @@ impl Queue {
             workers: &workers,
             worker: &self.worker,
         };
-        self.shard
-            .call_replicated("queue_claim", |mut conn| async move {
-                let claimed =
-                    scripts::queue_claim(&mut conn, &lists, rows, bytes, at_least_one).await?;
-                Ok((claimed, conn))
-            })
-            .await
+        self.on_lane("queue_claim", self.shard.timeout(), async |conn| {
+            let claimed = scripts::queue_claim(conn, &lists, rows, bytes, at_least_one).await?;
+            self.shard.wait_for_replicas(conn).await?;
+            Ok(claimed)
+        })
+        .await
     }
 
     /// Waits up to `timeout` for one record and moves it; returns it if one came.
@@ -88,29 +115,14 @@ impl Queue {
             .arg("LEFT")
             .arg(timeout.as_secs_f64().max(0.01));
         let limit = timeout + self.shard.timeout();
-        let mut cached = self.blocking.lock().await;
-        let work = async {
-            let mut conn = match cached.as_ref().and_then(Conn::share) {
-                Some(conn) => conn,
-                None if self.shard.is_cluster() => {
-                    let conn = self.shard.blocking_conn().await?;
-                    *cached = conn.share();
-                    conn
-                }
-                None => self.shard.blocking_conn().await?,
-            };
-            let (moved,): (Option<Vec<u8>>,) = pipe.query_async(&mut conn).await?;
+        self.on_lane("queue_claim_blocking", limit, async |conn| {
+            let (moved,): (Option<Vec<u8>>,) = pipe.query_async(conn).await?;
             if moved.is_some() {
-                self.shard.wait_for_replicas(&mut conn).await?;
+                self.shard.wait_for_replicas(conn).await?;
             }
-            Ok::<_, QueueError>(moved)
-        };
-        let answer = sift_redis::call::bounded("queue_claim_blocking", limit, work).await;
-        if answer.as_ref().is_err_and(|e| !e.is_answer()) {
-            // A broken or stuck connection is made anew next time.
-            *cached = None;
-        }
-        answer
+            Ok(moved)
+        })
+        .await
     }
 
     /// The records of this worker's processing list, oldest first.
@@ -159,12 +171,17 @@ impl Queue {
             versions_ttl_ms: sift_core::keys::ROLLUP_VERSION_TTL_MS,
             dead,
         };
-        self.shard
-            .call_replicated("queue_ack", |mut conn| async move {
-                let acked = scripts::queue_ack(&mut conn, &ack).await?;
-                Ok((acked, conn))
-            })
-            .await
+        self.on_lane("queue_ack", self.shard.timeout(), async |conn| {
+            let acked = scripts::queue_ack(conn, &ack).await?;
+            // An acknowledgement not replicated yet stands: were it lost in a failover, the
+            // chunk would come back and be written again under its token, which ClickHouse
+            // drops; retrying the acknowledgement would find nothing to do.
+            if let Err(error) = self.shard.wait_for_replicas(conn).await {
+                tracing::warn!(%error, "the acknowledgement is not on the replicas yet");
+            }
+            Ok(acked)
+        })
+        .await
     }
 
     /// Announces this worker alive for `ttl`.
@@ -225,10 +242,10 @@ impl Queue {
                 dead: &dead,
             };
             let taken = self
-                .shard
-                .call_replicated("take_over", |mut conn| async move {
-                    let taken = scripts::take_over(&mut conn, &take).await?;
-                    Ok((taken, conn))
+                .on_lane("take_over", self.shard.timeout(), async |conn| {
+                    let taken = scripts::take_over(conn, &take).await?;
+                    self.shard.wait_for_replicas(conn).await?;
+                    Ok(taken)
                 })
                 .await?;
             if taken {

@@ -48,7 +48,9 @@ impl KeySpace {
         let n = shards.max(1);
         (0..n)
             .map(|s| {
-                let (low, high) = (SLOTS * s / n, SLOTS * (s + 1) / n);
+                // One slot in from each end: `redis-cli --cluster create` rounds its ranges'
+                // edges (the second of three masters ends at 10922, not 10921).
+                let (low, high) = (SLOTS * s / n + 1, (SLOTS * (s + 1) / n).saturating_sub(1));
                 let tag = std::iter::once(format!("{prefix}:{s}"))
                     .chain((1..).map(|k| format!("{prefix}:{s}.{k}")))
                     .take(64 * n + 64)

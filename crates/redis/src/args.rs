@@ -28,7 +28,7 @@ pub struct RedisArgs {
     pub redis_shards: u16,
 
     /// Talk to a Redis Cluster: `--redis-url` names some of its nodes, keys are routed by
-    /// slot (MOVED and ASK followed, scripts loaded on every master as needed).
+    /// slot (MOVED and ASK followed; a script a master lacks is sent to it as EVAL).
     #[arg(long, env = "SIFT_REDIS_CLUSTER", global = true)]
     pub redis_cluster: bool,
 

@@ -13,6 +13,7 @@ use redis::aio::ConnectionLike;
 use sift_core::{InvalidRecord, KeySpace, QueueRecord};
 
 use crate::call::RedisError;
+use crate::scripts;
 use crate::shards::Shard;
 
 /// How the semantic window behaves on a duplicate.
@@ -87,45 +88,54 @@ pub fn claim_hash() -> &'static str {
 
 /// Sends `cmd` (from [`claim_command`]) to `shard` on `conn` and reads the answer for
 /// `claims` events. A Redis without the script (restarted, a promoted replica) answers
-/// NOSCRIPT without running anything, so loading it and sending again is safe. With
-/// `--redis-wait-replicas`, WAIT follows in the same round trip; not met is an error (the
-/// claim may or may not survive a failover, so the client must retry; its retry is collapsed
-/// if it did).
+/// NOSCRIPT without running anything, so sending it again as EVAL with the text is safe (and
+/// caches it on that node). With `--redis-wait-replicas`, WAIT follows in the same round trip.
+/// Not met is an error once the claims were taken: they are on the master, maybe not on the
+/// replica that would replace it, so the client must retry (its retry is collapsed if they
+/// survive a failover). A refusal (queue full, over the rate) wrote nothing and is answered
+/// as such.
 pub async fn send<C: ConnectionLike>(
     shard: &Shard,
     conn: &mut C,
     cmd: &redis::Cmd,
     claims: usize,
 ) -> Result<Answer, RedisError> {
-    let value: redis::Value = if shard.wait_replicas() == 0 {
-        match cmd.query_async(conn).await {
-            Err(e) if is_noscript(&e) => {
-                CLAIM.load_async(conn).await?;
-                cmd.query_async(conn).await?
-            }
+    if shard.wait_replicas() == 0 {
+        let value: redis::Value = match cmd.query_async(conn).await {
+            Err(e) if scripts::is_noscript(&e) => as_eval(cmd).query_async(conn).await?,
             answer => answer?,
-        }
-    } else {
+        };
+        return read_answer(value, claims);
+    }
+    let with_wait = |cmd: redis::Cmd| {
         let mut pipe = redis::pipe();
-        pipe.add_command(cmd.clone())
+        pipe.add_command(cmd)
             .cmd("WAIT")
             .arg(shard.wait_replicas())
             .arg(shard.wait_ms());
-        let (value, acked): (redis::Value, i64) = match pipe.query_async(conn).await {
-            Err(e) if is_noscript(&e) => {
-                CLAIM.load_async(conn).await?;
-                pipe.query_async(conn).await?
-            }
-            answer => answer?,
-        };
-        shard.replicas_met(acked)?;
-        value
+        pipe
     };
-    read_answer(value, claims)
+    let (value, acked): (redis::Value, i64) = match with_wait(cmd.clone()).query_async(conn).await {
+        Err(e) if scripts::is_noscript(&e) => with_wait(as_eval(cmd)).query_async(conn).await?,
+        answer => answer?,
+    };
+    let answer = read_answer(value, claims)?;
+    if matches!(answer, Answer::Outcomes(_)) {
+        shard.replicas_met(acked)?;
+    }
+    Ok(answer)
 }
 
-fn is_noscript(error: &redis::RedisError) -> bool {
-    error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+/// The claim's EVALSHA as EVAL with the script's text.
+fn as_eval(cmd: &redis::Cmd) -> redis::Cmd {
+    let mut eval = redis::cmd("EVAL");
+    eval.arg(CLAIM_LUA);
+    for arg in cmd.args_iter().skip(2) {
+        if let redis::Arg::Simple(bytes) = arg {
+            eval.arg(bytes);
+        }
+    }
+    eval
 }
 
 /// The script's answer for `claims` events.

@@ -1,20 +1,110 @@
 //! Every Lua script sift runs, each a file under `lua/` (with its keys, arguments and answer
 //! described at its top), and a typed wrapper that sends exactly those keys and arguments.
 //! Each script touches keys of one shard only (one hash tag), so it runs on one node of a
-//! Redis Cluster. `invoke_async` sends EVALSHA and, on NOSCRIPT (a restarted server, a
-//! promoted replica), loads the script (on every master of a cluster) and sends it again.
+//! Redis Cluster. A call sends EVALSHA and, on NOSCRIPT (a restarted server, a promoted
+//! replica), EVAL with the script's text, which runs it and caches it on that node. (Not
+//! SCRIPT LOAD: a cluster client sends that to every node and needs every one to answer, so a
+//! replica down anywhere would fail the calls of a master that lost its scripts.)
 //!
 //! The claim script (`claim.lua`) is built by [`crate::claim`], which lays out its many keys.
 
 use std::sync::LazyLock;
 
 use redis::aio::ConnectionLike;
-use redis::{RedisResult, Script};
+use redis::{FromRedisValue, RedisResult, ToRedisArgs};
+
+/// A Lua script: its text and its SHA-1, as EVALSHA names it.
+pub struct Lua {
+    text: &'static str,
+    hash: String,
+}
+
+impl Lua {
+    pub fn new(text: &'static str) -> Self {
+        Self {
+            text,
+            hash: redis::Script::new(text).get_hash().to_owned(),
+        }
+    }
+
+    pub fn text(&self) -> &'static str {
+        self.text
+    }
+
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    /// A call of this script, its keys and arguments added with [`LuaCall::key`] and
+    /// [`LuaCall::arg`].
+    pub fn key(&self, key: impl ToRedisArgs) -> LuaCall<'_> {
+        let mut call = LuaCall {
+            lua: self,
+            keys: Vec::new(),
+            args: Vec::new(),
+        };
+        call.key(key);
+        call
+    }
+}
+
+/// One call of a [`Lua`] script.
+pub struct LuaCall<'a> {
+    lua: &'a Lua,
+    keys: Vec<Vec<u8>>,
+    args: Vec<Vec<u8>>,
+}
+
+impl LuaCall<'_> {
+    pub fn key(&mut self, key: impl ToRedisArgs) -> &mut Self {
+        self.keys.extend(key.to_redis_args());
+        self
+    }
+
+    pub fn arg(&mut self, arg: impl ToRedisArgs) -> &mut Self {
+        self.args.extend(arg.to_redis_args());
+        self
+    }
+
+    /// EVALSHA, then EVAL with the text when the node does not have the script.
+    pub async fn invoke<T: FromRedisValue, C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+    ) -> RedisResult<T> {
+        match self
+            .command("EVALSHA", &self.lua.hash)
+            .query_async(conn)
+            .await
+        {
+            Err(e) if is_noscript(&e) => {
+                self.command("EVAL", self.lua.text).query_async(conn).await
+            }
+            answer => answer,
+        }
+    }
+
+    fn command(&self, verb: &str, script: &str) -> redis::Cmd {
+        let mut cmd = redis::cmd(verb);
+        cmd.arg(script).arg(self.keys.len());
+        for key in &self.keys {
+            cmd.arg(key.as_slice());
+        }
+        for arg in &self.args {
+            cmd.arg(arg.as_slice());
+        }
+        cmd
+    }
+}
+
+/// Whether Redis answered NOSCRIPT (it ran nothing).
+pub fn is_noscript(error: &redis::RedisError) -> bool {
+    error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+}
 
 macro_rules! script {
     ($name:ident, $file:literal) => {
-        static $name: LazyLock<Script> =
-            LazyLock::new(|| Script::new(include_str!(concat!("lua/", $file))));
+        static $name: LazyLock<Lua> =
+            LazyLock::new(|| Lua::new(include_str!(concat!("lua/", $file))));
     };
 }
 
@@ -40,7 +130,7 @@ pub async fn rate<C: ConnectionLike>(
         .key(counter)
         .arg(events)
         .arg(limit)
-        .invoke_async(conn)
+        .invoke(conn)
         .await?;
     Ok(taken == 1)
 }
@@ -61,7 +151,7 @@ pub async fn sweep_streams<C: ConnectionLike>(
         .arg(now_ms)
         .arg(max)
         .arg(claim_ms)
-        .invoke_async(conn)
+        .invoke(conn)
         .await
 }
 
@@ -100,7 +190,7 @@ pub async fn queue_claim<C: ConnectionLike>(
         .arg(bytes)
         .arg(lists.worker)
         .arg(u8::from(at_least_one))
-        .invoke_async(conn)
+        .invoke(conn)
         .await?;
     Ok(Claimed {
         full: full == 1,
@@ -137,7 +227,7 @@ pub async fn queue_ack<C: ConnectionLike>(conn: &mut C, ack: &Ack<'_>) -> RedisR
     for entry in ack.dead {
         invocation.arg(entry.as_slice());
     }
-    let left: i64 = invocation.invoke_async(conn).await?;
+    let left: i64 = invocation.invoke(conn).await?;
     Ok(left >= 0)
 }
 
@@ -158,7 +248,7 @@ pub async fn take_over<C: ConnectionLike>(conn: &mut C, t: &TakeOver<'_>) -> Red
         .key(t.our_list)
         .key(t.workers)
         .arg(t.dead)
-        .invoke_async(conn)
+        .invoke(conn)
         .await?;
     Ok(taken == 1)
 }
@@ -173,7 +263,7 @@ pub async fn held_lists<C: ConnectionLike>(
     for list in lists {
         invocation.key(list);
     }
-    invocation.invoke_async(conn).await
+    invocation.invoke(conn).await
 }
 
 /// Moves a dead letter's `record` onto `queue` if `entry` is still on `list`; true if moved.
@@ -189,7 +279,7 @@ pub async fn requeue<C: ConnectionLike>(
         .key(queue)
         .arg(entry)
         .arg(record)
-        .invoke_async(conn)
+        .invoke(conn)
         .await?;
     Ok(moved == 1)
 }
@@ -222,7 +312,7 @@ pub async fn restore_chunk<C: ConnectionLike>(conn: &mut C, r: &Restore<'_>) -> 
     for record in records {
         invocation.arg(record.as_slice());
     }
-    invocation.invoke_async(conn).await
+    invocation.invoke(conn).await
 }
 
 /// Takes `lock` for `ttl_ms` as `token` if it is free, or renews it if `token` holds it.
@@ -236,7 +326,7 @@ pub async fn lock_acquire<C: ConnectionLike>(
         .key(lock)
         .arg(token)
         .arg(ttl_ms)
-        .invoke_async(conn)
+        .invoke(conn)
         .await?;
     Ok(held == 1)
 }
@@ -247,6 +337,6 @@ pub async fn lock_release<C: ConnectionLike>(
     lock: &str,
     token: &str,
 ) -> RedisResult<()> {
-    let _: i64 = LOCK_RELEASE.key(lock).arg(token).invoke_async(conn).await?;
+    let _: i64 = LOCK_RELEASE.key(lock).arg(token).invoke(conn).await?;
     Ok(())
 }

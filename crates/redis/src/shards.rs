@@ -5,9 +5,10 @@
 //! - On separate servers, or all on one: a pool per server (for occasional and blocking
 //!   calls) and a client for multiplexed connections (the ingest path).
 //! - On a Redis Cluster: one cluster client for every shard. It learns the slots from the
-//!   nodes it is given, follows MOVED and ASK, and loads a script on every master when one
-//!   answers NOSCRIPT (a promoted replica has none). Since each script only touches keys of
-//!   one shard, each runs on the one master of that shard's slot.
+//!   nodes it is given and follows MOVED and ASK. Since each script only touches keys of one
+//!   shard, each runs on the one master of that shard's slot (a master that lacks it, a
+//!   promoted replica, gets it as EVAL: [`crate::scripts`]). Commands without a key (WAIT,
+//!   PING, INFO) are routed to that master too.
 //!
 //! Every call goes through [`Shard::call`]: bounded and counted ([`crate::call`]).
 
@@ -20,7 +21,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::AsyncConnectionConfig;
 use sift_core::KeySpace;
-use tokio::sync::OnceCell;
+use std::sync::Mutex;
 
 use crate::args::RedisArgs;
 use crate::call::{bounded, RedisError};
@@ -69,11 +70,16 @@ enum Backend {
 
 /// One Redis Cluster client for every shard: a shared multiplexed connection for ordinary
 /// calls, and a second client whose connections may wait longer than the timeout (a blocking
-/// claim waits on the server by design).
+/// claim or a WAIT holds its connection by design).
 struct Cluster {
     client: ClusterClient,
     blocking: ClusterClient,
-    shared: OnceCell<ClusterConnection>,
+    /// Made on first use, and again after a call failed for something else than Redis's
+    /// answer (a broken or stuck connection).
+    shared: Mutex<Option<ClusterConnection>>,
+    /// The runtime the connections' own tasks run on: the one the shards were built on (the
+    /// process's main runtime), not whichever worker thread first asked for a connection.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl Shards {
@@ -106,7 +112,8 @@ impl Shards {
             let cluster = Arc::new(Cluster {
                 client,
                 blocking,
-                shared: OnceCell::new(),
+                shared: Mutex::new(None),
+                runtime: tokio::runtime::Handle::try_current().ok(),
             });
             vec![Backend::Cluster(cluster); count]
         } else {
@@ -203,6 +210,40 @@ impl<'a> IntoIterator for &'a Shards {
     }
 }
 
+impl Cluster {
+    fn shared(&self) -> Option<ClusterConnection> {
+        self.shared.lock().ok().and_then(|shared| shared.clone())
+    }
+
+    fn keep(&self, conn: ClusterConnection) {
+        if let Ok(mut shared) = self.shared.lock() {
+            *shared = Some(conn);
+        }
+    }
+
+    fn forget(&self) {
+        if let Ok(mut shared) = self.shared.lock() {
+            *shared = None;
+        }
+    }
+
+    /// A new connection of `client`, its tasks spawned on the shards' runtime.
+    async fn connect(&self, client: &ClusterClient) -> redis::RedisResult<ClusterConnection> {
+        let Some(runtime) = &self.runtime else {
+            return client.get_async_connection().await;
+        };
+        let client = client.clone();
+        runtime
+            .spawn(async move { client.get_async_connection().await })
+            .await
+            .map_err(|e| {
+                redis::RedisError::from(std::io::Error::other(format!(
+                    "connecting to the Redis Cluster: {e}"
+                )))
+            })?
+    }
+}
+
 /// How long a blocking call's connection may wait for an answer (the call itself is bounded
 /// by its own timeout, which includes the time it blocks).
 const BLOCKING_RESPONSE_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -239,12 +280,21 @@ impl Shard {
         match &self.backend {
             Backend::Server { pool, .. } => Ok(Conn::Pooled(pool.get().await?)),
             Backend::Cluster(cluster) => {
-                let conn = cluster
-                    .shared
-                    .get_or_try_init(|| cluster.client.get_async_connection())
-                    .await?;
-                Ok(Conn::Cluster(conn.clone()))
+                if let Some(conn) = cluster.shared() {
+                    return Ok(Conn::Cluster(conn));
+                }
+                let conn = cluster.connect(&cluster.client).await?;
+                cluster.keep(conn.clone());
+                Ok(Conn::Cluster(conn))
             }
+        }
+    }
+
+    /// Drops the cluster's shared connection after a failure that was not Redis's answer,
+    /// so the next call connects anew.
+    fn forget_shared(&self, error: &RedisError) {
+        if let (Backend::Cluster(cluster), false) = (&self.backend, error.is_answer()) {
+            cluster.forget();
         }
     }
 
@@ -268,9 +318,9 @@ impl Shard {
         }
     }
 
-    /// A connection for blocking calls (BLMOVE): pooled on a server (a blocked connection
-    /// holds only itself), a connection of its own on a cluster (a blocked multiplexed
-    /// connection would hold every call behind it).
+    /// A connection for calls that hold it (BLMOVE, WAIT): pooled on a server (a blocked
+    /// connection holds only itself), a connection of its own on a cluster (a blocked
+    /// multiplexed connection would hold every call behind it). A batcher's lane keeps one.
     pub async fn blocking_conn(&self) -> Result<Conn, RedisError> {
         match &self.backend {
             Backend::Server { pool, .. } => Ok(Conn::Pooled(pool.get().await?)),
@@ -287,31 +337,15 @@ impl Shard {
         F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        bounded(call, self.timeout, async {
+        let answer = bounded(call, self.timeout, async {
             let conn = self.conn().await?;
             f(conn).await.map_err(RedisError::from)
         })
-        .await
-    }
-
-    /// As [`Shard::call`], then waits for `--redis-wait-replicas` replicas to have this
-    /// connection's writes (on the shard's master, within the timeout).
-    pub async fn call_replicated<T, F, Fut>(
-        &self,
-        call: &'static str,
-        f: F,
-    ) -> Result<T, RedisError>
-    where
-        F: FnOnce(Conn) -> Fut,
-        Fut: Future<Output = redis::RedisResult<(T, Conn)>>,
-    {
-        bounded(call, self.timeout, async {
-            let conn = self.conn().await?;
-            let (value, mut conn) = f(conn).await?;
-            self.wait_for_replicas(&mut conn).await?;
-            Ok::<T, RedisError>(value)
-        })
-        .await
+        .await;
+        if let Err(error) = &answer {
+            self.forget_shared(error);
+        }
+        answer
     }
 
     /// Redis's WAIT for this shard's writes sent on `conn` so far: an error when fewer than
@@ -323,8 +357,18 @@ impl Shard {
         }
         let mut cmd = redis::cmd("WAIT");
         cmd.arg(self.wait_replicas).arg(self.wait_ms());
-        let acked: i64 = match conn {
-            // WAIT names no key: a cluster client must be told which master has the writes.
+        let acked: i64 = self.on_master(conn, cmd).await?;
+        self.replicas_met(acked)
+    }
+
+    /// Sends `cmd`, which names no key, to this shard's server: on a cluster, to the master of
+    /// the shard's slot (a cluster client would send it to a random node, or to every one).
+    async fn on_master<T: redis::FromRedisValue>(
+        &self,
+        conn: &mut Conn,
+        cmd: redis::Cmd,
+    ) -> redis::RedisResult<T> {
+        match conn {
             Conn::Cluster(c) => {
                 let route = Route::with_key(self.keys.queue(), SlotAddr::Master);
                 let answer = c
@@ -333,11 +377,10 @@ impl Shard {
                         RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
                     )
                     .await?;
-                redis::from_redis_value(answer).map_err(redis::RedisError::from)?
+                Ok(redis::from_redis_value(answer)?)
             }
-            other => cmd.query_async(other).await?,
-        };
-        self.replicas_met(acked)
+            other => cmd.query_async(other).await,
+        }
     }
 
     /// What WAIT answered (`acked` replicas), judged against `--redis-wait-replicas`.
@@ -363,39 +406,28 @@ impl Shard {
 
     /// A section of `INFO` of this shard's server (on a cluster: of its slot's master).
     pub async fn info(&self, section: &'static str) -> Result<String, RedisError> {
-        let route = Route::with_key(self.keys.queue(), SlotAddr::Master);
-        self.call("info", |conn| async move {
+        self.call("info", |mut conn| async move {
             let mut cmd = redis::cmd("INFO");
             cmd.arg(section);
-            match conn {
-                // INFO names no key: a cluster client must be told which node to ask.
-                Conn::Cluster(mut c) => {
-                    let answer = c
-                        .route_command(
-                            cmd,
-                            RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
-                        )
-                        .await?;
-                    Ok(redis::from_redis_value(answer)?)
-                }
-                mut other => cmd.query_async(&mut other).await,
-            }
+            self.on_master(&mut conn, cmd).await
         })
         .await
     }
 
-    /// `PING`, for readiness probes.
+    /// `PING` of this shard's server (on a cluster, its master: not every node, so one
+    /// master down leaves the other shards ready), for readiness probes.
     pub async fn ping(&self) -> Result<(), RedisError> {
         self.call("ping", |mut conn| async move {
-            redis::cmd("PING").query_async::<String>(&mut conn).await
+            self.on_master::<String>(&mut conn, redis::cmd("PING"))
+                .await
         })
         .await
         .map(|_| ())
     }
 
-    /// Where this shard lives on a cluster: its slot's master (`host:port`), from CLUSTER
-    /// KEYSLOT and CLUSTER SLOTS. `None` off a cluster.
-    pub async fn master(&self) -> Result<Option<String>, RedisError> {
+    /// Where this shard lives on a cluster: its slot's master (`host:port`), and every
+    /// master of the cluster, from CLUSTER KEYSLOT and CLUSTER SLOTS. `None` off a cluster.
+    pub async fn master(&self) -> Result<Option<(String, Vec<String>)>, RedisError> {
         if !self.is_cluster() {
             return Ok(None);
         }
@@ -410,7 +442,14 @@ impl Shard {
                 .arg("SLOTS")
                 .query_async(&mut conn)
                 .await?;
-            Ok(master_of(slot, &ranges))
+            let mut all: Vec<String> = ranges
+                .iter()
+                .filter_map(range_master)
+                .map(|(_, _, m)| m)
+                .collect();
+            all.sort();
+            all.dedup();
+            Ok(master_of(slot, &ranges).map(|master| (master, all)))
         })
         .await
     }
@@ -418,22 +457,26 @@ impl Shard {
 
 /// The master of `slot` in a CLUSTER SLOTS answer: `[[start, end, [host, port, id], ...], ...]`.
 fn master_of(slot: i64, ranges: &[redis::Value]) -> Option<String> {
-    ranges.iter().find_map(|range| {
-        let redis::Value::Array(parts) = range else {
-            return None;
-        };
-        let start: i64 = redis::from_redis_value_ref(parts.first()?).ok()?;
-        let end: i64 = redis::from_redis_value_ref(parts.get(1)?).ok()?;
-        if slot < start || slot > end {
-            return None;
-        }
-        let redis::Value::Array(node) = parts.get(2)? else {
-            return None;
-        };
-        let host: String = redis::from_redis_value_ref(node.first()?).ok()?;
-        let port: i64 = redis::from_redis_value_ref(node.get(1)?).ok()?;
-        Some(format!("{host}:{port}"))
-    })
+    ranges
+        .iter()
+        .filter_map(range_master)
+        .find(|(start, end, _)| (*start..=*end).contains(&slot))
+        .map(|(_, _, master)| master)
+}
+
+/// One range of a CLUSTER SLOTS answer: its first and last slot and its master.
+fn range_master(range: &redis::Value) -> Option<(i64, i64, String)> {
+    let redis::Value::Array(parts) = range else {
+        return None;
+    };
+    let start: i64 = redis::from_redis_value_ref(parts.first()?).ok()?;
+    let end: i64 = redis::from_redis_value_ref(parts.get(1)?).ok()?;
+    let redis::Value::Array(node) = parts.get(2)? else {
+        return None;
+    };
+    let host: String = redis::from_redis_value_ref(node.first()?).ok()?;
+    let port: i64 = redis::from_redis_value_ref(node.get(1)?).ok()?;
+    Some((start, end, format!("{host}:{port}")))
 }
 
 impl Shards {
@@ -444,12 +487,13 @@ impl Shards {
         if !self.cluster {
             return;
         }
-        let mut masters = Vec::with_capacity(self.len());
+        let (mut used, mut all) = (Vec::with_capacity(self.len()), Vec::new());
         for shard in self {
             match shard.master().await {
-                Ok(Some(master)) => {
+                Ok(Some((master, masters))) => {
                     tracing::info!(shard = shard.index, %master, "Redis shard on its master");
-                    masters.push(master);
+                    used.push(master);
+                    all = masters;
                 }
                 Ok(None) => {}
                 Err(error) => {
@@ -458,14 +502,15 @@ impl Shards {
                 }
             }
         }
-        let mut distinct = masters.clone();
-        distinct.sort();
-        distinct.dedup();
-        if distinct.len() < masters.len() {
-            tracing::info!(
-                shards = masters.len(),
-                masters = distinct.len(),
-                "several Redis shards share a master"
+        used.sort();
+        used.dedup();
+        let could = all.len().min(self.len());
+        if used.len() < could {
+            tracing::warn!(
+                shards = self.len(),
+                masters = all.len(),
+                used = used.len(),
+                "the Redis shards use fewer of the cluster's masters than they could: its slots are not split evenly over its masters"
             );
         }
     }

@@ -304,7 +304,7 @@ impl Deduplicator {
 
     /// This thread's connection to `shard`, connecting when there is none.
     async fn multiplexed(&self, shard: usize) -> Result<Conn, sift_redis::RedisError> {
-        let slot = (self.id, shard);
+        let slot = self.mux_slot(shard);
         if let Some(conn) = MUX.with(|m| m.borrow().get(&slot).and_then(Conn::share)) {
             return Ok(conn);
         }
@@ -316,7 +316,17 @@ impl Deduplicator {
     }
 
     fn forget(&self, shard: usize) {
-        MUX.with(|m| m.borrow_mut().remove(&(self.id, shard)));
+        MUX.with(|m| m.borrow_mut().remove(&self.mux_slot(shard)));
+    }
+
+    /// Where this thread keeps its connection to `shard`: one per shard on servers, one for
+    /// every shard on a cluster (a cluster connection reaches every master).
+    fn mux_slot(&self, shard: usize) -> (u64, usize) {
+        if self.shards.is_cluster() {
+            (self.id, 0)
+        } else {
+            (self.id, shard)
+        }
     }
 }
 
