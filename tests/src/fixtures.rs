@@ -190,6 +190,20 @@ pub fn dataset(tag: &str, n: usize, hours: u64, seed: u64) -> Vec<Value> {
         .collect()
 }
 
+/// The same intents again, as clients resend them: each retried verbatim and re-rendered
+/// (upper case, punctuation, spaces).
+pub fn resent(events: &[Value]) -> Vec<Value> {
+    events
+        .iter()
+        .flat_map(|e| {
+            let mut loud = e.clone();
+            let prompt = e["prompt_text"].as_str().unwrap_or_default();
+            loud["prompt_text"] = json!(format!("  {}!! ", prompt.to_uppercase()));
+            [e.clone(), loud]
+        })
+        .collect()
+}
+
 pub struct World {
     pub ingest: Ingest,
     pub db: Database,
@@ -427,6 +441,17 @@ impl World {
             .await?;
         ensure!(left == 0, "{left} dead letters left");
         Ok(())
+    }
+
+    /// Rows in `ai_events` (without FINAL) and the distinct events among them.
+    pub async fn rows_and_distinct(&self) -> Result<(u64, u64)> {
+        let sql = format!(
+            "SELECT count(), uniqExact(tenant_id, semantic_hash, event_time) FROM {}",
+            self.table("ai_events")
+        );
+        let answer = query(self, &sql).await?;
+        let (rows, distinct) = answer.split_once('\t').unwrap_or(("0", "0"));
+        Ok((rows.parse()?, distinct.parse()?))
     }
 
     /// The key spaces of this world's shards.

@@ -23,13 +23,16 @@ pub mod redis_cluster;
 pub mod services;
 
 pub use clickhouse_cluster::PrivateClickHouseCluster;
-pub use fixtures::{dataset, event, f, gzip, hourly_path, now_secs, Fixture, World, MODELS};
+pub use fixtures::{
+    dataset, event, f, gzip, hourly_path, now_secs, resent, Fixture, World, MODELS,
+};
 pub use hourly::assert_hourly_equals_raw;
 pub use pipeline::{event_in, unique_events, Pipeline};
 pub use processes::{Batcher, Ingest, Log};
 pub use proxy::Proxy;
 pub use redis_cluster::{redis_cluster_urls, require_redis_cluster, PrivateRedisCluster};
 pub use services::{
-    bin, clickhouse_query, clickhouse_query_at, clickhouse_url, delete_prefix, postgres_base,
-    redis_connection, redis_url, take_queue_as, unique, Database, PrivateRedis,
+    bin, clickhouse_query, clickhouse_query_at, clickhouse_url, delete_prefix,
+    drop_postgres_database, postgres_base, redis_connection, redis_url, take_queue_as, unique,
+    Database, PrivateRedis,
 };

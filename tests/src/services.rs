@@ -210,6 +210,27 @@ impl Database {
     }
 }
 
+/// Drops the PostgreSQL database `name` if it exists (with its connections), from any
+/// context: a thread with its own runtime (a `Drop` runs where no runtime can be relied on).
+pub fn drop_postgres_database(name: &str) {
+    let admin = format!("{}/postgres", postgres_base());
+    let statement = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+    let _ = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        runtime.block_on(async move {
+            let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+                .await
+                .ok()?;
+            tokio::spawn(conn);
+            client.batch_execute(&statement).await.ok()
+        })
+    })
+    .join();
+}
+
 impl Drop for Database {
     fn drop(&mut self) {
         if self.clickhouse {
@@ -219,23 +240,7 @@ impl Drop for Database {
                 .arg(clickhouse_url())
                 .status();
         }
-        let admin = format!("{}/postgres", postgres_base());
-        let statement = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
-        // Drop runs outside any async context we can rely on: a thread with its own runtime.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            runtime.block_on(async move {
-                let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
-                    .await
-                    .ok()?;
-                tokio::spawn(conn);
-                client.batch_execute(&statement).await.ok()
-            })
-        })
-        .join();
+        drop_postgres_database(&self.name);
     }
 }
 

@@ -10,31 +10,7 @@ use anyhow::{ensure, Result};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sift_e2e::redis_cluster::{keyslot, slot_master, DEFAULT_CLUSTER_PORTS};
-use sift_e2e::{clickhouse_query, dataset, f, require_redis_cluster, World};
-
-/// Rows in `ai_events` (without FINAL) and distinct events among them.
-async fn rows_and_distinct(w: &World) -> Result<(u64, u64)> {
-    let sql = format!(
-        "SELECT count(), uniqExact(tenant_id, semantic_hash, event_time) FROM {}",
-        w.table("ai_events")
-    );
-    let answer = clickhouse_query(&sql).await?;
-    let (rows, distinct) = answer.split_once('\t').unwrap_or(("0", "0"));
-    Ok((rows.parse()?, distinct.parse()?))
-}
-
-/// The same intents again, as clients resend them: retried verbatim and re-rendered.
-fn resent(events: &[Value]) -> Vec<Value> {
-    events
-        .iter()
-        .flat_map(|e| {
-            let mut loud = e.clone();
-            let prompt = e["prompt_text"].as_str().unwrap_or_default();
-            loud["prompt_text"] = json!(format!("  {}!! ", prompt.to_uppercase()));
-            [e.clone(), loud]
-        })
-        .collect()
-}
+use sift_e2e::{clickhouse_query, dataset, f, require_redis_cluster, resent, World};
 
 #[tokio::test]
 async fn ingest_batchers_and_dead_letters_run_on_a_redis_cluster() -> Result<()> {
@@ -61,7 +37,7 @@ async fn ingest_batchers_and_dead_letters_run_on_a_redis_cluster() -> Result<()>
     let _third = w.batcher("w-c", &["--session-flush-secs", "0"]).await?;
     w.wait_for_events(1200).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(rows_and_distinct(&w).await?, (1200, 1200));
+    assert_eq!(w.rows_and_distinct().await?, (1200, 1200));
 
     // Every node forgets its scripts (as a promoted replica has none): the API's claims and
     // the batchers' scripts are sent again as EVAL and go on.
@@ -113,7 +89,7 @@ async fn ingest_batchers_and_dead_letters_run_on_a_redis_cluster() -> Result<()>
     w.replay_a_refused_event_twice("acme").await?;
     w.wait_for_events(1202).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(rows_and_distinct(&w).await?, (1202, 1202));
+    assert_eq!(w.rows_and_distinct().await?, (1202, 1202));
 
     // A poison record on shard 2 is dead-lettered there, listed, shown and purged.
     w.poison_is_listed_shown_and_purged(2).await?;
@@ -206,7 +182,7 @@ async fn failover_under_load(
     assert_eq!(load.acknowledged, total);
     let _ = w.wait_for_events(total).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (rows, distinct) = rows_and_distinct(&w).await?;
+    let (rows, distinct) = w.rows_and_distinct().await?;
     Ok((load, rows, distinct))
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use sift_e2e::{bin, dataset, postgres_base, unique};
+use sift_e2e::{bin, dataset, unique};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 fn root() -> PathBuf {
@@ -162,15 +162,7 @@ async fn run_cluster_brings_up_the_stack_and_it_takes_events() -> Result<()> {
         )
         .await;
     }
-    let (client, conn) = tokio_postgres::connect(
-        &format!("{}/postgres", postgres_base()),
-        tokio_postgres::NoTls,
-    )
-    .await?;
-    tokio::spawn(conn);
-    client
-        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{pg_db}\" WITH (FORCE)"))
-        .await?;
+    sift_e2e::drop_postgres_database(&pg_db);
     outcome?;
     ended.context("run_cluster.sh did not end within 30 s of SIGTERM")??;
     for port in &ports {

@@ -8,31 +8,9 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Result};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use sift_e2e::{clickhouse_query, dataset, f, redis_connection, redis_url, PrivateRedis, World};
-
-/// Rows in `ai_events` (without FINAL) and distinct events among them.
-async fn rows_and_distinct(w: &World) -> Result<(u64, u64)> {
-    let sql = format!(
-        "SELECT count(), uniqExact(tenant_id, semantic_hash, event_time) FROM {}",
-        w.table("ai_events")
-    );
-    let answer = clickhouse_query(&sql).await?;
-    let (rows, distinct) = answer.split_once('\t').unwrap_or(("0", "0"));
-    Ok((rows.parse()?, distinct.parse()?))
-}
-
-/// The same intents again, as clients resend them: retried verbatim and re-rendered.
-fn resent(events: &[Value]) -> Vec<Value> {
-    events
-        .iter()
-        .flat_map(|e| {
-            let mut loud = e.clone();
-            let prompt = e["prompt_text"].as_str().unwrap_or_default();
-            loud["prompt_text"] = json!(format!("  {}!! ", prompt.to_uppercase()));
-            [e.clone(), loud]
-        })
-        .collect()
-}
+use sift_e2e::{
+    clickhouse_query, dataset, f, redis_connection, redis_url, resent, PrivateRedis, World,
+};
 
 #[tokio::test]
 async fn three_shards_on_one_redis_keep_one_row_per_intent() -> Result<()> {
@@ -48,7 +26,7 @@ async fn three_shards_on_one_redis_keep_one_row_per_intent() -> Result<()> {
     let _third = w.batcher("w-c", &["--session-flush-secs", "0"]).await?;
     w.wait_for_events(1500).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(rows_and_distinct(&w).await?, (1500, 1500));
+    assert_eq!(w.rows_and_distinct().await?, (1500, 1500));
 
     // Every shard took part: each holds claims of this test's intents.
     let mut conn = redis_connection(&redis_url()).await?;
@@ -86,7 +64,7 @@ async fn three_shards_on_one_redis_keep_one_row_per_intent() -> Result<()> {
     w.replay_a_refused_event_twice("acme").await?;
     w.wait_for_events(1501).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(rows_and_distinct(&w).await?, (1501, 1501));
+    assert_eq!(w.rows_and_distinct().await?, (1501, 1501));
 
     // The operator commands cover every shard: a poison record on shard 2 is listed there.
     w.poison_is_listed_shown_and_purged(2).await?;
@@ -148,7 +126,7 @@ async fn a_shard_server_going_away_loses_and_doubles_nothing() -> Result<()> {
     assert_eq!(w.send("acme", rest).await?, rest.len() as u64);
     w.wait_for_events(600).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(rows_and_distinct(&w).await?, (600, 600));
+    assert_eq!(w.rows_and_distinct().await?, (600, 600));
     let mut shard0 = redis_connection(&w.shard_urls()[0]).await?;
     let invalid: u64 = redis::cmd("LLEN")
         .arg(w.key_spaces()[0].invalid())

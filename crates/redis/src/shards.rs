@@ -401,7 +401,9 @@ impl Shard {
     /// it got) before the call gives up.
     pub fn wait_ms(&self) -> u64 {
         let ms = u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX);
-        (ms * 3 / 4).max(1)
+        // At most 5 s: the operator commands' minute-long calls need not wait that long for
+        // replicas that are not there.
+        (ms.saturating_mul(3) / 4).clamp(1, 5000)
     }
 
     /// A section of `INFO` of this shard's server (on a cluster: of its slot's master).
