@@ -9,7 +9,8 @@
 #           comma-separated, as SIFT_CLICKHOUSE_CLUSTER_URLS=...
 #   stop:   stops both; data is kept.
 #   status: exit 0 when both answer.
-# Env: SIFT_LOCAL_DIR, SIFT_CLUSTER_HTTP_PORTS (21123,22123), SIFT_CLUSTER_TCP_PORTS
+# Env: SIFT_LOCAL_DIR, SIFT_CLUSTER_DIR (where the shards' run dirs are; SIFT_LOCAL_DIR),
+#      SIFT_CLUSTER_HTTP_PORTS (21123,22123), SIFT_CLUSTER_TCP_PORTS
 #      (21900,22900), SIFT_CLUSTER_ONLY (0 or 1: start or stop that shard alone, as the
 #      tests do to take one shard down and bring it back), and those of clickhouse.sh.
 # sift on this cluster: sift-batcher migrate --cluster sift_local --clickhouse-nodes URLS
@@ -25,7 +26,7 @@ IFS=, read -r -a TCP_PORTS <<<"${SIFT_CLUSTER_TCP_PORTS:-21900,22900}"
     sift_die "SIFT_CLUSTER_HTTP_PORTS and SIFT_CLUSTER_TCP_PORTS each take two ports"
 
 run_dir() { # shard index
-    echo "$SIFT_LOCAL_DIR/clickhouse-shard$(($1 + 1))"
+    echo "${SIFT_CLUSTER_DIR:-$SIFT_LOCAL_DIR}/clickhouse-shard$(($1 + 1))"
 }
 
 # The cluster both servers know: one replica per shard, addressed by its native TCP port.

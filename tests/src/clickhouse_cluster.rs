@@ -77,6 +77,18 @@ impl PrivateClickHouseCluster {
         self.script_on(action, None).await
     }
 
+    /// The environment that names this cluster to `deploy/local/clickhouse_cluster.sh` (and
+    /// to `run_cluster.sh`, which then finds it running): its ports, its shards' directory and
+    /// the wheel's venv.
+    pub fn script_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("SIFT_CLUSTER_DIR", self.dir.path().display().to_string()),
+            ("SIFT_CLUSTER_HTTP_PORTS", join(&self.http_ports)),
+            ("SIFT_CLUSTER_TCP_PORTS", join(&self.tcp_ports)),
+            ("SIFT_CLICKHOUSE_VENV", venv().display().to_string()),
+        ]
+    }
+
     /// The HTTP URL of shard `i` (0 or 1).
     pub fn url(&self, i: usize) -> String {
         format!("http://127.0.0.1:{}", self.http_ports[i])

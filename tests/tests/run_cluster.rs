@@ -2,7 +2,8 @@
 //! it takes events: the same intent sent through both ingest nodes is collapsed, a batch lands
 //! on one ClickHouse shard exactly once, and SIGTERM stops the four sift processes. The test
 //! runs the script with the debug binaries (`SIFT_BIN_DIR`), its own ports, databases and key
-//! prefix, on the local Redis Cluster and ClickHouse cluster (started if they do not run).
+//! prefix, on the shared Redis Cluster of `make test` and a two-shard ClickHouse of its own
+//! (which the script finds running: a checkout's test must not lean on another's servers).
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -11,7 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use sift_e2e::{bin, dataset, unique};
+use sift_e2e::clickhouse_cluster::PrivateClickHouseCluster;
+use sift_e2e::{bin, dataset, require_redis_cluster, unique};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 fn root() -> PathBuf {
@@ -44,6 +46,8 @@ async fn query(node: &str, sql: &str) -> Result<String> {
 
 #[tokio::test]
 async fn run_cluster_brings_up_the_stack_and_it_takes_events() -> Result<()> {
+    require_redis_cluster().await?;
+    let clickhouse = PrivateClickHouseCluster::start().await?;
     let ports = free_ports()?;
     let (pg_db, ch_db, prefix) = (unique("run_cluster"), unique("run_cluster"), unique("rc"));
     let bin_dir = bin("sift-ingest")
@@ -65,6 +69,7 @@ async fn run_cluster_brings_up_the_stack_and_it_takes_events() -> Result<()> {
         .env("SIFT_KEY_PREFIX", &prefix)
         .env("SIFT_TENANT", "acme")
         .env("RUST_LOG", "warn")
+        .envs(clickhouse.script_env())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
@@ -126,11 +131,11 @@ async fn run_cluster_brings_up_the_stack_and_it_takes_events() -> Result<()> {
         assert_eq!(response.json::<Value>().await?["accepted"], 40);
 
         // 41 rows through the Distributed table, all on the tenant's one shard.
-        let shard_node = "http://127.0.0.1:21123";
+        let shard_node = clickhouse.url(0);
         let sql = format!("SELECT _shard_num, count() FROM {ch_db}.ai_events GROUP BY 1");
         let started = Instant::now();
         loop {
-            let counts = query(shard_node, &sql).await?;
+            let counts = query(&shard_node, &sql).await?;
             if counts.ends_with("\t41") {
                 assert_eq!(counts.lines().count(), 1, "{counts}");
                 break;
@@ -152,9 +157,6 @@ async fn run_cluster_brings_up_the_stack_and_it_takes_events() -> Result<()> {
             .status()?;
     }
     let ended = tokio::time::timeout(Duration::from_secs(30), script.wait()).await;
-    for node in ["http://127.0.0.1:21123", "http://127.0.0.1:22123"] {
-        let _ = query(node, &format!("DROP DATABASE IF EXISTS {ch_db}")).await;
-    }
     for port in [24001, 24002, 24003] {
         let _ = sift_e2e::services::delete_prefix_one_by_one(
             &format!("redis://127.0.0.1:{port}"),
