@@ -25,15 +25,7 @@ impl PrivateClickHouseCluster {
         // One start at a time in a test binary: the first may have to install the wheel.
         static STARTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
         let _one = STARTING.lock().await;
-        // Four distinct free ports, held together while they are picked.
-        let listeners: Vec<std::net::TcpListener> = (0..4)
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-            .collect::<std::io::Result<_>>()?;
-        let ports: Vec<u16> = listeners
-            .iter()
-            .map(|l| l.local_addr().map(|a| a.port()))
-            .collect::<std::io::Result<_>>()?;
-        drop(listeners);
+        let ports = crate::services::free_ports(4)?;
         let cluster = Self {
             http_ports: [ports[0], ports[1]],
             tcp_ports: [ports[2], ports[3]],

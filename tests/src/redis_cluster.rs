@@ -454,7 +454,7 @@ fn free_ports() -> Result<Vec<u16>> {
         if ports.len() == 6 {
             break;
         }
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let listener = crate::services::free_port()?;
         let port = listener.local_addr()?.port();
         let Some(bus) = port.checked_add(100) else {
             continue;

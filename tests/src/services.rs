@@ -252,12 +252,39 @@ pub struct PrivateRedis {
     dir: tempfile::TempDir,
 }
 
+/// The ports the local services and clusters of `deploy/local` listen on by default, never
+/// handed out by [`free_port`].
+const FIXED_PORTS: [u16; 4] = [21123, 22123, 21900, 22900];
+
+/// A free port of 127.0.0.1 for a server of one test, held (bound) by the returned listener
+/// until the caller drops it. Taken below the system's ephemeral range (32768 and up), from
+/// which the kernel picks the local ports of outgoing connections: a port of that range,
+/// found free and released, can be taken by some client's connection before the server binds
+/// it.
+pub fn free_port() -> Result<std::net::TcpListener> {
+    for _ in 0..1000 {
+        let port: u16 = rand::rng().random_range(20_000..32_000);
+        let fixed = FIXED_PORTS.contains(&port) || (24_001..=24_106).contains(&port);
+        if fixed {
+            continue;
+        }
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return Ok(listener);
+        }
+    }
+    bail!("no free port found between 20000 and 32000")
+}
+
+/// `n` distinct free ports (see [`free_port`]), released when this returns.
+pub fn free_ports(n: usize) -> Result<Vec<u16>> {
+    let held: Vec<std::net::TcpListener> = (0..n).map(|_| free_port()).collect::<Result<_>>()?;
+    held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
+}
+
 impl PrivateRedis {
     /// Starts a server with `args` added to its command line (`--maxmemory 2mb`, say).
     pub async fn start(args: &[&str]) -> Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = free_ports(1)?[0];
         let args = args.iter().map(|a| (*a).to_owned()).collect();
         let mut redis = Self {
             port,

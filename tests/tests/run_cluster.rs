@@ -20,17 +20,6 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Four free ports of 127.0.0.1.
-fn free_ports() -> Result<Vec<u16>> {
-    let listeners = (0..4)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<Vec<_>>>()?;
-    Ok(listeners
-        .iter()
-        .map(|l| l.local_addr().map(|a| a.port()))
-        .collect::<std::io::Result<Vec<_>>>()?)
-}
-
 /// A query to one node of the local ClickHouse cluster.
 async fn query(node: &str, sql: &str) -> Result<String> {
     let response = reqwest::Client::new()
@@ -48,7 +37,7 @@ async fn query(node: &str, sql: &str) -> Result<String> {
 async fn run_cluster_brings_up_the_stack_and_it_takes_events() -> Result<()> {
     require_redis_cluster().await?;
     let clickhouse = PrivateClickHouseCluster::start().await?;
-    let ports = free_ports()?;
+    let ports = sift_e2e::services::free_ports(4)?;
     let (pg_db, ch_db, prefix) = (unique("run_cluster"), unique("run_cluster"), unique("rc"));
     let bin_dir = bin("sift-ingest")
         .parent()
