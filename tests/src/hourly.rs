@@ -4,7 +4,8 @@
 use anyhow::{Context, Result};
 use serde_json::Value;
 
-use crate::fixtures::{f, World};
+use crate::fixtures::f;
+use crate::world::World;
 
 /// Asserts that `rows` (an hourly answer for `tenant`, every hour with events) are the figures
 /// computed straight from `ai_events FINAL` (each event once, as the rollups must count it): the same counts, sums and exact unique sessions, and

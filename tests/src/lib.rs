@@ -7,7 +7,8 @@
 //! - [`redis_cluster`]: the shared Redis Cluster, and a private one a test can fail over.
 //! - [`processes`]: `sift-ingest` and `sift-batcher run` as child processes.
 //! - [`proxy`]: a TCP proxy to cut a dependency and bring it back.
-//! - [`fixtures`]: ready-made worlds and the data they send.
+//! - [`fixtures`]: an ingest API with its database and key, and the data the tests send.
+//! - [`world`]: a whole pipeline for several tenants, on any Redis layout.
 //! - [`hourly`]: the check of hourly answers against the raw events.
 //! - [`pipeline`]: an ingest API and a database for the batcher's tests.
 //! - [`otlp`]: OTLP requests and answers for the tests and benchmark of `/v1/traces`.
@@ -21,11 +22,10 @@ pub mod processes;
 pub mod proxy;
 pub mod redis_cluster;
 pub mod services;
+pub mod world;
 
 pub use clickhouse_cluster::PrivateClickHouseCluster;
-pub use fixtures::{
-    dataset, event, f, gzip, hourly_path, now_secs, resent, Fixture, World, MODELS,
-};
+pub use fixtures::{dataset, event, f, gzip, hourly_path, now_secs, resent, Fixture, MODELS};
 pub use hourly::assert_hourly_equals_raw;
 pub use pipeline::{event_in, unique_events, Pipeline};
 pub use processes::{Batcher, Ingest, Log};
@@ -36,3 +36,4 @@ pub use services::{
     drop_postgres_database, postgres_base, redis_connection, redis_url, take_queue_as, unique,
     Database, PrivateRedis,
 };
+pub use world::World;
