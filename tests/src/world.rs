@@ -252,6 +252,23 @@ impl World {
         Ok(())
     }
 
+    /// The chunk of `records` (as its worker's processing list held them) handed again to
+    /// `worker`, as after an insert whose answer was lost: its ledger row (the only one) is
+    /// deleted and the records are put back into the worker's processing list, which the
+    /// worker reads first when it starts.
+    pub async fn resend_chunk(&self, worker: &str, records: &[Vec<u8>]) -> Result<()> {
+        let ledger = self.db.connect().await?;
+        let deleted = ledger.execute("DELETE FROM chunk_ledger", &[]).await?;
+        ensure!(deleted == 1, "{deleted} ledger rows deleted, not 1");
+        let mut conn = self.redis_conn().await?;
+        redis::cmd("RPUSH")
+            .arg(self.key_spaces()[0].processing(worker))
+            .arg(records)
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
     /// Rows in `ai_events` (without FINAL) and the distinct events among them.
     pub async fn rows_and_distinct(&self) -> Result<(u64, u64)> {
         let sql = format!(

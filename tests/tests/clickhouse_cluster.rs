@@ -315,13 +315,8 @@ async fn a_chunk_retried_after_one_shard_took_its_part_is_written_once() -> Resu
     assert_eq!(batcher.terminate().await?.code(), Some(0));
 
     // The same chunk again after it succeeded: dropped on both shards.
+    w.resend_chunk("w-part", &records).await?;
     let ledger = w.db.connect().await?;
-    assert_eq!(ledger.execute("DELETE FROM chunk_ledger", &[]).await?, 1);
-    redis::cmd("RPUSH")
-        .arg(format!("{prefix}:processing:w-part"))
-        .arg(&records)
-        .query_async::<()>(&mut conn)
-        .await?;
     let batcher = w.batcher("w-part", &["--session-flush-secs", "0"]).await?;
     let started = Instant::now();
     let list = format!("{prefix}:processing:w-part");

@@ -143,7 +143,7 @@ pub async fn schema_mismatch(
     if let Some(wrong) = engine.and_then(|engine| topology_mismatch(&engine, cluster)) {
         return Ok(Some(wrong));
     }
-    if crate::cluster::topology().is_some() {
+    if cluster {
         let local = crate::cluster::local(EVENTS_TABLE);
         for (url, node) in crate::cluster::holders(client) {
             if let Some(wrong) = mismatch(&columns(node, local.clone()).await?) {

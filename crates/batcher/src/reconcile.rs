@@ -16,7 +16,7 @@ use std::time::Duration;
 use clickhouse::Client;
 
 use crate::event_bounds::events_since;
-use crate::retention::RawRetention;
+use crate::retention::{RawRetention, EXPIRY_MARGIN_SECS};
 use crate::rollups::{self, Group};
 
 /// A tenant hour whose rollup differed from its raw events.
@@ -33,10 +33,8 @@ pub struct Difference {
 
 /// The settled tenant hours whose last row arrived between `settle` and `settle + window` ago
 /// (by insertion into ClickHouse), among the hours of the last `lookback` (by event time).
-/// An hour whose raw rows `retention` drops within this margin is not compared: the raw side
-/// would be short of what the rollup rightly counted, and a rebuild would lose it.
-const EXPIRY_MARGIN_SECS: u64 = 3600;
-
+/// An hour whose raw rows `retention` drops within [`EXPIRY_MARGIN_SECS`] is not compared: the
+/// raw side would be short of what the rollup rightly counted, and a rebuild would lose it.
 fn settled(db: &str, schedule: &Schedule, retention: Option<&RawRetention>) -> String {
     let Schedule {
         settle,

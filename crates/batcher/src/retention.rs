@@ -25,6 +25,12 @@ use crate::tenants::is_valid_tenant_id;
 /// `DateTime`, which ends in 2106: a far larger number would wrap around to the past.
 pub const MAX_DAYS: u32 = 3650;
 
+/// How long before raw rows leave by their TTL the derived tables stop being computed from
+/// them (a session is no longer recomputed, a rollup hour no longer reconciled): longer than
+/// any run (a flusher run ends within its period, a backfill step is one query), so that no
+/// TTL merge removes rows while they are read.
+pub const EXPIRY_MARGIN_SECS: u64 = 3600;
+
 /// The column that each row's retention is counted from.
 const TIME: &str = "event_time";
 

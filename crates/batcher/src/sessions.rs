@@ -14,13 +14,8 @@ use std::time::Duration;
 
 use clickhouse::Client;
 
-use crate::event_bounds::{events_between, events_since, utc};
-use crate::retention::RawRetention;
-
-/// How long before its first event leaves the raw events a known session stops being
-/// recomputed: longer than any run (a flusher run ends within its period, a backfill step is
-/// one query), so that no TTL merge removes that event while the session is read.
-const EXPIRY_MARGIN_SECS: u64 = 3600;
+use crate::event_bounds::{events_between, events_between_ms, events_since, utc};
+use crate::retention::{RawRetention, EXPIRY_MARGIN_SECS};
 
 /// The recomputation of the sessions picked by `{selector}`, a query returning
 /// `(tenant_id, session_id)` pairs, from their events that `{bound}` (a condition on
@@ -209,7 +204,7 @@ pub async fn recompute_between(
     recompute(
         client,
         db,
-        &events_between(&utc(from_ms), &utc(to_ms)),
+        &events_between_ms(from_ms, to_ms),
         selector,
         None,
     )
@@ -238,7 +233,7 @@ pub async fn backfill(
         let end = start.saturating_add(step_ms).min(to_ms);
         let selector = format!(
             "SELECT DISTINCT tenant_id, session_id FROM {db}.ai_events WHERE {}",
-            events_between(&utc(start), &utc(end))
+            events_between_ms(start, end)
         );
         let bound = events_between(
             &reach(

@@ -84,9 +84,11 @@ pub fn json() -> String {
     responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json"))
 )]
 pub async fn document() -> HttpResponse {
+    // Built once: the document does not change while the process runs.
+    static DOCUMENT: std::sync::LazyLock<String> = std::sync::LazyLock::new(json);
     HttpResponse::Ok()
         .content_type("application/json")
-        .body(json())
+        .body(DOCUMENT.as_str())
 }
 
 /// The API key as a bearer token.

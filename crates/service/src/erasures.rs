@@ -31,15 +31,20 @@ impl SubjectKind {
         }
     }
 
-    fn parse(text: &str) -> Result<Self, ErasureError> {
-        match text {
-            "user_id" => Ok(Self::User),
-            "session_id" => Ok(Self::Session),
-            other => Err(ErasureError::Unknown {
-                what: "subject kind",
-                value: other.to_owned(),
-            }),
+    /// The kind a field of that name gives (`user_id`, `session_id`).
+    pub fn of_field(name: &str) -> Option<Self> {
+        match name {
+            "user_id" => Some(Self::User),
+            "session_id" => Some(Self::Session),
+            _ => None,
         }
+    }
+
+    fn parse(text: &str) -> Result<Self, ErasureError> {
+        Self::of_field(text).ok_or_else(|| ErasureError::Unknown {
+            what: "subject kind",
+            value: text.to_owned(),
+        })
     }
 }
 

@@ -3,14 +3,12 @@
 //! finds nothing left. The request is kept in PostgreSQL like one made through the API, so an
 //! erase that is interrupted is finished by a running batcher.
 
-use std::time::Duration;
-
 use anyhow::Context as _;
 use sift_service::erasures::{self, Subject, SubjectKind};
 
 use super::Context;
 use crate::config::EraseArgs;
-use crate::erasure::{self, Settings};
+use crate::erasure;
 use crate::postgres;
 
 pub async fn run(args: EraseArgs, ctx: &Context) -> anyhow::Result<()> {
@@ -40,11 +38,7 @@ pub async fn run(args: EraseArgs, ctx: &Context) -> anyhow::Result<()> {
     let db = &ctx.clickhouse.clickhouse_database;
     let client = ctx.clickhouse.client().with_database(db);
     let (mut conn, shard0) = ctx.versions_shard().await?;
-    let settings = Settings {
-        spread: Duration::from_millis(args.erasure.erasure_refresh_ms * 2),
-        max_span: Duration::from_secs(args.session_max_span_hours * 3600),
-        attempts: 5,
-    };
+    let settings = args.erasure.settings(args.session_max_span_hours);
     let removed = erasure::run_claimed(
         &pg,
         &claimed,

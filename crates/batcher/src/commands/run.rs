@@ -177,11 +177,7 @@ async fn work(args: RunArgs, ctx: &Context) -> Result<(), RunError> {
         shards.first().clone(),
         worker_id.clone(),
         refresh,
-        erasure::Settings {
-            spread: refresh * 2,
-            max_span: Duration::from_secs(args.session_max_span_hours * 3600),
-            attempts: 5,
-        },
+        erasure_args.settings(args.session_max_span_hours),
     ));
     tracing::info!(worker = %worker_id, shards = shards.len(), "sift-batcher running");
     futures_util::future::join_all(workers.iter().map(|worker| worker.run())).await;

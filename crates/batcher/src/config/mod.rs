@@ -253,6 +253,20 @@ pub struct ErasureArgs {
     pub erasure_tombstone_days: i32,
 }
 
+/// Read-backs an erasure makes before it gives up for now (its request goes back to pending).
+const ERASURE_ATTEMPTS: u32 = 5;
+
+impl ErasureArgs {
+    /// How an erasure is carried out, with sessions up to `session_max_span_hours` long.
+    pub fn settings(&self, session_max_span_hours: u64) -> crate::erasure::Settings {
+        crate::erasure::Settings {
+            spread: std::time::Duration::from_millis(self.erasure_refresh_ms * 2),
+            max_span: std::time::Duration::from_secs(session_max_span_hours * 3600),
+            attempts: ERASURE_ATTEMPTS,
+        }
+    }
+}
+
 /// The flags of `erase`: whose data, and of which tenant.
 #[derive(Debug, Clone, Args)]
 #[command(group(clap::ArgGroup::new("subject").required(true).args(["user", "session"])))]

@@ -204,7 +204,7 @@ async fn read_back(
                  USING (session_id)
                  WHERE s.turns != e.turns
                  SETTINGS join_use_nulls = 0",
-                crate::event_bounds::events_between(&utc(from), &utc(to))
+                crate::event_bounds::events_between_ms(from, to)
             ))
             .fetch_one()
             .await?;
@@ -252,7 +252,7 @@ pub async fn serve(
 /// How long a running erasure may go without a heartbeat before another batcher takes it.
 pub const STALE_SECS: i64 = 60;
 
-/// Takes one pending erasure and carries it out; whether there was one.
+/// Takes one pending erasure, if any, and carries it out.
 async fn serve_one(
     postgres: &deadpool_postgres::Pool,
     client: &Client,
@@ -260,10 +260,10 @@ async fn serve_one(
     redis: &sift_redis::Shard,
     worker: &str,
     settings: &Settings,
-) -> Result<bool, EraseError> {
+) -> Result<(), EraseError> {
     let pg = postgres.get().await?;
     let Some(erasure) = erasures::claim_next(&pg, worker, STALE_SECS).await? else {
-        return Ok(false);
+        return Ok(());
     };
     let mut conn = redis.conn().await?;
     let done = run_claimed(
@@ -280,7 +280,7 @@ async fn serve_one(
         // Its outcome could not be recorded: PostgreSQL failed.
         Err(error @ EraseError::Store(_)) => Err(error),
         // Any other failure was logged and recorded with the erasure, which is tried again.
-        _ => Ok(true),
+        _ => Ok(()),
     }
 }
 

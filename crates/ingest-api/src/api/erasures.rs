@@ -104,14 +104,10 @@ fn subject(bytes: &[u8]) -> Result<Subject, ApiError> {
     };
     let mut found = None;
     for (name, value) in &fields {
-        let kind = match name.as_str() {
-            "user_id" => SubjectKind::User,
-            "session_id" => SubjectKind::Session,
-            other => {
-                return Err(bad(&format!(
-                    "{other:?} is not a field of an erasure (user_id or session_id)"
-                )))
-            }
+        let Some(kind) = SubjectKind::of_field(name) else {
+            return Err(bad(&format!(
+                "{name:?} is not a field of an erasure (user_id or session_id)"
+            )));
         };
         if found.is_some() {
             return Err(bad("give exactly one of user_id and session_id"));

@@ -121,20 +121,22 @@ async fn take(
     let message = refused.message(refusals.len());
     Ok((
         encoding,
-        otlp::response(encoding, refused.count as u64, &message),
+        otlp::response(encoding, refused.count() as u64, &message),
     ))
 }
 
 /// The spans refused, counted by reason in the order of the first span refused for each.
 #[derive(Default)]
 struct Refusals {
-    count: usize,
     reasons: Vec<(String, usize)>,
 }
 
 impl Refusals {
+    fn count(&self) -> usize {
+        self.reasons.iter().map(|(_, n)| n).sum()
+    }
+
     fn add(&mut self, reason: &str) {
-        self.count += 1;
         match self.reasons.iter_mut().find(|(r, _)| r == reason) {
             Some((_, n)) => *n += 1,
             None => self.reasons.push((reason.to_owned(), 1)),
@@ -144,7 +146,8 @@ impl Refusals {
     /// `2 of 5 spans rejected: 1 not a GenAI span (…); 1 invalid session_id (from …): …`, or
     /// nothing when every span was taken.
     fn message(&self, spans: usize) -> String {
-        if self.count == 0 {
+        let count = self.count();
+        if count == 0 {
             return String::new();
         }
         let reasons: Vec<String> = self
@@ -152,11 +155,7 @@ impl Refusals {
             .iter()
             .map(|(reason, n)| format!("{n} {reason}"))
             .collect();
-        format!(
-            "{} of {spans} spans rejected: {}",
-            self.count,
-            reasons.join("; ")
-        )
+        format!("{count} of {spans} spans rejected: {}", reasons.join("; "))
     }
 }
 
@@ -171,7 +170,7 @@ mod tests {
         refused.add("not a GenAI span");
         refused.add("invalid session_id: too short");
         refused.add("not a GenAI span");
-        assert_eq!(refused.count, 3);
+        assert_eq!(refused.count(), 3);
         assert_eq!(
             refused.message(5),
             "3 of 5 spans rejected: 2 not a GenAI span; 1 invalid session_id: too short"
